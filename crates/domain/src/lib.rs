@@ -1,0 +1,18 @@
+//! The heart of Async Engine: what a process is, how its status is told, and the repository
+//! traits that storage implements. Pure: no IO, no database, no HTTP.
+
+pub mod ids;
+pub mod json;
+pub mod process;
+pub mod repository;
+pub mod snapshot;
+pub mod status;
+
+pub use ids::{IdError, LookupId, ProcessId, ReferenceId, TenantId};
+pub use json::RawJson;
+pub use process::{FailureGroup, ProcessStatus, StepItems, StepReport};
+pub use repository::{
+    Detail, IdKind, ImportResult, RepositoryError, SnapshotWriter, StatusQuery, StatusReader,
+};
+pub use snapshot::{FailureSnapshot, ProcessSnapshot, SnapshotError, StepSnapshot};
+pub use status::{ProcessEnd, Status, StepState, UnknownStatus};
