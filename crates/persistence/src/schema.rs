@@ -1,0 +1,63 @@
+//! Diesel's view of the tables created by `migrations/sqlite`; kept in step with them by hand
+//! (the tests run every query against freshly migrated databases).
+
+diesel::table! {
+    processes (id) {
+        id -> BigInt,
+        tenant -> Text,
+        async_process_id -> Text,
+        reference_id -> Text,
+        name -> Text,
+        status -> Text,
+        message -> Text,
+        current_step -> Integer,
+        total_steps -> Integer,
+        item_count -> BigInt,
+        additional_data -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    steps (process_id, step_number) {
+        process_id -> BigInt,
+        step_number -> Integer,
+        name -> Text,
+        status -> Text,
+        message -> Text,
+        entered -> BigInt,
+        succeeded -> BigInt,
+        failed -> BigInt,
+    }
+}
+
+diesel::table! {
+    items (process_id, item_index) {
+        process_id -> BigInt,
+        item_index -> BigInt,
+        value -> Text,
+    }
+}
+
+diesel::table! {
+    failure_groups (id) {
+        id -> BigInt,
+        process_id -> BigInt,
+        step_number -> Integer,
+        code -> BigInt,
+        status_message -> Text,
+    }
+}
+
+diesel::table! {
+    outcomes (process_id, step_number, item_index) {
+        process_id -> BigInt,
+        step_number -> Integer,
+        item_index -> BigInt,
+        seq -> BigInt,
+        failure_group -> Nullable<BigInt>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(processes, steps, items, failure_groups, outcomes);
