@@ -1,0 +1,122 @@
+//! The API's one error type and the one table that maps each kind to an HTTP status and the
+//! envelope's `statusMessage`. Internal details are logged here and never sent.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use async_engine_domain::RepositoryError;
+
+use crate::envelope::Envelope;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The caller's mistake; the text is shown to the caller, so it never holds internals.
+    #[error("{0}")]
+    Input(String),
+    #[error("no such route: {method} {path}")]
+    NotFound { method: String, path: String },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("request body larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// Anything that is not the caller's fault; the text goes to the log only.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What callers see instead of an internal error's details.
+const INTERNAL_TEXT: &str = "the server could not complete the request; the cause is in its log";
+
+impl ApiError {
+    /// The table: HTTP status and `statusMessage` of every error kind.
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Input(_) => (StatusCode::BAD_REQUEST, "Input Error"),
+            ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "Not Found"),
+            ApiError::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
+            ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal Error"),
+        }
+    }
+
+    pub fn input(text: impl Into<String>) -> Self {
+        ApiError::Input(text.into())
+    }
+}
+
+impl From<RepositoryError> for ApiError {
+    fn from(error: RepositoryError) -> Self {
+        ApiError::Internal(error.to_string())
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.parts().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (status, status_message) = self.parts();
+        let shown = match self {
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "request failed");
+                INTERNAL_TEXT.to_owned()
+            }
+            other => other.to_string(),
+        };
+        envelope_response(status, status_message, &shown)
+    }
+}
+
+/// An error envelope for any status; also used for errors raised outside the handlers.
+pub fn envelope_response(status: StatusCode, status_message: &str, technical_message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(Envelope {
+        code: status.as_u16(),
+        status_message,
+        technical_message: Some(technical_message),
+        records: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::to_bytes;
+
+    async fn body(error: ApiError) -> (StatusCode, serde_json::Value) {
+        let response = error.error_response();
+        let status = response.status();
+        let bytes = to_bytes(response.into_body()).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[actix_web::test]
+    async fn internal_details_stay_out_of_the_body() {
+        let (status, body) = body(ApiError::Internal("disk I/O error at /secret/path.db".into())).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["code"], 500);
+        assert_eq!(body["statusMessage"], "Internal Error");
+        assert!(!body.to_string().contains("/secret/path.db"));
+        assert_eq!(body["AsyncProcessStatus"], serde_json::json!([]));
+    }
+
+    #[actix_web::test]
+    async fn every_kind_has_its_code_in_the_body() {
+        let kinds = [
+            (ApiError::input("bad"), 400, "Input Error"),
+            (ApiError::NotFound { method: "GET".into(), path: "/x".into() }, 404, "Not Found"),
+            (
+                ApiError::MethodNotAllowed { method: "PUT".into(), path: "/x".into() },
+                405,
+                "Method Not Allowed",
+            ),
+            (ApiError::PayloadTooLarge { limit: 10 }, 413, "Payload Too Large"),
+        ];
+        for (error, code, text) in kinds {
+            let (status, body) = body(error).await;
+            assert_eq!(status.as_u16(), code);
+            assert_eq!(body["code"], code);
+            assert_eq!(body["statusMessage"], text);
+            assert!(body["technicalMessage"].as_str().is_some_and(|t| !t.is_empty()));
+        }
+    }
+}

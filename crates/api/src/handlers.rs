@@ -1,0 +1,369 @@
+//! Route handlers of the status API (contract §3) and the fallbacks that keep every other
+//! answer in the envelope.
+
+use actix_web::dev::ServiceResponse;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::middleware::ErrorHandlerResponse;
+use actix_web::{HttpRequest, HttpResponse, web};
+use async_engine_domain::{IdKind, StatusQuery, TenantId};
+use futures_util::StreamExt;
+
+use crate::AppState;
+use crate::envelope::{Envelope, Record};
+use crate::error::{ApiError, envelope_response};
+use crate::params::{self, StatusRequest};
+
+const STATUS_PREFIX: &str = "/v1/asyncprocesses/";
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource(format!("{STATUS_PREFIX}{{id}}"))
+            .route(web::get().to(get_status))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/actions/getAsyncJobStatus")
+            .route(web::post().to(action_status))
+            .default_service(web::to(method_not_allowed)),
+    );
+}
+
+/// `GET /v1/asyncprocesses/{id}`
+async fn get_status(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    // The raw segment, not actix's match: actix has already decoded it, lossily for bytes
+    // that are not UTF-8, and we decode exactly once ourselves.
+    let raw = req.uri().path().strip_prefix(STATUS_PREFIX).unwrap_or_default();
+    let id = params::parse_path_id(raw)?;
+    let request = params::parse_status_query(id, req.query_string())?;
+    respond(&state, request).await
+}
+
+/// `POST /v1/actions/getAsyncJobStatus`: the page's `getAsyncJobStatus` action.
+async fn action_status(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&req, payload, state.config.max_body_bytes).await?;
+    let request = params::parse_action_body(&body)?;
+    respond(&state, request).await
+}
+
+async fn respond(state: &AppState, request: StatusRequest) -> Result<HttpResponse, ApiError> {
+    let query = StatusQuery {
+        // Every caller is in the default tenant until API keys carry one.
+        tenant: TenantId::default_tenant(),
+        id: request.id.clone(),
+        kind: request.kind,
+        detail: request.detail(),
+    };
+    let reader = state.status.clone();
+    let records = web::block(move || reader.find_status(&query))
+        .await
+        .map_err(|e| ApiError::Internal(format!("status lookup did not finish: {e}")))??;
+    if records.is_empty() {
+        let what = match request.kind {
+            IdKind::Either => "asyncProcessId or referenceId",
+            IdKind::AsyncProcessId => "asyncProcessId",
+            IdKind::ReferenceId => "referenceId",
+        };
+        return Err(ApiError::input(format!("no process has the {what} '{}'", request.id)));
+    }
+    let code = state.config.success_code.status();
+    Ok(HttpResponse::build(code).json(Envelope {
+        code: code.as_u16(),
+        status_message: "Success",
+        technical_message: None,
+        records: records.iter().map(|r| Record::new(r, request.shape)).collect(),
+    }))
+}
+
+/// Reads a request body of at most `limit` bytes, refusing a larger one before reading it
+/// when its length is declared.
+async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let declared =
+        req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::input(format!("the request body could not be read: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound { method: req.method().to_string(), path: req.path().to_owned() })
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed { method: req.method().to_string(), path: req.path().to_owned() })
+}
+
+/// Last line of defence: an error answer that is not already our JSON envelope (one produced
+/// by actix itself) is replaced by the envelope for its status.
+pub fn ensure_envelope<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_json = res
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let (req, _) = res.into_parts();
+    let status_message = match status {
+        StatusCode::BAD_REQUEST => "Input Error",
+        s if s.is_server_error() => "Internal Error",
+        s => s.canonical_reason().unwrap_or("Error"),
+    };
+    let reason = status.canonical_reason().unwrap_or("request failed");
+    let response = envelope_response(status, status_message, reason);
+    Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, response).map_into_right_body()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use actix_web::test::{TestRequest, call_service, init_service, read_body_json};
+    use async_engine_domain::repository::MockStatusReader;
+    use async_engine_domain::{
+        Detail, FailureGroup, IdKind, ProcessStatus, RawJson, RepositoryError, Status, StepItems, StepReport,
+    };
+    use serde_json::{Value, json};
+
+    use crate::{ApiConfig, AppState, SuccessCode, app};
+
+    fn raw(value: Value) -> RawJson {
+        RawJson::from_value(&value)
+    }
+
+    fn sample() -> ProcessStatus {
+        ProcessStatus {
+            async_process_id: "p1".into(),
+            reference_id: "r1".into(),
+            name: "Bulk CPQ".into(),
+            status: Status::InProgress,
+            message: "In progress".into(),
+            step_name: "Validate".into(),
+            current_step_number: 0,
+            total_number_of_steps: 1,
+            steps: Some(vec![StepReport {
+                step_number: 0,
+                step_name: "Validate".into(),
+                status: Status::InProgress,
+                message: "In progress".into(),
+                processed: 2,
+                total: 3,
+                items: Some(StepItems {
+                    successfully: vec![raw(json!("a"))],
+                    failed: vec![FailureGroup {
+                        items: vec![raw(json!({"k": 1}))],
+                        code: 5001,
+                        status_message: "Invalid status".into(),
+                    }],
+                }),
+            }]),
+            additional_data: raw(json!({"x": 1})),
+        }
+    }
+
+    async fn call(reader: MockStatusReader, config: ApiConfig, request: TestRequest) -> (u16, Value) {
+        let state = AppState { status: Arc::new(reader), config };
+        let service = init_service(app(state)).await;
+        let response = call_service(&service, request.to_request()).await;
+        let status = response.status().as_u16();
+        let content_type =
+            response.headers().get("content-type").map(|v| v.to_str().unwrap_or("").to_owned());
+        assert_eq!(content_type.as_deref(), Some("application/json"), "every answer is JSON");
+        (status, read_body_json(response).await)
+    }
+
+    async fn get(reader: MockStatusReader, uri: &str) -> (u16, Value) {
+        call(reader, ApiConfig::default(), TestRequest::get().uri(uri)).await
+    }
+
+    fn returning(records: Vec<ProcessStatus>) -> MockStatusReader {
+        let mut reader = MockStatusReader::new();
+        reader.expect_find_status().returning(move |_| Ok(records.clone()));
+        reader
+    }
+
+    fn untouched() -> MockStatusReader {
+        let mut reader = MockStatusReader::new();
+        reader.expect_find_status().never();
+        reader
+    }
+
+    fn assert_input_error(status: u16, body: &Value, mention: &str) {
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["code"], 400);
+        assert_eq!(body["statusMessage"], "Input Error");
+        assert_eq!(body["AsyncProcessStatus"], json!([]));
+        let text = body["technicalMessage"].as_str().unwrap();
+        assert!(text.contains(mention), "'{text}' should mention '{mention}'");
+    }
+
+    #[actix_web::test]
+    async fn success_is_202_with_the_documented_envelope() {
+        let (status, body) = get(returning(vec![sample()]), "/v1/asyncprocesses/p1").await;
+        assert_eq!(status, 202);
+        assert_eq!(
+            body,
+            json!({
+                "code": 202, "statusMessage": "Success", "technicalMessage": null,
+                "AsyncProcessStatus": [{
+                    "referenceId": "r1", "asyncProcessName": "Bulk CPQ", "asyncProcessId": "p1",
+                    "status": "InProgress", "message": "In progress", "stepName": "Validate",
+                    "currentStepNumber": 0, "totalNumberOfSteps": 1,
+                    "itemsProcessed": [{
+                        "stepNumber": 0, "stepName": "Validate", "status": "InProgress",
+                        "currentNumberOfItemsProccessed": 2, "totalNumberOfItemsToBeProccessed": 3,
+                        "message": "In progress", "successfully": ["a"],
+                        "failed": [{ "items": [{"k": 1}], "code": 5001, "statusMessage": "Invalid status" }]
+                    }],
+                    "additionalData": {"x": 1}
+                }]
+            })
+        );
+    }
+
+    #[actix_web::test]
+    async fn success_code_200_when_configured() {
+        let config = ApiConfig { success_code: SuccessCode::Ok, ..ApiConfig::default() };
+        let (status, body) =
+            call(returning(vec![sample()]), config, TestRequest::get().uri("/v1/asyncprocesses/p1")).await;
+        assert_eq!((status, body["code"].as_u64()), (200, Some(200)));
+    }
+
+    #[actix_web::test]
+    async fn parameters_choose_the_detail_read_and_the_reading_of_the_id() {
+        let cases = [
+            ("", Detail::Items, IdKind::Either),
+            ("?itemsList=false", Detail::Steps, IdKind::Either),
+            ("?verbose=false&itemsList=true", Detail::Process, IdKind::Either),
+            ("?failMessage=false&idType=referenceId", Detail::Items, IdKind::ReferenceId),
+            ("?idType=asyncProcessId", Detail::Items, IdKind::AsyncProcessId),
+        ];
+        for (query, detail, kind) in cases {
+            let mut reader = MockStatusReader::new();
+            reader
+                .expect_find_status()
+                .withf(move |q| {
+                    q.detail == detail
+                        && q.kind == kind
+                        && q.tenant.as_str() == "default"
+                        && q.id.as_str() == "p 1"
+                })
+                .times(1)
+                .returning(|_| Ok(vec![sample()]));
+            let (status, _) = get(reader, &format!("/v1/asyncprocesses/p%201{query}")).await;
+            assert_eq!(status, 202, "{query}");
+        }
+    }
+
+    #[actix_web::test]
+    async fn parameters_remove_the_documented_keys() {
+        let (_, body) = get(returning(vec![sample()]), "/v1/asyncprocesses/p1?verbose=false").await;
+        assert!(body["AsyncProcessStatus"][0].get("itemsProcessed").is_none());
+        assert_eq!(body["AsyncProcessStatus"][0]["additionalData"], json!({"x": 1}));
+        let (_, body) = get(returning(vec![sample()]), "/v1/asyncprocesses/p1?itemsList=false").await;
+        let step = &body["AsyncProcessStatus"][0]["itemsProcessed"][0];
+        assert!(step.get("successfully").is_none() && step.get("failed").is_none());
+        assert_eq!(step["currentNumberOfItemsProccessed"], 2);
+        let (_, body) = get(returning(vec![sample()]), "/v1/asyncprocesses/p1?failMessage=false").await;
+        let failed = &body["AsyncProcessStatus"][0]["itemsProcessed"][0]["failed"][0];
+        assert_eq!(failed, &json!({ "items": [{"k": 1}], "code": 5001 }));
+    }
+
+    #[actix_web::test]
+    async fn each_input_error_is_a_400_envelope() {
+        let (status, body) = get(untouched(), "/v1/asyncprocesses/p1?verbose=maybe").await;
+        assert_input_error(status, &body, "verbose");
+        let (status, body) = get(untouched(), "/v1/asyncprocesses/p1?itemsList=").await;
+        assert_input_error(status, &body, "itemsList");
+        let (status, body) = get(untouched(), "/v1/asyncprocesses/p1?failMessage=no").await;
+        assert_input_error(status, &body, "failMessage");
+        let (status, body) = get(untouched(), "/v1/asyncprocesses/p1?idType=tenant").await;
+        assert_input_error(status, &body, "idType");
+        let (status, body) = get(untouched(), &format!("/v1/asyncprocesses/{}", "9".repeat(300))).await;
+        assert_input_error(status, &body, "255");
+        let (status, body) = get(untouched(), "/v1/asyncprocesses/%FF").await;
+        assert_input_error(status, &body, "UTF-8");
+        let (status, body) = get(returning(vec![]), "/v1/asyncprocesses/nope").await;
+        assert_input_error(status, &body, "'nope'");
+    }
+
+    #[actix_web::test]
+    async fn each_action_input_error_is_a_400_envelope() {
+        for (payload, mention) in [
+            (&b"{}"[..], "exactly one"),
+            (br#"{"id":"1","verbose":"maybe"}"#, "verbose"),
+            (br#"{"id":5}"#, "id must be a string"),
+            (b"{not json", "not valid JSON"),
+            (b"[]", "JSON object"),
+        ] {
+            let request =
+                TestRequest::post().uri("/v1/actions/getAsyncJobStatus").set_payload(payload.to_vec());
+            let (status, body) = call(untouched(), ApiConfig::default(), request).await;
+            assert_input_error(status, &body, mention);
+        }
+    }
+
+    #[actix_web::test]
+    async fn the_action_call_answers_like_the_get() {
+        let mut reader = MockStatusReader::new();
+        reader
+            .expect_find_status()
+            .withf(|q| q.kind == IdKind::AsyncProcessId && q.detail == Detail::Steps)
+            .returning(|_| Ok(vec![sample()]));
+        let request = TestRequest::post()
+            .uri("/v1/actions/getAsyncJobStatus")
+            .set_json(json!({"asyncProcessId": "p1", "itemsList": false}));
+        let (status, body) = call(reader, ApiConfig::default(), request).await;
+        assert_eq!(status, 202);
+        assert_eq!(body["AsyncProcessStatus"][0]["asyncProcessId"], "p1");
+    }
+
+    #[actix_web::test]
+    async fn a_failing_repository_is_a_500_without_its_details() {
+        for error in [
+            RepositoryError::Failed("disk I/O error in /var/secret/db.sqlite".into()),
+            RepositoryError::Unavailable("pool timed out /var/secret".into()),
+        ] {
+            let mut reader = MockStatusReader::new();
+            reader.expect_find_status().returning(move |_| Err(error.clone()));
+            let (status, body) = get(reader, "/v1/asyncprocesses/p1").await;
+            assert_eq!(status, 500);
+            assert_eq!(body["code"], 500);
+            assert_eq!(body["statusMessage"], "Internal Error");
+            assert!(!body.to_string().contains("secret"), "{body}");
+        }
+    }
+
+    #[actix_web::test]
+    async fn unknown_routes_wrong_methods_and_large_bodies_keep_the_envelope() {
+        let (status, body) = get(untouched(), "/v1/nothing-here").await;
+        assert_eq!((status, body["code"].as_u64()), (404, Some(404)));
+        let (status, body) =
+            call(untouched(), ApiConfig::default(), TestRequest::delete().uri("/v1/asyncprocesses/p1")).await;
+        assert_eq!((status, body["code"].as_u64()), (405, Some(405)));
+        let (status, _) =
+            call(untouched(), ApiConfig::default(), TestRequest::get().uri("/v1/actions/getAsyncJobStatus"))
+                .await;
+        assert_eq!(status, 405);
+        let config = ApiConfig { max_body_bytes: 300, ..ApiConfig::default() };
+        let big = format!(r#"{{"id":"{}"}}"#, "x".repeat(400));
+        let request = TestRequest::post().uri("/v1/actions/getAsyncJobStatus").set_payload(big);
+        let (status, body) = call(untouched(), config, request).await;
+        assert_eq!((status, body["statusMessage"].as_str()), (413, Some("Payload Too Large")));
+    }
+}
