@@ -1,0 +1,75 @@
+//! The `async-engine` server: wiring configuration, storage and the API together, and the
+//! commands of its command line. `main.rs` only parses arguments and reports errors.
+
+pub mod settings;
+mod telemetry;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use async_engine_api::{ApiConfig, AppState, SuccessCode};
+use async_engine_persistence::Store;
+
+pub use settings::Settings;
+
+/// Opens the database named by the settings (pool built once, here).
+pub fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    Store::open(&settings.database.url, settings.database.pool_size)
+        .with_context(|| format!("database.url '{}'", settings.database.url))
+}
+
+/// `async-engine migrate`: applies pending migrations and says which.
+pub fn migrate(settings: &Settings) -> anyhow::Result<Vec<String>> {
+    telemetry::init(&settings.log)?;
+    let store = open_store(settings)?;
+    store.migrate().context("applying migrations")
+}
+
+/// `async-engine serve`: serves the API until SIGTERM or SIGINT, then stops gracefully.
+pub fn serve(settings: &Settings) -> anyhow::Result<()> {
+    telemetry::init(&settings.log)?;
+    let store = open_store(settings)?;
+    if settings.database.migrate_on_start {
+        for name in store.migrate().context("applying migrations")? {
+            tracing::info!(migration = %name, "applied migration");
+        }
+    } else {
+        let pending = store.pending_migrations().context("reading the schema version")?;
+        if !pending.is_empty() {
+            bail!(
+                "database.migrate_on_start is false and {} migration(s) are pending; run `async-engine migrate` first",
+                pending.len()
+            );
+        }
+    }
+    let success_code =
+        SuccessCode::from_u16(settings.api.success_code).context("api.success_code: use 202 or 200")?;
+    let state = AppState {
+        status: Arc::new(store.clone()),
+        config: ApiConfig { success_code, max_body_bytes: settings.limits.max_body_bytes },
+    };
+    let address = (settings.server.host.as_str(), settings.server.port);
+    let listener = TcpListener::bind(address).with_context(|| {
+        format!("server.host/server.port: cannot listen on {}:{}", settings.server.host, settings.server.port)
+    })?;
+    let local = listener.local_addr()?;
+    if !settings.engine.enabled {
+        tracing::info!("engine.enabled is false: this server only answers calls");
+    }
+    tracing::info!(database = %store.path().display(), "listening on http://{local}");
+    let shutdown = Duration::from_secs(settings.server.shutdown_timeout_secs);
+    actix_web::rt::System::new().block_on(async move {
+        let server = async_engine_api::serve(listener, state, shutdown)?;
+        let handle = server.handle();
+        actix_web::rt::spawn(async move {
+            telemetry::stop_signal().await;
+            tracing::info!("stopping: finishing requests in flight");
+            handle.stop(true).await;
+        });
+        server.await
+    })?;
+    tracing::info!("stopped");
+    Ok(())
+}
