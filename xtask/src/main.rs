@@ -1,0 +1,135 @@
+//! Developer chores: `cargo xtask seed` stores the documented example (and generated demo
+//! processes); `cargo xtask measure-lookup` times status reads on a large process.
+
+mod demo;
+mod measure;
+
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use async_engine::Settings;
+use async_engine_domain::{ImportResult, ProcessSnapshot, SnapshotWriter, TenantId};
+use async_engine_persistence::Store;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// The documented example, as in the contract's fixture.
+const DOCUMENTED_EXAMPLE: &str = include_str!("../../fixtures/documented-example.json");
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Async Engine developer chores")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Migrate the database and store the documented example (idempotent); optionally add
+    /// generated demo processes in every state.
+    Seed {
+        /// Database to seed; defaults to the server's database.url (config and environment).
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
+        /// Add this many generated demo processes (demo-000000, demo-000001, ...).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        demo: u32,
+        /// Items per demo process.
+        #[arg(long, value_name = "M", default_value_t = 20)]
+        items: u32,
+        /// Tenant that owns the seeded processes.
+        #[arg(long, default_value = TenantId::DEFAULT)]
+        tenant: String,
+    },
+    /// Time status lookups on a process of many items against the 6-item documented example.
+    MeasureLookup {
+        /// Items in the large process.
+        #[arg(long, default_value_t = 1_000_000)]
+        items: u32,
+        /// Lookups timed per case (the median is reported).
+        #[arg(long, default_value_t = 200)]
+        rounds: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Seed { database_url, demo, items, tenant } => {
+            let mut settings = Settings::from_env(None)?;
+            if let Some(url) = database_url {
+                settings.database.url = url;
+            }
+            let tenant = TenantId::new(tenant).context("--tenant")?;
+            let store = async_engine::open_store(&settings)?;
+            store.migrate().context("applying migrations")?;
+            seed(&store, &tenant, demo, items)
+        }
+        Command::MeasureLookup { items, rounds } => measure::run(items, rounds),
+    }
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The documented processes, oldest first, as the fixture lists them.
+pub fn documented_snapshots(created_at_micros: i64) -> anyhow::Result<Vec<ProcessSnapshot>> {
+    let envelope: serde_json::Value = serde_json::from_str(DOCUMENTED_EXAMPLE)?;
+    let records =
+        envelope["AsyncProcessStatus"].as_array().context("the fixture has no AsyncProcessStatus array")?;
+    records
+        .iter()
+        .zip(0..)
+        .map(|(record, n)| {
+            ProcessSnapshot::from_documented_record(record, created_at_micros + n)
+                .context("the documented example does not parse")
+        })
+        .collect()
+}
+
+fn seed(store: &Store, tenant: &TenantId, demo: u32, items: u32) -> anyhow::Result<()> {
+    let started = now_micros();
+    let mut created = 0;
+    let mut present = 0;
+    let mut count = |result: ImportResult| match result {
+        ImportResult::Created => created += 1,
+        ImportResult::AlreadyPresent => present += 1,
+    };
+    for snapshot in documented_snapshots(started)? {
+        count(store.import(tenant, &snapshot)?);
+    }
+    if demo > 0 {
+        let bar = ProgressBar::new(u64::from(demo)).with_style(
+            ProgressStyle::with_template(
+                "{spinner} demo processes {bar:30} {pos}/{len} {per_sec} eta {eta} {msg}",
+            )
+            .context("progress bar template")?,
+        );
+        for n in 0..demo {
+            let snapshot = demo::process(n, items, started + 10 + i64::from(n))?;
+            bar.set_message(format!("{} ({} items)", snapshot.async_process_id, snapshot.items.len()));
+            count(store.import(tenant, &snapshot)?);
+            bar.inc(1);
+        }
+        bar.finish_with_message("done");
+    }
+    eprintln!(
+        "seeded {}: {created} process(es) created, {present} already present (tenant {tenant})",
+        store.path().display()
+    );
+    Ok(())
+}
