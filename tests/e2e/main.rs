@@ -101,15 +101,19 @@ fn get(base: &str, path: &str) -> (u16, Value) {
 
 /// SIGTERM, then the exit status.
 fn terminate(running: &mut Running) -> std::process::ExitStatus {
+    signal(running, "-TERM")
+}
+
+fn signal(running: &mut Running, which: &str) -> std::process::ExitStatus {
     let pid = running.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill").args([which, &pid]).status().unwrap().success());
     for _ in 0..100 {
         if let Some(status) = running.child.try_wait().unwrap() {
             return status;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("the server did not stop within 10 s of SIGTERM");
+    panic!("the server did not stop within 10 s of {which}");
 }
 
 fn temp_db() -> (tempfile::TempDir, PathBuf) {
@@ -165,10 +169,24 @@ fn json_logs_are_one_object_per_line() {
     assert!(terminate(&mut server).success());
     let lines: Vec<String> = server.first_lines.iter().cloned().chain(server.log.try_iter()).collect();
     assert!(lines.len() >= 2, "{lines:?}");
-    for line in &lines {
-        let parsed: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        assert!(parsed.get("level").is_some(), "{line}");
-    }
+    let parsed: Vec<Value> = lines
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert!(parsed.iter().all(|event| event.get("level").is_some()));
+    let request = parsed.iter().find(|event| event["message"] == "request").expect("a request log line");
+    assert_eq!(request["status"], 202);
+    assert_eq!(request["path"], "/v1/asyncprocesses/12324");
+}
+
+#[test]
+fn sigint_stops_as_gracefully_as_sigterm() {
+    let (_dir, db) = temp_db();
+    seed(&db);
+    let mut server = start(&db, &[]);
+    assert_eq!(get(&server.base, "/v1/asyncprocesses/9876543").0, 202);
+    let status = signal(&mut server, "-INT");
+    assert!(status.success(), "SIGINT ends with exit 0, got {status}");
 }
 
 #[test]

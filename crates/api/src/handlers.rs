@@ -1,10 +1,13 @@
 //! Route handlers of the status API (contract §3) and the fallbacks that keep every other
 //! answer in the envelope.
 
-use actix_web::dev::ServiceResponse;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use actix_web::middleware::ErrorHandlerResponse;
+use actix_web::middleware::{ErrorHandlerResponse, Next};
 use actix_web::{HttpRequest, HttpResponse, web};
 use async_engine_domain::{IdKind, StatusQuery, TenantId};
 use futures_util::StreamExt;
@@ -104,6 +107,25 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 
 async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed { method: req.method().to_string(), path: req.path().to_owned() })
+}
+
+/// One log line per request, inside the request's span (which carries its request id).
+pub async fn log_request(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.path().to_owned();
+    let response = next.call(req).await?;
+    let status = response.status().as_u16();
+    let millis = started.elapsed().as_secs_f64() * 1000.0;
+    if status >= 500 {
+        tracing::warn!(%method, %path, status, millis, "request");
+    } else {
+        tracing::info!(%method, %path, status, millis, "request");
+    }
+    Ok(response)
 }
 
 /// Last line of defence: an error answer that is not already our JSON envelope (one produced

@@ -13,7 +13,7 @@ use std::time::Duration;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
-use actix_web::middleware::ErrorHandlers;
+use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 use async_engine_domain::StatusReader;
 
@@ -78,15 +78,18 @@ pub fn app(
     App::new()
         .app_data(web::Data::new(state))
         .wrap(ErrorHandlers::new().default_handler(handlers::ensure_envelope))
+        .wrap(from_fn(handlers::log_request))
         .wrap(tracing_actix_web::TracingLogger::default())
         .configure(handlers::routes)
         .default_service(web::to(handlers::not_found))
 }
 
-/// Starts serving on an already bound listener; the caller awaits the returned server, which
-/// stops gracefully on SIGTERM/SIGINT.
+/// Starts serving on an already bound listener. The caller owns stopping: it awaits the
+/// returned server and stops it through `Server::handle` (actix's own signal handling is off,
+/// since it would stop abruptly on SIGINT).
 pub fn serve(listener: TcpListener, state: AppState, shutdown_timeout: Duration) -> std::io::Result<Server> {
     let server = HttpServer::new(move || app(state.clone()))
+        .disable_signals()
         .listen(listener)?
         .shutdown_timeout(shutdown_timeout.as_secs())
         .run();

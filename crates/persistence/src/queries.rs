@@ -81,8 +81,8 @@ fn assemble(conn: &mut SqliteConnection, row: ProcessRow, detail: Detail) -> Res
         status: parse_status(&row, &row.status)?,
         additional_data: RawJson::from_text(row.additional_data.clone())
             .map_err(|e| corrupt(&row, format!("additionalData: {e}")))?,
-        current_step_number: count(&row, row.current_step.into())? as u32,
-        total_number_of_steps: count(&row, row.total_steps.into())? as u32,
+        current_step_number: step_number(&row, row.current_step)?,
+        total_number_of_steps: step_number(&row, row.total_steps)?,
         step_name,
         async_process_id: row.async_process_id,
         reference_id: row.reference_id,
@@ -94,7 +94,7 @@ fn assemble(conn: &mut SqliteConnection, row: ProcessRow, detail: Detail) -> Res
 
 fn step_report(process: &ProcessRow, step: StepRow) -> Result<StepReport, Error> {
     Ok(StepReport {
-        step_number: count(process, step.step_number.into())? as u32,
+        step_number: step_number(process, step.step_number)?,
         status: parse_status(process, &step.status)?,
         processed: count(process, step.succeeded)? + count(process, step.failed)?,
         total: count(process, step.entered)?,
@@ -304,6 +304,10 @@ fn parse_status(process: &ProcessRow, text: &str) -> Result<Status, Error> {
     text.parse().map_err(|e| corrupt(process, format!("{e}")))
 }
 
+fn step_number(process: &ProcessRow, value: i32) -> Result<u32, Error> {
+    u32::try_from(value).map_err(|_| corrupt(process, format!("negative step number {value}")))
+}
+
 fn count(process: &ProcessRow, value: i64) -> Result<u64, Error> {
     u64::try_from(value).map_err(|_| corrupt(process, format!("negative count {value}")))
 }
@@ -314,4 +318,170 @@ fn to_i64(value: impl TryInto<i64>) -> Result<i64, Error> {
 
 fn to_i32(value: impl TryInto<i32>) -> Result<i32, Error> {
     value.try_into().map_err(|_| Error::Corrupt("a step number does not fit in 32 bits".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use async_engine_domain::{FailureSnapshot, LookupId, ProcessId, ReferenceId, StepSnapshot};
+    use diesel::connection::SimpleConnection;
+    use serde_json::json;
+
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("t.db").to_str().unwrap(), 2).unwrap();
+        store.migrate().unwrap();
+        (dir, store)
+    }
+
+    /// Two steps over five items; step 0 fails three items in two groups with the same code
+    /// and message, recorded out of index order.
+    fn snapshot(id: &str, reference: &str, created_at: i64) -> ProcessSnapshot {
+        ProcessSnapshot {
+            async_process_id: ProcessId::new(id).unwrap(),
+            reference_id: ReferenceId::new(reference).unwrap(),
+            name: "P".into(),
+            status: Status::InProgress,
+            message: "In progress".into(),
+            current_step: 1,
+            additional_data: RawJson::from_value(&json!({"k": [1, 2]})),
+            items: (0..5).map(|i| RawJson::from_value(&json!({ "i": i }))).collect(),
+            steps: vec![
+                StepSnapshot {
+                    name: "A".into(),
+                    status: Status::Failed,
+                    message: "Completed with errors".into(),
+                    entered: 5,
+                    successes: vec![4, 0],
+                    failures: vec![
+                        FailureSnapshot { code: 9, status_message: "Nine".into(), items: vec![3] },
+                        FailureSnapshot { code: 9, status_message: "Nine".into(), items: vec![1, 2] },
+                    ],
+                },
+                StepSnapshot {
+                    name: "B".into(),
+                    status: Status::InProgress,
+                    message: "In progress".into(),
+                    entered: 2,
+                    successes: vec![4],
+                    failures: vec![],
+                },
+            ],
+            created_at_micros: created_at,
+        }
+    }
+
+    fn query(id: &str, detail: Detail) -> StatusQuery {
+        StatusQuery {
+            tenant: TenantId::default_tenant(),
+            id: LookupId::new(id).unwrap(),
+            kind: IdKind::Either,
+            detail,
+        }
+    }
+
+    fn values(items: &[RawJson]) -> Vec<serde_json::Value> {
+        items.iter().map(RawJson::to_value).collect()
+    }
+
+    fn processes_count(store: &Store) -> i64 {
+        processes::table.count().get_result(&mut store.conn().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn items_come_back_in_recording_order_with_merged_failure_groups() {
+        let (_dir, store) = store();
+        let tenant = TenantId::default_tenant();
+        assert_eq!(store.import(&tenant, &snapshot("p1", "r", 1)).unwrap(), ImportResult::Created);
+        let found = store.find_status(&query("p1", Detail::Items)).unwrap();
+        let process = &found[0];
+        assert_eq!((process.step_name.as_str(), process.current_step_number), ("B", 1));
+        assert_eq!(process.additional_data.to_value(), json!({"k": [1, 2]}));
+        let steps = process.steps.as_ref().unwrap();
+        let a = steps[0].items.as_ref().unwrap();
+        assert_eq!(values(&a.successfully), [json!({"i": 4}), json!({"i": 0})]);
+        assert_eq!(a.failed.len(), 1, "same code and message: one group");
+        assert_eq!(values(&a.failed[0].items), [json!({"i": 3}), json!({"i": 1}), json!({"i": 2})]);
+        assert_eq!((steps[0].processed, steps[0].total), (5, 5));
+        assert_eq!((steps[1].processed, steps[1].total, steps[1].status), (1, 2, Status::InProgress));
+    }
+
+    #[test]
+    fn less_detail_reads_less() {
+        let (_dir, store) = store();
+        store.import(&TenantId::default_tenant(), &snapshot("p1", "r", 1)).unwrap();
+        let process = &store.find_status(&query("p1", Detail::Process)).unwrap()[0];
+        assert!(process.steps.is_none());
+        assert_eq!(process.step_name, "B");
+        let process = &store.find_status(&query("p1", Detail::Steps)).unwrap()[0];
+        let steps = process.steps.as_ref().unwrap();
+        assert!(steps.iter().all(|s| s.items.is_none()));
+        assert_eq!(steps[0].processed, 5);
+    }
+
+    #[test]
+    fn importing_twice_changes_nothing() {
+        let (_dir, store) = store();
+        let tenant = TenantId::default_tenant();
+        store.import(&tenant, &snapshot("p1", "r", 1)).unwrap();
+        let mut changed = snapshot("p1", "other", 2);
+        changed.name = "Changed".into();
+        assert_eq!(store.import(&tenant, &changed).unwrap(), ImportResult::AlreadyPresent);
+        let found = store.find_status(&query("r", Detail::Items)).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].name, "P");
+        // The same ID in another tenant is another process.
+        let other = TenantId::new("other").unwrap();
+        assert_eq!(store.import(&other, &snapshot("p1", "r", 1)).unwrap(), ImportResult::Created);
+        assert_eq!(processes_count(&store), 2);
+    }
+
+    #[test]
+    fn an_import_that_fails_half_way_leaves_nothing_behind() {
+        let (_dir, store) = store();
+        store
+            .conn()
+            .unwrap()
+            .batch_execute(
+                "CREATE TRIGGER boom BEFORE INSERT ON outcomes BEGIN SELECT RAISE(ABORT, 'boom'); END;",
+            )
+            .unwrap();
+        assert!(store.import(&TenantId::default_tenant(), &snapshot("p1", "r", 1)).is_err());
+        assert_eq!(processes_count(&store), 0);
+        let items: i64 = items::table.count().get_result(&mut store.conn().unwrap()).unwrap();
+        assert_eq!(items, 0);
+    }
+
+    #[test]
+    fn an_inconsistent_snapshot_is_refused_before_writing() {
+        let (_dir, store) = store();
+        let mut bad = snapshot("p1", "r", 1);
+        bad.steps[1].successes = vec![4, 4];
+        assert!(store.import(&TenantId::default_tenant(), &bad).is_err());
+        assert_eq!(processes_count(&store), 0);
+    }
+
+    #[test]
+    fn tenants_do_not_see_each_other() {
+        let (_dir, store) = store();
+        store.import(&TenantId::new("acme").unwrap(), &snapshot("p1", "r", 1)).unwrap();
+        assert!(store.find_status(&query("p1", Detail::Items)).unwrap().is_empty());
+        assert!(store.find_status(&query("r", Detail::Items)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn corrupt_rows_are_errors_not_panics() {
+        let (_dir, store) = store();
+        store.import(&TenantId::default_tenant(), &snapshot("p1", "r", 1)).unwrap();
+        store
+            .conn()
+            .unwrap()
+            .batch_execute("UPDATE steps SET status = 'Bogus' WHERE step_number = 0")
+            .unwrap();
+        let error = store.find_status(&query("p1", Detail::Steps)).unwrap_err();
+        assert!(matches!(error, RepositoryError::Failed(ref text) if text.contains("Bogus")), "{error}");
+        store.conn().unwrap().batch_execute("UPDATE processes SET current_step = 7").unwrap();
+        assert!(store.find_status(&query("p1", Detail::Process)).is_err());
+    }
 }

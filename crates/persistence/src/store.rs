@@ -93,8 +93,7 @@ impl Store {
             .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(10))
             .connection_customizer(Box::new(SqlitePragmas))
-            .build(ConnectionManager::new(path_text))
-            .map_err(|e| Error::Migration(format!("cannot build the connection pool: {e}")))?;
+            .build(ConnectionManager::new(path_text))?;
         Ok(Self { pool, path })
     }
 
