@@ -1,13 +1,16 @@
 //! The heart of Async Engine: what a process is, how its status is told, and the repository
 //! traits that storage implements. Pure: no IO, no database, no HTTP.
 
+pub mod definition;
 pub mod ids;
 pub mod json;
+pub mod lifecycle;
 pub mod process;
 pub mod repository;
 pub mod snapshot;
 pub mod status;
 
+pub use definition::{FailurePolicy, Handler, ProcessDefinition, StepDefinition};
 pub use ids::{IdError, LookupId, ProcessId, ReferenceId, TenantId};
 pub use json::RawJson;
 pub use process::{FailureGroup, ProcessStatus, StepItems, StepReport};

@@ -1,0 +1,247 @@
+//! Process definitions: a named, ordered list of steps, each with its handler and policies
+//! (contract §4.1). Validated once, when configuration is loaded.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::snapshot::MAX_NAME_CHARS;
+
+/// Who runs a step's tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Handler {
+    /// A handler compiled into the server (`builtin:NAME`).
+    Builtin(String),
+    /// External workers that claim tasks from the queue `NAME` (`queue:NAME`).
+    Queue(String),
+}
+
+impl Handler {
+    /// The queue its tasks wait in; built-in handlers have queues of their own too.
+    pub fn queue(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for Handler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Handler::Builtin(name) => write!(f, "builtin:{name}"),
+            Handler::Queue(name) => write!(f, "queue:{name}"),
+        }
+    }
+}
+
+impl FromStr for Handler {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let valid = |name: &str| {
+            !name.is_empty()
+                && name.len() <= 100
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        match s.split_once(':') {
+            Some(("builtin", name)) if valid(name) => Ok(Handler::Builtin(name.to_owned())),
+            Some(("queue", name)) if valid(name) => Ok(Handler::Queue(name.to_owned())),
+            _ => {
+                Err(format!("'{s}' is not builtin:NAME or queue:NAME (NAME: letters, digits, '-', '_', '.')"))
+            }
+        }
+    }
+}
+
+/// What failed items do to the rest of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailurePolicy {
+    /// Failed items do not enter later steps.
+    #[default]
+    Skip,
+    /// Failed items still enter later steps.
+    Continue,
+    /// The first failed item stops the process: it becomes `Failed`; unrun items are not run.
+    Abort,
+}
+
+impl FailurePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailurePolicy::Skip => "skip",
+            FailurePolicy::Continue => "continue",
+            FailurePolicy::Abort => "abort",
+        }
+    }
+}
+
+impl FromStr for FailurePolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "skip" => Ok(FailurePolicy::Skip),
+            "continue" => Ok(FailurePolicy::Continue),
+            "abort" => Ok(FailurePolicy::Abort),
+            other => Err(format!("'{other}' is not skip, continue or abort")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepDefinition {
+    pub name: String,
+    pub handler: Handler,
+    /// Items per task.
+    pub chunk_size: u32,
+    /// Attempts per task before its items are recorded as failed.
+    pub max_attempts: u32,
+    /// How long one attempt may take (the lease of a built-in task).
+    pub timeout_secs: u64,
+    pub on_item_failure: FailurePolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessDefinition {
+    pub name: String,
+    pub steps: Vec<StepDefinition>,
+}
+
+pub const MAX_CHUNK_SIZE: u32 = 10_000;
+pub const MAX_ATTEMPTS: u32 = 100;
+
+impl ProcessDefinition {
+    /// Checks one definition; `known_builtin` says which built-in handlers exist.
+    pub fn validate(&self, known_builtin: &dyn Fn(&str) -> bool) -> Result<(), String> {
+        let chars = self.name.chars().count();
+        if chars == 0 || chars > MAX_NAME_CHARS {
+            return Err(format!("a process name must have 1 to {MAX_NAME_CHARS} characters"));
+        }
+        if self.steps.is_empty() {
+            return Err(format!("process '{}' has no steps", self.name));
+        }
+        let mut names = HashSet::new();
+        for (number, step) in self.steps.iter().enumerate() {
+            let at = format!("process '{}' step {number}", self.name);
+            let chars = step.name.chars().count();
+            if chars == 0 || chars > MAX_NAME_CHARS {
+                return Err(format!("{at}: a step name must have 1 to {MAX_NAME_CHARS} characters"));
+            }
+            if !names.insert(step.name.as_str()) {
+                return Err(format!("{at}: the step name '{}' is used twice", step.name));
+            }
+            if let Handler::Builtin(name) = &step.handler
+                && !known_builtin(name)
+            {
+                return Err(format!("{at}: there is no built-in handler '{name}'"));
+            }
+            if !(1..=MAX_CHUNK_SIZE).contains(&step.chunk_size) {
+                return Err(format!("{at}: chunk_size must be 1..={MAX_CHUNK_SIZE}"));
+            }
+            if !(1..=MAX_ATTEMPTS).contains(&step.max_attempts) {
+                return Err(format!("{at}: max_attempts must be 1..={MAX_ATTEMPTS}"));
+            }
+            if !(1..=86_400).contains(&step.timeout_secs) {
+                return Err(format!("{at}: timeout_secs must be 1..=86400"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a set of definitions: each valid, names unique.
+pub fn validate_all(
+    definitions: &[ProcessDefinition],
+    known_builtin: &dyn Fn(&str) -> bool,
+) -> Result<(), String> {
+    let mut names = HashSet::new();
+    for definition in definitions {
+        definition.validate(known_builtin)?;
+        if !names.insert(definition.name.as_str()) {
+            return Err(format!("the process name '{}' is defined twice", definition.name));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(name: &str, handler: &str) -> StepDefinition {
+        StepDefinition {
+            name: name.into(),
+            handler: handler.parse().unwrap(),
+            chunk_size: 100,
+            max_attempts: 3,
+            timeout_secs: 60,
+            on_item_failure: FailurePolicy::Skip,
+        }
+    }
+
+    fn known(name: &str) -> bool {
+        name == "noop"
+    }
+
+    #[test]
+    fn handlers_parse_and_print() {
+        assert_eq!("builtin:noop".parse(), Ok(Handler::Builtin("noop".into())));
+        assert_eq!("queue:pricing-v2".parse(), Ok(Handler::Queue("pricing-v2".into())));
+        assert_eq!(Handler::Queue("q".into()).queue(), "queue:q");
+        for bad in ["noop", "builtin:", "http:x", "queue:a b", "queue:a/b"] {
+            assert!(bad.parse::<Handler>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn policies() {
+        for policy in [FailurePolicy::Skip, FailurePolicy::Continue, FailurePolicy::Abort] {
+            assert_eq!(policy.as_str().parse(), Ok(policy));
+        }
+        assert!("stop".parse::<FailurePolicy>().is_err());
+    }
+
+    #[test]
+    fn validation() {
+        let good = ProcessDefinition {
+            name: "P".into(),
+            steps: vec![step("A", "builtin:noop"), step("B", "queue:x")],
+        };
+        assert!(validate_all(std::slice::from_ref(&good), &known).is_ok());
+        let cases = [
+            (ProcessDefinition { name: "P".into(), steps: vec![] }, "no steps"),
+            (
+                ProcessDefinition {
+                    name: "P".into(),
+                    steps: vec![step("A", "builtin:noop"), step("A", "builtin:noop")],
+                },
+                "used twice",
+            ),
+            (
+                ProcessDefinition { name: "P".into(), steps: vec![step("A", "builtin:nope")] },
+                "no built-in handler 'nope'",
+            ),
+            (
+                ProcessDefinition {
+                    name: "P".into(),
+                    steps: vec![StepDefinition { chunk_size: 0, ..step("A", "builtin:noop") }],
+                },
+                "chunk_size",
+            ),
+            (
+                ProcessDefinition {
+                    name: "P".into(),
+                    steps: vec![StepDefinition { max_attempts: 0, ..step("A", "builtin:noop") }],
+                },
+                "max_attempts",
+            ),
+        ];
+        for (definition, mention) in cases {
+            let error = validate_all(&[definition], &known).unwrap_err();
+            assert!(error.contains(mention), "{error}");
+        }
+        let error = validate_all(&[good.clone(), good], &known).unwrap_err();
+        assert!(error.contains("defined twice"), "{error}");
+    }
+}
