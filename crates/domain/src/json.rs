@@ -17,6 +17,10 @@ impl RawJson {
         RawValue::from_string(text).map(Self)
     }
 
+    pub fn from_raw(raw: Box<RawValue>) -> Self {
+        Self(raw)
+    }
+
     pub fn from_value(value: &serde_json::Value) -> Self {
         // A Value always serialises to valid JSON text; the fallback is unreachable.
         let raw = serde_json::value::to_raw_value(value).unwrap_or_else(|_| RawValue::NULL.to_owned());

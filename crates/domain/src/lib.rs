@@ -9,6 +9,7 @@ pub mod process;
 pub mod repository;
 pub mod snapshot;
 pub mod status;
+pub mod work;
 
 pub use definition::{FailurePolicy, Handler, ProcessDefinition, StepDefinition};
 pub use ids::{IdError, LookupId, ProcessId, ReferenceId, TenantId};
@@ -19,3 +20,7 @@ pub use repository::{
 };
 pub use snapshot::{FailureSnapshot, ProcessSnapshot, SnapshotError, StepSnapshot};
 pub use status::{ProcessEnd, Status, StepState, UnknownStatus};
+pub use work::{
+    ClaimRequest, ClaimedTask, CommandError, ListError, ListQuery, NewProcess, Page, ProcessStore, Started,
+    TaskError, TaskReport, TaskStore,
+};

@@ -58,6 +58,8 @@ pub struct NewStep<'a> {
     pub entered: i64,
     pub succeeded: i64,
     pub failed: i64,
+    pub started: bool,
+    pub next_seq: i64,
 }
 
 #[derive(Insertable)]

@@ -18,7 +18,7 @@ use crate::schema::{failure_groups, items, outcomes, processes, steps};
 use crate::store::Store;
 
 /// Rows per multi-row INSERT: below SQLite's limit of 32,766 bound variables for every table.
-const INSERT_BATCH: usize = 5_000;
+pub(crate) const INSERT_BATCH: usize = 5_000;
 
 /// Resolves and reads a status query inside one read transaction, so every record is a
 /// consistent picture even while the engine writes.
@@ -38,7 +38,11 @@ pub fn find_status(conn: &mut SqliteConnection, query: &StatusQuery) -> Result<V
     })
 }
 
-fn by_process_id(conn: &mut SqliteConnection, tenant: &str, id: &str) -> QueryResult<Vec<ProcessRow>> {
+pub(crate) fn by_process_id(
+    conn: &mut SqliteConnection,
+    tenant: &str,
+    id: &str,
+) -> QueryResult<Vec<ProcessRow>> {
     processes::table
         .filter(processes::tenant.eq(tenant))
         .filter(processes::async_process_id.eq(id))
@@ -55,7 +59,11 @@ fn by_reference_id(conn: &mut SqliteConnection, tenant: &str, id: &str) -> Query
         .load(conn)
 }
 
-fn assemble(conn: &mut SqliteConnection, row: ProcessRow, detail: Detail) -> Result<ProcessStatus, Error> {
+pub(crate) fn assemble(
+    conn: &mut SqliteConnection,
+    row: ProcessRow,
+    detail: Detail,
+) -> Result<ProcessStatus, Error> {
     let step_rows: Vec<StepRow> = steps::table
         .filter(steps::process_id.eq(row.id))
         .order(steps::step_number.asc())
@@ -159,6 +167,24 @@ fn fill_items(
     Ok(())
 }
 
+/// Stores a process's items, indexed from 0, in batches.
+pub(crate) fn insert_items(
+    conn: &mut SqliteConnection,
+    process_id: i64,
+    values: &[RawJson],
+) -> Result<(), Error> {
+    for (offset, chunk) in values.chunks(INSERT_BATCH).enumerate() {
+        let base = offset * INSERT_BATCH;
+        let rows = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, item)| Ok(NewItem { process_id, item_index: to_i64(base + i)?, value: item.as_str() }))
+            .collect::<Result<Vec<_>, Error>>()?;
+        diesel::insert_into(items::table).values(&rows).execute(conn)?;
+    }
+    Ok(())
+}
+
 /// Stores a snapshot in one write transaction, unless its asyncProcessId is already taken.
 pub fn import(
     conn: &mut SqliteConnection,
@@ -209,22 +235,14 @@ pub fn import(
                     entered: to_i64(step.entered)?,
                     succeeded: to_i64(step.successes.len())?,
                     failed: to_i64(step.failed_count())?,
+                    started: step.status != Status::WaitingToProcess,
+                    next_seq: to_i64(step.processed())?,
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
         diesel::insert_into(steps::table).values(&new_steps).execute(conn)?;
 
-        for (offset, chunk) in snapshot.items.chunks(INSERT_BATCH).enumerate() {
-            let base = offset * INSERT_BATCH;
-            let rows = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, item)| {
-                    Ok(NewItem { process_id, item_index: to_i64(base + i)?, value: item.as_str() })
-                })
-                .collect::<Result<Vec<_>, Error>>()?;
-            diesel::insert_into(items::table).values(&rows).execute(conn)?;
-        }
+        insert_items(conn, process_id, &snapshot.items)?;
 
         for (number, step) in snapshot.steps.iter().enumerate() {
             let step_number = to_i32(number)?;
@@ -296,7 +314,7 @@ impl SnapshotWriter for Store {
     }
 }
 
-fn corrupt(process: &ProcessRow, what: String) -> Error {
+pub(crate) fn corrupt(process: &ProcessRow, what: String) -> Error {
     Error::Corrupt(format!("process {}: {what}", process.async_process_id))
 }
 
@@ -312,11 +330,11 @@ fn count(process: &ProcessRow, value: i64) -> Result<u64, Error> {
     u64::try_from(value).map_err(|_| corrupt(process, format!("negative count {value}")))
 }
 
-fn to_i64(value: impl TryInto<i64>) -> Result<i64, Error> {
+pub(crate) fn to_i64(value: impl TryInto<i64>) -> Result<i64, Error> {
     value.try_into().map_err(|_| Error::Corrupt("a count does not fit in 64 bits".into()))
 }
 
-fn to_i32(value: impl TryInto<i32>) -> Result<i32, Error> {
+pub(crate) fn to_i32(value: impl TryInto<i32>) -> Result<i32, Error> {
     value.try_into().map_err(|_| Error::Corrupt("a step number does not fit in 32 bits".into()))
 }
 

@@ -16,6 +16,9 @@ diesel::table! {
         additional_data -> Text,
         created_at -> BigInt,
         updated_at -> BigInt,
+        runnable -> Bool,
+        end_reason -> Nullable<Text>,
+        idempotency_key -> Nullable<Text>,
     }
 }
 
@@ -29,6 +32,13 @@ diesel::table! {
         entered -> BigInt,
         succeeded -> BigInt,
         failed -> BigInt,
+        handler -> Text,
+        chunk_size -> Integer,
+        max_attempts -> Integer,
+        timeout_secs -> BigInt,
+        on_item_failure -> Text,
+        started -> Bool,
+        next_seq -> BigInt,
     }
 }
 
@@ -60,4 +70,23 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(processes, steps, items, failure_groups, outcomes);
+diesel::table! {
+    tasks (id) {
+        id -> BigInt,
+        process_id -> BigInt,
+        step_number -> Integer,
+        queue -> Text,
+        item_indices -> Text,
+        state -> Text,
+        attempt -> Integer,
+        max_attempts -> Integer,
+        timeout_secs -> BigInt,
+        lease_token -> Nullable<Text>,
+        lease_expires_at -> Nullable<BigInt>,
+        worker_id -> Nullable<Text>,
+        available_at -> BigInt,
+        last_error -> Nullable<Text>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(processes, steps, items, failure_groups, outcomes, tasks);

@@ -1,0 +1,170 @@
+//! The contracts of running processes: starting them, leasing their tasks to workers,
+//! recording outcomes, and the commands callers give (contract §4).
+
+use crate::definition::ProcessDefinition;
+use crate::ids::{ProcessId, ReferenceId, TenantId};
+use crate::json::RawJson;
+use crate::lifecycle::Refused;
+use crate::process::ProcessStatus;
+use crate::repository::RepositoryError;
+use crate::snapshot::FailureSnapshot;
+use crate::status::Status;
+
+/// Code recorded for items whose task ran out of attempts.
+pub const GAVE_UP_CODE: i64 = 1000;
+
+/// A process to start, already validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewProcess {
+    pub tenant: TenantId,
+    pub async_process_id: ProcessId,
+    pub reference_id: ReferenceId,
+    pub definition: ProcessDefinition,
+    pub items: Vec<RawJson>,
+    /// A JSON object.
+    pub additional_data: RawJson,
+    /// A repeated key of the same tenant returns the first process instead of a new one.
+    pub idempotency_key: Option<String>,
+    pub now_micros: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Started {
+    Created(ProcessStatus),
+    /// The idempotency key was used before: this is the process it started.
+    Existing(ProcessStatus),
+}
+
+/// A worker asking for due tasks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRequest {
+    /// Queue names as handlers print them (`builtin:noop`, `queue:pricing`).
+    pub queues: Vec<String>,
+    pub worker_id: String,
+    pub max_tasks: u32,
+    pub lease_micros: i64,
+    pub now_micros: i64,
+}
+
+/// A leased task: one chunk of one step's items.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedTask {
+    pub task_id: i64,
+    pub lease_token: String,
+    pub tenant: TenantId,
+    pub async_process_id: String,
+    pub reference_id: String,
+    pub process_name: String,
+    pub step_number: u32,
+    pub step_name: String,
+    pub queue: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub lease_expires_at_micros: i64,
+    pub additional_data: RawJson,
+    /// `(index in the process's items, item)`.
+    pub items: Vec<(u64, RawJson)>,
+}
+
+/// What a worker reports for every item of its task.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TaskReport {
+    pub successes: Vec<u64>,
+    pub failures: Vec<FailureSnapshot>,
+}
+
+/// Why a task call was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskError {
+    /// The lease is unknown, stale, or its task is no longer leased: nothing was recorded.
+    #[error("{0}")]
+    Conflict(String),
+    /// The report itself is wrong (an index missing, repeated or not of the task).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Storage(#[from] RepositoryError),
+}
+
+/// Why a command on a process was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("no process has the asyncProcessId '{0}'")]
+    NotFound(String),
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error("process '{0}' was imported as a record of history; the engine does not run it")]
+    NotRunnable(String),
+    #[error(transparent)]
+    Storage(#[from] RepositoryError),
+}
+
+/// A page of the process list (newest first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    pub tenant: TenantId,
+    pub status: Option<Status>,
+    pub name: Option<String>,
+    pub reference_id: Option<String>,
+    pub limit: u32,
+    /// Opaque position from a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub records: Vec<ProcessStatus>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListError {
+    #[error("cursor is not one this server gave out")]
+    BadCursor,
+    #[error(transparent)]
+    Storage(#[from] RepositoryError),
+}
+
+/// Starting and steering processes.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+pub trait ProcessStore: Send + Sync {
+    fn start(&self, process: &NewProcess) -> Result<Started, RepositoryError>;
+    fn cancel(&self, tenant: &TenantId, id: &str, now_micros: i64) -> Result<ProcessStatus, CommandError>;
+    fn retry(&self, tenant: &TenantId, id: &str, now_micros: i64) -> Result<ProcessStatus, CommandError>;
+    fn list(&self, query: &ListQuery) -> Result<Page, ListError>;
+}
+
+/// Leasing tasks and recording their outcomes, exactly once.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+pub trait TaskStore: Send + Sync {
+    /// Leases up to `max_tasks` due tasks (queued, or with an expired lease). A task whose
+    /// lease expired on its last attempt has its items recorded as failed instead.
+    fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedTask>, RepositoryError>;
+    /// Records every item's outcome, releases the task and moves the process on, in one
+    /// transaction.
+    fn complete(
+        &self,
+        task_id: i64,
+        lease_token: &str,
+        report: &TaskReport,
+        now_micros: i64,
+    ) -> Result<(), TaskError>;
+    /// Extends a lease; returns the new expiry.
+    fn heartbeat(
+        &self,
+        task_id: i64,
+        lease_token: &str,
+        lease_micros: i64,
+        now_micros: i64,
+    ) -> Result<i64, TaskError>;
+    /// Gives a task back: retried later while attempts remain and `retryable`, else every item
+    /// is recorded as failed with `message`.
+    fn fail(
+        &self,
+        task_id: i64,
+        lease_token: &str,
+        message: &str,
+        retryable: bool,
+        now_micros: i64,
+    ) -> Result<(), TaskError>;
+}

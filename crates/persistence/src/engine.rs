@@ -1,0 +1,961 @@
+//! The statements the engine runs. Every public function is one transaction, so an outcome,
+//! the counters it moves, the task it releases and the step it may start are committed
+//! together or not at all: a crash at any moment loses nothing and counts nothing twice.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use async_engine_domain::lifecycle::{self, AfterStep, Command};
+use async_engine_domain::status::{process_message, process_status};
+use async_engine_domain::work::GAVE_UP_CODE;
+use async_engine_domain::{
+    ClaimRequest, ClaimedTask, CommandError, Detail, FailurePolicy, ListError, ListQuery, NewProcess, Page,
+    ProcessEnd, ProcessStatus, ProcessStore, RawJson, RepositoryError, Started, Status, StepDefinition,
+    StepState, TaskError, TaskReport, TaskStore, TenantId,
+};
+use diesel::SqliteConnection;
+use diesel::prelude::*;
+
+use crate::error::Error;
+use crate::models::ProcessRow;
+use crate::queries::{INSERT_BATCH, assemble, by_process_id, corrupt, insert_items, to_i32, to_i64};
+use crate::schema::{failure_groups, items, outcomes, processes, steps, tasks};
+use crate::store::Store;
+
+const QUEUED: &str = "queued";
+const LEASED: &str = "leased";
+const DONE: &str = "done";
+const CANCELLED: &str = "cancelled";
+const OPEN: [&str; 2] = [QUEUED, LEASED];
+
+const END_CANCELLED: &str = "cancelled";
+const END_ABORTED: &str = "aborted_by_policy";
+
+#[derive(Insertable)]
+#[diesel(table_name = processes)]
+struct NewRunnable<'a> {
+    tenant: &'a str,
+    async_process_id: &'a str,
+    reference_id: &'a str,
+    name: &'a str,
+    status: &'a str,
+    message: &'a str,
+    current_step: i32,
+    total_steps: i32,
+    item_count: i64,
+    additional_data: &'a str,
+    created_at: i64,
+    updated_at: i64,
+    runnable: bool,
+    idempotency_key: Option<&'a str>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = steps)]
+struct NewRunnableStep<'a> {
+    process_id: i64,
+    step_number: i32,
+    name: &'a str,
+    status: &'a str,
+    message: &'a str,
+    entered: i64,
+    succeeded: i64,
+    failed: i64,
+    handler: String,
+    chunk_size: i32,
+    max_attempts: i32,
+    timeout_secs: i64,
+    on_item_failure: &'a str,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = tasks)]
+struct NewTask<'a> {
+    process_id: i64,
+    step_number: i32,
+    queue: &'a str,
+    item_indices: String,
+    state: &'a str,
+    max_attempts: i32,
+    timeout_secs: i64,
+    available_at: i64,
+}
+
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = processes, check_for_backend(diesel::sqlite::Sqlite))]
+struct RunRow {
+    id: i64,
+    tenant: String,
+    async_process_id: String,
+    status: String,
+    current_step: i32,
+    runnable: bool,
+    end_reason: Option<String>,
+}
+
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = steps, check_for_backend(diesel::sqlite::Sqlite))]
+struct RunStepRow {
+    step_number: i32,
+    name: String,
+    status: String,
+    entered: i64,
+    succeeded: i64,
+    failed: i64,
+    handler: String,
+    chunk_size: i32,
+    max_attempts: i32,
+    timeout_secs: i64,
+    on_item_failure: String,
+    started: bool,
+    next_seq: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = tasks, check_for_backend(diesel::sqlite::Sqlite))]
+struct TaskRow {
+    id: i64,
+    process_id: i64,
+    step_number: i32,
+    queue: String,
+    item_indices: String,
+    state: String,
+    attempt: i32,
+    max_attempts: i32,
+    timeout_secs: i64,
+    lease_token: Option<String>,
+}
+
+/// One failure group to record: code, message, item indices.
+type Failures<'a> = Vec<(i64, &'a str, Vec<i64>)>;
+
+impl RunStepRow {
+    fn policy(&self) -> Result<FailurePolicy, Error> {
+        self.on_item_failure
+            .parse()
+            .map_err(|e| Error::Corrupt(format!("step {}: on_item_failure {e}", self.step_number)))
+    }
+}
+
+fn end_of(row: &RunRow) -> Option<ProcessEnd> {
+    match row.end_reason.as_deref() {
+        Some(END_CANCELLED) => Some(ProcessEnd::Cancelled),
+        Some(_) => Some(ProcessEnd::AbortedByPolicy),
+        None => None,
+    }
+}
+
+fn load_run(conn: &mut SqliteConnection, process_id: i64) -> Result<RunRow, Error> {
+    Ok(processes::table.find(process_id).select(RunRow::as_select()).first(conn)?)
+}
+
+fn load_steps(conn: &mut SqliteConnection, process_id: i64) -> Result<Vec<RunStepRow>, Error> {
+    Ok(steps::table
+        .filter(steps::process_id.eq(process_id))
+        .order(steps::step_number.asc())
+        .select(RunStepRow::as_select())
+        .load(conn)?)
+}
+
+fn find_run(conn: &mut SqliteConnection, tenant: &TenantId, id: &str) -> Result<Option<RunRow>, Error> {
+    Ok(processes::table
+        .filter(processes::tenant.eq(tenant.as_str()))
+        .filter(processes::async_process_id.eq(id))
+        .select(RunRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// The record a command answers with: the process and its steps' counters.
+fn report(conn: &mut SqliteConnection, tenant: &str, id: &str) -> Result<ProcessStatus, Error> {
+    let row: ProcessRow = by_process_id(conn, tenant, id)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Corrupt(format!("process {id} vanished inside its transaction")))?;
+    assemble(conn, row, Detail::Steps)
+}
+
+fn create_tasks(
+    conn: &mut SqliteConnection,
+    process_id: i64,
+    step_number: i32,
+    step: &RunStepRow,
+    indices: &[i64],
+    now: i64,
+) -> Result<(), Error> {
+    let size = usize::try_from(step.chunk_size.max(1)).unwrap_or(1);
+    let rows: Vec<NewTask> = indices
+        .chunks(size)
+        .map(|chunk| NewTask {
+            process_id,
+            step_number,
+            queue: &step.handler,
+            item_indices: serde_json::to_string(chunk).unwrap_or_else(|_| "[]".to_owned()),
+            state: QUEUED,
+            max_attempts: step.max_attempts,
+            timeout_secs: step.timeout_secs,
+            available_at: now,
+        })
+        .collect();
+    for batch in rows.chunks(INSERT_BATCH / 2) {
+        diesel::insert_into(tasks::table).values(batch).execute(conn)?;
+    }
+    Ok(())
+}
+
+fn indices_of(task: &TaskRow) -> Result<Vec<i64>, Error> {
+    serde_json::from_str(&task.item_indices)
+        .map_err(|e| Error::Corrupt(format!("task {}: item_indices {e}", task.id)))
+}
+
+pub fn start(conn: &mut SqliteConnection, new: &NewProcess) -> Result<Started, Error> {
+    conn.immediate_transaction(|conn| {
+        let tenant = new.tenant.as_str();
+        if let Some(key) = &new.idempotency_key {
+            let existing: Option<String> = processes::table
+                .filter(processes::tenant.eq(tenant))
+                .filter(processes::idempotency_key.eq(key))
+                .select(processes::async_process_id)
+                .first(conn)
+                .optional()?;
+            if let Some(id) = existing {
+                return Ok(Started::Existing(report(conn, tenant, &id)?));
+            }
+        }
+        let definition = &new.definition;
+        let waiting = Status::WaitingToProcess;
+        let process_id: i64 = diesel::insert_into(processes::table)
+            .values(NewRunnable {
+                tenant,
+                async_process_id: new.async_process_id.as_str(),
+                reference_id: new.reference_id.as_str(),
+                name: &definition.name,
+                status: waiting.as_str(),
+                message: waiting.step_message(),
+                current_step: 0,
+                total_steps: to_i32(definition.steps.len())?,
+                item_count: to_i64(new.items.len())?,
+                additional_data: new.additional_data.as_str(),
+                created_at: new.now_micros,
+                updated_at: new.now_micros,
+                runnable: true,
+                idempotency_key: new.idempotency_key.as_deref(),
+            })
+            .returning(processes::id)
+            .get_result(conn)?;
+        let rows = definition
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(number, step)| {
+                new_step(process_id, number, step, if number == 0 { new.items.len() } else { 0 })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        diesel::insert_into(steps::table).values(&rows).execute(conn)?;
+        insert_items(conn, process_id, &new.items)?;
+        let first = load_steps(conn, process_id)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Corrupt("a process without steps".into()))?;
+        let all: Vec<i64> = (0..to_i64(new.items.len())?).collect();
+        create_tasks(conn, process_id, 0, &first, &all, new.now_micros)?;
+        advance(conn, process_id, new.now_micros)?;
+        Ok(Started::Created(report(conn, tenant, new.async_process_id.as_str())?))
+    })
+}
+
+fn new_step(
+    process_id: i64,
+    number: usize,
+    step: &StepDefinition,
+    entered: usize,
+) -> Result<NewRunnableStep<'_>, Error> {
+    let waiting = Status::WaitingToProcess;
+    Ok(NewRunnableStep {
+        process_id,
+        step_number: to_i32(number)?,
+        name: &step.name,
+        status: waiting.as_str(),
+        message: waiting.step_message(),
+        entered: to_i64(entered)?,
+        succeeded: 0,
+        failed: 0,
+        handler: step.handler.queue(),
+        chunk_size: to_i32(step.chunk_size)?,
+        max_attempts: to_i32(step.max_attempts)?,
+        timeout_secs: to_i64(step.timeout_secs)?,
+        on_item_failure: step.on_item_failure.as_str(),
+    })
+}
+
+pub fn claim(conn: &mut SqliteConnection, request: &ClaimRequest) -> Result<Vec<ClaimedTask>, Error> {
+    conn.immediate_transaction(|conn| {
+        let now = request.now_micros;
+        let wanted = usize::try_from(request.max_tasks).unwrap_or(usize::MAX);
+        let due: Vec<TaskRow> = tasks::table
+            .filter(tasks::queue.eq_any(&request.queues))
+            .filter(
+                tasks::state
+                    .eq(QUEUED)
+                    .and(tasks::available_at.le(now))
+                    .or(tasks::state.eq(LEASED).and(tasks::lease_expires_at.le(now))),
+            )
+            .order(tasks::id.asc())
+            .limit(i64::from(request.max_tasks.saturating_mul(2)).saturating_add(16))
+            .select(TaskRow::as_select())
+            .load(conn)?;
+        let mut leased = Vec::new();
+        for task in due {
+            if leased.len() >= wanted {
+                break;
+            }
+            if task.state == LEASED && task.attempt >= task.max_attempts {
+                let message = format!("gave up after {} attempts: the last lease expired", task.attempt);
+                give_up(conn, &task, &message, now)?;
+                continue;
+            }
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            // The step's timeout caps the lease: an attempt may not run longer unheartbeated.
+            let lease = request.lease_micros.min(task.timeout_secs.saturating_mul(1_000_000));
+            let expires = now.saturating_add(lease);
+            diesel::update(tasks::table.find(task.id))
+                .set((
+                    tasks::state.eq(LEASED),
+                    tasks::attempt.eq(task.attempt + 1),
+                    tasks::lease_token.eq(&token),
+                    tasks::lease_expires_at.eq(expires),
+                    tasks::worker_id.eq(&request.worker_id),
+                ))
+                .execute(conn)?;
+            let first_claim = diesel::update(
+                steps::table
+                    .filter(steps::process_id.eq(task.process_id))
+                    .filter(steps::step_number.eq(task.step_number))
+                    .filter(steps::started.eq(false)),
+            )
+            .set(steps::started.eq(true))
+            .execute(conn)?;
+            if first_claim > 0 {
+                refresh(conn, task.process_id, now)?;
+            }
+            leased.push((task, token, expires));
+        }
+        leased.into_iter().map(|(task, token, expires)| describe(conn, task, token, expires)).collect()
+    })
+}
+
+/// Everything a worker needs to run a leased task.
+fn describe(
+    conn: &mut SqliteConnection,
+    task: TaskRow,
+    token: String,
+    expires: i64,
+) -> Result<ClaimedTask, Error> {
+    let process: ProcessRow =
+        processes::table.find(task.process_id).select(ProcessRow::as_select()).first(conn)?;
+    let tenant: String = processes::table.find(task.process_id).select(processes::tenant).first(conn)?;
+    let step_name: String = steps::table
+        .filter(steps::process_id.eq(task.process_id))
+        .filter(steps::step_number.eq(task.step_number))
+        .select(steps::name)
+        .first(conn)?;
+    let indices = indices_of(&task)?;
+    let values: Vec<(i64, String)> = items::table
+        .filter(items::process_id.eq(task.process_id))
+        .filter(items::item_index.eq_any(&indices))
+        .order(items::item_index.asc())
+        .select((items::item_index, items::value))
+        .load(conn)?;
+    let items = values
+        .into_iter()
+        .map(|(index, value)| {
+            let item =
+                RawJson::from_text(value).map_err(|e| corrupt(&process, format!("item {index}: {e}")))?;
+            Ok((u64::try_from(index).unwrap_or_default(), item))
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    Ok(ClaimedTask {
+        task_id: task.id,
+        lease_token: token,
+        tenant: TenantId::new(tenant).map_err(|e| Error::Corrupt(e.to_string()))?,
+        additional_data: RawJson::from_text(process.additional_data.clone())
+            .map_err(|e| corrupt(&process, format!("additionalData: {e}")))?,
+        async_process_id: process.async_process_id,
+        reference_id: process.reference_id,
+        process_name: process.name,
+        step_number: u32::try_from(task.step_number).unwrap_or_default(),
+        step_name,
+        queue: task.queue,
+        attempt: u32::try_from(task.attempt + 1).unwrap_or_default(),
+        lease_expires_at_micros: expires,
+        items,
+    })
+}
+
+/// The task behind a lease, if the lease is current.
+fn leased_task(
+    conn: &mut SqliteConnection,
+    task_id: i64,
+    token: &str,
+) -> Result<Result<TaskRow, TaskError>, Error> {
+    let task: Option<TaskRow> =
+        tasks::table.find(task_id).select(TaskRow::as_select()).first(conn).optional()?;
+    Ok(match task {
+        None => Err(TaskError::Conflict(format!("task {task_id} does not exist"))),
+        Some(task) if task.state != LEASED || task.lease_token.as_deref() != Some(token) => {
+            Err(TaskError::Conflict(format!(
+                "the lease on task {task_id} is not current: the task was taken over, finished or cancelled"
+            )))
+        }
+        Some(task) => Ok(task),
+    })
+}
+
+pub fn complete(
+    conn: &mut SqliteConnection,
+    task_id: i64,
+    token: &str,
+    report: &TaskReport,
+    now: i64,
+) -> Result<Result<(), TaskError>, Error> {
+    conn.immediate_transaction(|conn| {
+        let task = match leased_task(conn, task_id, token)? {
+            Ok(task) => task,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let expected: HashSet<i64> = indices_of(&task)?.into_iter().collect();
+        let mut seen = HashSet::with_capacity(expected.len());
+        let reported = report.successes.iter().chain(report.failures.iter().flat_map(|f| &f.items));
+        for &index in reported {
+            let index = to_i64(index)?;
+            if !expected.contains(&index) {
+                return Ok(Err(TaskError::Invalid(format!("item {index} is not an item of task {task_id}"))));
+            }
+            if !seen.insert(index) {
+                return Ok(Err(TaskError::Invalid(format!("item {index} is reported more than once"))));
+            }
+        }
+        if seen.len() != expected.len() {
+            let mut missing: Vec<i64> = expected.difference(&seen).copied().collect();
+            missing.sort_unstable();
+            missing.truncate(10);
+            return Ok(Err(TaskError::Invalid(format!(
+                "every item of the task needs an outcome; missing: {missing:?}{}",
+                if expected.len() - seen.len() > 10 { " ..." } else { "" }
+            ))));
+        }
+        let successes = report.successes.iter().map(|&i| to_i64(i)).collect::<Result<Vec<_>, _>>()?;
+        let failures = report
+            .failures
+            .iter()
+            .map(|f| {
+                Ok((
+                    f.code,
+                    f.status_message.as_str(),
+                    f.items.iter().map(|&i| to_i64(i)).collect::<Result<_, _>>()?,
+                ))
+            })
+            .collect::<Result<Failures, Error>>()?;
+        record(conn, task.process_id, task.step_number, &successes, &failures)?;
+        finish_task(conn, task.id, None)?;
+        advance(conn, task.process_id, now)?;
+        Ok(Ok(()))
+    })
+}
+
+pub fn heartbeat(
+    conn: &mut SqliteConnection,
+    task_id: i64,
+    token: &str,
+    lease_micros: i64,
+    now: i64,
+) -> Result<Result<i64, TaskError>, Error> {
+    conn.immediate_transaction(|conn| {
+        if let Err(refused) = leased_task(conn, task_id, token)? {
+            return Ok(Err(refused));
+        }
+        let expires = now.saturating_add(lease_micros);
+        diesel::update(tasks::table.find(task_id)).set(tasks::lease_expires_at.eq(expires)).execute(conn)?;
+        Ok(Ok(expires))
+    })
+}
+
+pub fn fail(
+    conn: &mut SqliteConnection,
+    task_id: i64,
+    token: &str,
+    message: &str,
+    retryable: bool,
+    now: i64,
+) -> Result<Result<(), TaskError>, Error> {
+    conn.immediate_transaction(|conn| {
+        let task = match leased_task(conn, task_id, token)? {
+            Ok(task) => task,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        if retryable && task.attempt < task.max_attempts {
+            // 1 s, 2 s, 4 s ... at most a minute between attempts.
+            let backoff = 1_000_000_i64 << task.attempt.clamp(1, 7).saturating_sub(1);
+            diesel::update(tasks::table.find(task.id))
+                .set((
+                    tasks::state.eq(QUEUED),
+                    tasks::lease_token.eq(None::<String>),
+                    tasks::lease_expires_at.eq(None::<i64>),
+                    tasks::available_at.eq(now.saturating_add(backoff.min(60_000_000))),
+                    tasks::last_error.eq(message),
+                ))
+                .execute(conn)?;
+        } else {
+            give_up(conn, &task, message, now)?;
+        }
+        Ok(Ok(()))
+    })
+}
+
+/// Records every item of a task as failed and moves the process on.
+fn give_up(conn: &mut SqliteConnection, task: &TaskRow, message: &str, now: i64) -> Result<(), Error> {
+    let indices = indices_of(task)?;
+    record(conn, task.process_id, task.step_number, &[], &vec![(GAVE_UP_CODE, message, indices)])?;
+    finish_task(conn, task.id, Some(message))?;
+    advance(conn, task.process_id, now)
+}
+
+fn finish_task(conn: &mut SqliteConnection, task_id: i64, error: Option<&str>) -> Result<(), Error> {
+    diesel::update(tasks::table.find(task_id))
+        .set((tasks::state.eq(DONE), tasks::lease_token.eq(None::<String>), tasks::last_error.eq(error)))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Inserts outcomes in recording order and moves the step's counters; a failure at a step
+/// whose policy is `abort` stops the process.
+fn record(
+    conn: &mut SqliteConnection,
+    process_id: i64,
+    step_number: i32,
+    successes: &[i64],
+    failures: &Failures,
+) -> Result<(), Error> {
+    let step: RunStepRow = steps::table
+        .filter(steps::process_id.eq(process_id))
+        .filter(steps::step_number.eq(step_number))
+        .select(RunStepRow::as_select())
+        .first(conn)?;
+    let mut seq = step.next_seq;
+    let mut rows = Vec::with_capacity(successes.len() + failures.iter().map(|f| f.2.len()).sum::<usize>());
+    for &index in successes {
+        rows.push(crate::models::NewOutcome {
+            process_id,
+            step_number,
+            item_index: index,
+            seq,
+            failure_group: None,
+        });
+        seq += 1;
+    }
+    let mut failed = 0_i64;
+    for (code, message, indices) in failures {
+        if indices.is_empty() {
+            continue;
+        }
+        let group = failure_group(conn, process_id, step_number, *code, message)?;
+        for &index in indices {
+            rows.push(crate::models::NewOutcome {
+                process_id,
+                step_number,
+                item_index: index,
+                seq,
+                failure_group: Some(group),
+            });
+            seq += 1;
+            failed += 1;
+        }
+    }
+    for batch in rows.chunks(INSERT_BATCH) {
+        diesel::insert_into(outcomes::table).values(batch).execute(conn)?;
+    }
+    let succeeded = to_i64(successes.len())?;
+    diesel::update(
+        steps::table.filter(steps::process_id.eq(process_id)).filter(steps::step_number.eq(step_number)),
+    )
+    .set((
+        steps::succeeded.eq(steps::succeeded + succeeded),
+        steps::failed.eq(steps::failed + failed),
+        steps::next_seq.eq(seq),
+    ))
+    .execute(conn)?;
+    if lifecycle::stops_process(step.policy()?, to_i64(failed).map(|f| f.unsigned_abs()).unwrap_or(0)) {
+        let process = load_run(conn, process_id)?;
+        if process.end_reason.is_none() {
+            end_early(conn, process_id, END_ABORTED)?;
+        }
+    }
+    Ok(())
+}
+
+fn failure_group(
+    conn: &mut SqliteConnection,
+    process_id: i64,
+    step_number: i32,
+    code: i64,
+    message: &str,
+) -> Result<i64, Error> {
+    let existing: Option<i64> = failure_groups::table
+        .filter(failure_groups::process_id.eq(process_id))
+        .filter(failure_groups::step_number.eq(step_number))
+        .filter(failure_groups::code.eq(code))
+        .filter(failure_groups::status_message.eq(message))
+        .select(failure_groups::id)
+        .first(conn)
+        .optional()?;
+    if let Some(id) = existing {
+        return Ok(id);
+    }
+    Ok(diesel::insert_into(failure_groups::table)
+        .values(crate::models::NewFailureGroup { process_id, step_number, code, status_message: message })
+        .returning(failure_groups::id)
+        .get_result(conn)?)
+}
+
+/// Stops a process: its open tasks are cancelled so that no task starts afterwards.
+fn end_early(conn: &mut SqliteConnection, process_id: i64, reason: &str) -> Result<(), Error> {
+    diesel::update(processes::table.find(process_id)).set(processes::end_reason.eq(reason)).execute(conn)?;
+    diesel::update(tasks::table.filter(tasks::process_id.eq(process_id)).filter(tasks::state.eq_any(OPEN)))
+        .set((tasks::state.eq(CANCELLED), tasks::lease_token.eq(None::<String>)))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Starts each following step whose predecessor has an outcome for every item that entered
+/// it and no open task; then brings the stored statuses up to date.
+fn advance(conn: &mut SqliteConnection, process_id: i64, now: i64) -> Result<(), Error> {
+    loop {
+        let process = load_run(conn, process_id)?;
+        if process.end_reason.is_some() {
+            break;
+        }
+        let all = load_steps(conn, process_id)?;
+        let current = usize::try_from(process.current_step).unwrap_or(0);
+        let Some(step) = all.get(current) else {
+            return Err(Error::Corrupt(format!("process {}: no step {current}", process.async_process_id)));
+        };
+        let open: i64 = tasks::table
+            .filter(tasks::process_id.eq(process_id))
+            .filter(tasks::step_number.eq(step.step_number))
+            .filter(tasks::state.eq_any(OPEN))
+            .count()
+            .get_result(conn)?;
+        if open > 0 || step.succeeded + step.failed < step.entered {
+            break;
+        }
+        if !step.started {
+            set_started(conn, process_id, step.step_number)?;
+        }
+        let AfterStep::Start(next) = lifecycle::after_step(current, all.len()) else {
+            break;
+        };
+        let next_step = &all[next];
+        let failures_enter = lifecycle::enters_next_step(step.policy()?, false);
+        let mut qualifying = outcomes::table
+            .filter(outcomes::process_id.eq(process_id))
+            .filter(outcomes::step_number.eq(step.step_number))
+            .into_boxed();
+        if !failures_enter {
+            qualifying = qualifying.filter(outcomes::failure_group.is_null());
+        }
+        let qualifying: Vec<i64> = qualifying.select(outcomes::item_index).load(conn)?;
+        let already: HashSet<i64> = outcomes::table
+            .filter(outcomes::process_id.eq(process_id))
+            .filter(outcomes::step_number.eq(next_step.step_number))
+            .select(outcomes::item_index)
+            .load::<i64>(conn)?
+            .into_iter()
+            .collect();
+        let mut entrants: Vec<i64> = qualifying.into_iter().filter(|i| !already.contains(i)).collect();
+        entrants.sort_unstable();
+        create_tasks(conn, process_id, next_step.step_number, next_step, &entrants, now)?;
+        diesel::update(
+            steps::table
+                .filter(steps::process_id.eq(process_id))
+                .filter(steps::step_number.eq(next_step.step_number)),
+        )
+        .set(steps::entered.eq(steps::entered + to_i64(entrants.len())?))
+        .execute(conn)?;
+        diesel::update(processes::table.find(process_id))
+            .set(processes::current_step.eq(next_step.step_number))
+            .execute(conn)?;
+    }
+    refresh(conn, process_id, now)
+}
+
+fn set_started(conn: &mut SqliteConnection, process_id: i64, step_number: i32) -> Result<(), Error> {
+    diesel::update(
+        steps::table.filter(steps::process_id.eq(process_id)).filter(steps::step_number.eq(step_number)),
+    )
+    .set(steps::started.eq(true))
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Stores each step's and the process's status and message as the domain's rules tell them.
+fn refresh(conn: &mut SqliteConnection, process_id: i64, now: i64) -> Result<(), Error> {
+    let process = load_run(conn, process_id)?;
+    let all = load_steps(conn, process_id)?;
+    let end = end_of(&process);
+    let count = |v: i64| u64::try_from(v).unwrap_or(0);
+    let states: Vec<StepState> = all
+        .iter()
+        .map(|s| StepState {
+            entered: count(s.entered),
+            succeeded: count(s.succeeded),
+            failed: count(s.failed),
+            started: s.started,
+            aborted: end.is_some(),
+        })
+        .collect();
+    for (step, state) in all.iter().zip(&states) {
+        let status = state.status();
+        if step.status != status.as_str() {
+            diesel::update(
+                steps::table
+                    .filter(steps::process_id.eq(process_id))
+                    .filter(steps::step_number.eq(step.step_number)),
+            )
+            .set((steps::status.eq(status.as_str()), steps::message.eq(status.step_message())))
+            .execute(conn)?;
+        }
+    }
+    let names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
+    diesel::update(processes::table.find(process_id))
+        .set((
+            processes::status.eq(process_status(&states, end).as_str()),
+            processes::message.eq(process_message(&states, &names, end)),
+            processes::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+fn command_target(
+    conn: &mut SqliteConnection,
+    tenant: &TenantId,
+    id: &str,
+) -> Result<Result<RunRow, CommandError>, Error> {
+    Ok(match find_run(conn, tenant, id)? {
+        None => Err(CommandError::NotFound(id.to_owned())),
+        Some(row) if !row.runnable => Err(CommandError::NotRunnable(id.to_owned())),
+        Some(row) => Ok(row),
+    })
+}
+
+fn status_of(row: &RunRow) -> Result<Status, Error> {
+    row.status.parse().map_err(|e| Error::Corrupt(format!("process {}: {e}", row.async_process_id)))
+}
+
+pub fn cancel(
+    conn: &mut SqliteConnection,
+    tenant: &TenantId,
+    id: &str,
+    now: i64,
+) -> Result<Result<ProcessStatus, CommandError>, Error> {
+    conn.immediate_transaction(|conn| {
+        let row = match command_target(conn, tenant, id)? {
+            Ok(row) => row,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        if let Err(refused) = lifecycle::check_command(Command::Cancel, status_of(&row)?) {
+            return Ok(Err(refused.into()));
+        }
+        end_early(conn, row.id, END_CANCELLED)?;
+        refresh(conn, row.id, now)?;
+        Ok(Ok(report(conn, &row.tenant, id)?))
+    })
+}
+
+pub fn retry(
+    conn: &mut SqliteConnection,
+    tenant: &TenantId,
+    id: &str,
+    now: i64,
+) -> Result<Result<ProcessStatus, CommandError>, Error> {
+    conn.immediate_transaction(|conn| {
+        let row = match command_target(conn, tenant, id)? {
+            Ok(row) => row,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        if let Err(refused) = lifecycle::check_command(Command::Retry, status_of(&row)?) {
+            return Ok(Err(refused.into()));
+        }
+        let failed: Vec<(i32, i64)> = outcomes::table
+            .filter(outcomes::process_id.eq(row.id))
+            .filter(outcomes::failure_group.is_not_null())
+            .select((outcomes::step_number, outcomes::item_index))
+            .load(conn)?;
+        // Items a policy abort left unrun: those of its cancelled tasks.
+        let cancelled: Vec<TaskRow> = tasks::table
+            .filter(tasks::process_id.eq(row.id))
+            .filter(tasks::state.eq(CANCELLED))
+            .select(TaskRow::as_select())
+            .load(conn)?;
+        let mut rerun: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+        for &(step, index) in &failed {
+            rerun.entry(step).or_default().push(index);
+        }
+        for task in &cancelled {
+            rerun.entry(task.step_number).or_default().extend(indices_of(task)?);
+        }
+        let Some((&first, first_items)) = rerun.iter().next() else {
+            return Ok(Err(CommandError::Refused(lifecycle::Refused {
+                command: "retry",
+                status: Status::Failed,
+                why: "no failed or unrun item is left to run",
+            })));
+        };
+        let mut first_items = first_items.clone();
+        first_items.sort_unstable();
+        first_items.dedup();
+        // Failed outcomes go: their items run again, at the first step here and, carried by
+        // the normal flow, at later ones (which therefore count them as not yet entered).
+        let mut per_step: HashMap<i32, i64> = HashMap::new();
+        for &(step, _) in &failed {
+            *per_step.entry(step).or_default() += 1;
+        }
+        diesel::delete(
+            outcomes::table
+                .filter(outcomes::process_id.eq(row.id))
+                .filter(outcomes::failure_group.is_not_null()),
+        )
+        .execute(conn)?;
+        diesel::delete(failure_groups::table.filter(failure_groups::process_id.eq(row.id))).execute(conn)?;
+        diesel::delete(tasks::table.filter(tasks::process_id.eq(row.id)).filter(tasks::state.eq(CANCELLED)))
+            .execute(conn)?;
+        for (&step, &count) in &per_step {
+            let later = if step > first { count } else { 0 };
+            diesel::update(
+                steps::table.filter(steps::process_id.eq(row.id)).filter(steps::step_number.eq(step)),
+            )
+            .set((steps::failed.eq(steps::failed - count), steps::entered.eq(steps::entered - later)))
+            .execute(conn)?;
+        }
+        diesel::update(processes::table.find(row.id))
+            .set((processes::end_reason.eq(None::<String>), processes::current_step.eq(first)))
+            .execute(conn)?;
+        let all = load_steps(conn, row.id)?;
+        let step = all
+            .iter()
+            .find(|s| s.step_number == first)
+            .ok_or_else(|| Error::Corrupt(format!("process {id}: no step {first}")))?;
+        create_tasks(conn, row.id, first, step, &first_items, now)?;
+        advance(conn, row.id, now)?;
+        Ok(Ok(report(conn, &row.tenant, id)?))
+    })
+}
+
+pub fn list(conn: &mut SqliteConnection, query: &ListQuery) -> Result<Result<Page, ListError>, Error> {
+    let after = match query.cursor.as_deref().map(parse_cursor) {
+        Some(None) => return Ok(Err(ListError::BadCursor)),
+        Some(Some(position)) => Some(position),
+        None => None,
+    };
+    conn.transaction(|conn| {
+        let mut select = processes::table.filter(processes::tenant.eq(query.tenant.as_str())).into_boxed();
+        if let Some(status) = query.status {
+            select = select.filter(processes::status.eq(status.as_str()));
+        }
+        if let Some(name) = &query.name {
+            select = select.filter(processes::name.eq(name));
+        }
+        if let Some(reference) = &query.reference_id {
+            select = select.filter(processes::reference_id.eq(reference));
+        }
+        if let Some((created, id)) = after {
+            select = select.filter(
+                processes::created_at
+                    .lt(created)
+                    .or(processes::created_at.eq(created).and(processes::id.lt(id))),
+            );
+        }
+        let limit = i64::from(query.limit.max(1));
+        let rows: Vec<(i64, i64, ProcessRow)> = select
+            .order((processes::created_at.desc(), processes::id.desc()))
+            .limit(limit + 1)
+            .select((processes::created_at, processes::id, ProcessRow::as_select()))
+            .load(conn)?;
+        let more = rows.len() as i64 > limit;
+        let mut records = Vec::new();
+        let mut last = None;
+        for (created, id, row) in rows.into_iter().take(usize::try_from(limit).unwrap_or(usize::MAX)) {
+            last = Some(format!("{created}.{id}"));
+            records.push(assemble(conn, row, Detail::Process)?);
+        }
+        Ok(Ok(Page { records, next_cursor: if more { last } else { None } }))
+    })
+}
+
+fn parse_cursor(text: &str) -> Option<(i64, i64)> {
+    let (created, id) = text.split_once('.')?;
+    Some((created.parse().ok()?, id.parse().ok()?))
+}
+
+impl ProcessStore for Store {
+    fn start(&self, process: &NewProcess) -> Result<Started, RepositoryError> {
+        let mut conn = self.conn()?;
+        Ok(start(&mut conn, process)?)
+    }
+
+    fn cancel(&self, tenant: &TenantId, id: &str, now_micros: i64) -> Result<ProcessStatus, CommandError> {
+        let mut conn = self.conn().map_err(RepositoryError::from)?;
+        cancel(&mut conn, tenant, id, now_micros).map_err(RepositoryError::from)?
+    }
+
+    fn retry(&self, tenant: &TenantId, id: &str, now_micros: i64) -> Result<ProcessStatus, CommandError> {
+        let mut conn = self.conn().map_err(RepositoryError::from)?;
+        retry(&mut conn, tenant, id, now_micros).map_err(RepositoryError::from)?
+    }
+
+    fn list(&self, query: &ListQuery) -> Result<Page, ListError> {
+        let mut conn = self.conn().map_err(RepositoryError::from)?;
+        list(&mut conn, query).map_err(RepositoryError::from)?
+    }
+}
+
+impl TaskStore for Store {
+    fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedTask>, RepositoryError> {
+        let mut conn = self.conn()?;
+        Ok(claim(&mut conn, request)?)
+    }
+
+    fn complete(
+        &self,
+        task_id: i64,
+        lease_token: &str,
+        report: &TaskReport,
+        now_micros: i64,
+    ) -> Result<(), TaskError> {
+        let mut conn = self.conn().map_err(RepositoryError::from)?;
+        complete(&mut conn, task_id, lease_token, report, now_micros).map_err(RepositoryError::from)?
+    }
+
+    fn heartbeat(
+        &self,
+        task_id: i64,
+        lease_token: &str,
+        lease_micros: i64,
+        now_micros: i64,
+    ) -> Result<i64, TaskError> {
+        let mut conn = self.conn().map_err(RepositoryError::from)?;
+        heartbeat(&mut conn, task_id, lease_token, lease_micros, now_micros).map_err(RepositoryError::from)?
+    }
+
+    fn fail(
+        &self,
+        task_id: i64,
+        lease_token: &str,
+        message: &str,
+        retryable: bool,
+        now_micros: i64,
+    ) -> Result<(), TaskError> {
+        let mut conn = self.conn().map_err(RepositoryError::from)?;
+        fail(&mut conn, task_id, lease_token, message, retryable, now_micros)
+            .map_err(RepositoryError::from)?
+    }
+}
