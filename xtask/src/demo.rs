@@ -1,10 +1,12 @@
 //! Generated demo processes of the "Bulk CPQ" kind in every state, with failures that follow
-//! fixed rules, and statuses, messages and counts told by the domain's own status rules.
+//! the built-in `validate` and `price` handlers' rules, and statuses, messages and counts told
+//! by the domain's own status rules.
 
 use async_engine_domain::status::{current_step, process_message, process_status};
 use async_engine_domain::{
     FailureSnapshot, ProcessEnd, ProcessId, ProcessSnapshot, RawJson, ReferenceId, StepSnapshot, StepState,
 };
+use async_engine_engine::builtin::Rules;
 use serde_json::json;
 
 const PRODUCTS: [&str; 6] =
@@ -23,7 +25,8 @@ pub fn process(n: u32, item_count: u32, created_at_micros: i64) -> anyhow::Resul
         let mut successes = Vec::new();
         let mut failures: Vec<FailureSnapshot> = Vec::new();
         for &index in &entering[..done] {
-            match judge(number, &items[index as usize]) {
+            let rules = if number == 0 { Rules::Validate } else { Rules::Price };
+            match rules.judge(&items[index as usize]) {
                 None => successes.push(index),
                 Some((code, message)) => match failures.iter_mut().find(|f| f.code == code) {
                     Some(group) => group.items.push(index),
@@ -68,19 +71,6 @@ pub fn process(n: u32, item_count: u32, created_at_micros: i64) -> anyhow::Resul
         steps,
         created_at_micros,
     })
-}
-
-/// The demo rules: Validate refuses a zero quantity (5004) or a discontinued product (5001);
-/// Price refuses quantities over the price book's limit of 100 (6001).
-fn judge(step: usize, item: &serde_json::Value) -> Option<(i64, &'static str)> {
-    let quantity = item["quantity"].as_u64().unwrap_or(0);
-    let product = item["productCode"].as_str().unwrap_or("");
-    match step {
-        0 if quantity == 0 => Some((5004, "Missing data")),
-        0 if product.starts_with("DISCONTINUED") => Some((5001, "Invalid status")),
-        1 if quantity > 100 => Some((6001, "Quantity above price book limit")),
-        _ => None,
-    }
 }
 
 struct Plan {

@@ -1,0 +1,363 @@
+//! The engine: a pool of worker threads that claim due tasks of built-in handlers, run them
+//! and record their outcomes through the domain's `TaskStore`. It knows the domain's traits,
+//! not HTTP and not SQL; exactly-once recording is the store's transaction, not ours.
+
+pub mod builtin;
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_engine_domain::{ClaimRequest, ClaimedTask, TaskError, TaskReport, TaskStore};
+
+/// Runs the items of one task and reports an outcome for each of them.
+pub trait Handler: Send + Sync {
+    fn run(&self, task: &ClaimedTask) -> TaskReport;
+}
+
+/// The built-in handlers by name (`builtin:NAME`).
+#[derive(Clone, Default)]
+pub struct Handlers(HashMap<String, Arc<dyn Handler>>);
+
+impl Handlers {
+    /// `noop`, `validate` and `price`.
+    pub fn builtin() -> Self {
+        let mut handlers = Self::default();
+        handlers.add("noop", builtin::Noop);
+        handlers.add("validate", builtin::Rules::Validate);
+        handlers.add("price", builtin::Rules::Price);
+        handlers
+    }
+
+    pub fn add(&mut self, name: &str, handler: impl Handler + 'static) {
+        self.0.insert(name.to_owned(), Arc::new(handler));
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    fn queues(&self) -> Vec<String> {
+        let mut queues: Vec<String> = self.0.keys().map(|name| format!("builtin:{name}")).collect();
+        queues.sort();
+        queues
+    }
+
+    fn for_queue(&self, queue: &str) -> Option<&Arc<dyn Handler>> {
+        queue.strip_prefix("builtin:").and_then(|name| self.0.get(name))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Worker threads.
+    pub workers: usize,
+    /// Lease of a claimed task (capped by its step's `timeout_secs`).
+    pub lease: Duration,
+    /// How long an idle worker sleeps before looking for work again, unless woken.
+    pub idle_poll: Duration,
+    /// Tasks a worker claims at once.
+    pub batch: u32,
+    /// Prefix of worker ids, to tell nodes apart in the tasks table.
+    pub node: String,
+}
+
+/// Wakes idle workers when new work was created on this node.
+#[derive(Clone, Default)]
+pub struct Waker(Arc<(Mutex<u64>, Condvar)>);
+
+impl Waker {
+    pub fn wake(&self) {
+        let (generation, signal) = &*self.0;
+        if let Ok(mut generation) = generation.lock() {
+            *generation = generation.wrapping_add(1);
+        }
+        signal.notify_all();
+    }
+
+    fn wait(&self, seen: u64, timeout: Duration) -> u64 {
+        let (generation, signal) = &*self.0;
+        let Ok(guard) = generation.lock() else { return seen };
+        if *guard != seen {
+            return *guard;
+        }
+        match signal.wait_timeout(guard, timeout) {
+            Ok((guard, _)) => *guard,
+            Err(_) => seen,
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.0.0.lock().map(|g| *g).unwrap_or(0)
+    }
+}
+
+/// A running engine; [`Running::stop`] lets each worker finish its current task and joins them.
+pub struct Running {
+    stop: Arc<AtomicBool>,
+    waker: Waker,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.waker.wake();
+        for thread in self.threads {
+            if thread.join().is_err() {
+                tracing::error!("an engine worker panicked while stopping");
+            }
+        }
+    }
+}
+
+/// Starts the worker threads.
+pub fn start(
+    store: Arc<dyn TaskStore>,
+    handlers: Handlers,
+    config: EngineConfig,
+    waker: Waker,
+) -> std::io::Result<Running> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handlers = Arc::new(handlers);
+    let mut threads = Vec::with_capacity(config.workers);
+    for n in 0..config.workers.max(1) {
+        let worker = Worker {
+            id: format!("{}-{n}", config.node),
+            store: store.clone(),
+            handlers: handlers.clone(),
+            config: config.clone(),
+            stop: stop.clone(),
+            waker: waker.clone(),
+        };
+        threads.push(std::thread::Builder::new().name(format!("engine-{n}")).spawn(move || worker.run())?);
+    }
+    tracing::info!(workers = threads.len(), queues = ?handlers.queues(), "engine started");
+    Ok(Running { stop, waker, threads })
+}
+
+struct Worker {
+    id: String,
+    store: Arc<dyn TaskStore>,
+    handlers: Arc<Handlers>,
+    config: EngineConfig,
+    stop: Arc<AtomicBool>,
+    waker: Waker,
+}
+
+pub fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Worker {
+    fn run(self) {
+        let queues = self.handlers.queues();
+        let lease_micros = i64::try_from(self.config.lease.as_micros()).unwrap_or(i64::MAX);
+        let mut failures = 0_u32;
+        while !self.stop.load(Ordering::SeqCst) {
+            // Read before claiming, so a wake-up between an empty claim and the wait is not lost.
+            let seen = self.waker.generation();
+            let request = ClaimRequest {
+                queues: queues.clone(),
+                worker_id: self.id.clone(),
+                max_tasks: self.config.batch.max(1),
+                lease_micros,
+                now_micros: now_micros(),
+            };
+            match self.store.claim(&request) {
+                Ok(tasks) if tasks.is_empty() => {
+                    failures = 0;
+                    self.waker.wait(seen, self.config.idle_poll);
+                }
+                Ok(tasks) => {
+                    failures = 0;
+                    for task in tasks {
+                        // Tasks already claimed are finished even when stopping: their leases
+                        // would otherwise have to expire first.
+                        self.execute(&task);
+                    }
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let pause = Duration::from_millis(100 * u64::from(failures.min(50)));
+                    tracing::warn!(%error, ?pause, "claiming tasks failed");
+                    self.waker.wait(seen, pause);
+                }
+            }
+        }
+    }
+
+    fn execute(&self, task: &ClaimedTask) {
+        let Some(handler) = self.handlers.for_queue(&task.queue) else {
+            let message = format!("no handler for queue {}", task.queue);
+            self.settle(
+                task,
+                self.store.fail(task.task_id, &task.lease_token, &message, false, now_micros()),
+            );
+            return;
+        };
+        match catch_unwind(AssertUnwindSafe(|| handler.run(task))) {
+            Ok(report) => {
+                let result = self.store.complete(task.task_id, &task.lease_token, &report, now_micros());
+                self.settle(task, result);
+            }
+            Err(_) => {
+                let message = format!("handler {} panicked", task.queue);
+                tracing::error!(task = task.task_id, "{message}");
+                self.settle(
+                    task,
+                    self.store.fail(task.task_id, &task.lease_token, &message, true, now_micros()),
+                );
+            }
+        }
+    }
+
+    fn settle(&self, task: &ClaimedTask, result: Result<(), TaskError>) {
+        match result {
+            Ok(()) => {
+                tracing::debug!(task = task.task_id, process = %task.async_process_id, step = task.step_number, "task done")
+            }
+            // Taken over after an expired lease, or the process was cancelled: the other
+            // outcome stands and ours is dropped, which is what makes recording exactly-once.
+            Err(TaskError::Conflict(reason)) => {
+                tracing::info!(task = task.task_id, %reason, "result dropped")
+            }
+            Err(error) => {
+                tracing::error!(task = task.task_id, %error, "recording a task failed; its lease will expire")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_engine_domain::repository::RepositoryError;
+    use async_engine_domain::work::MockTaskStore;
+    use async_engine_domain::{RawJson, TenantId};
+    use std::sync::atomic::AtomicUsize;
+
+    fn task(id: i64, queue: &str, items: usize) -> ClaimedTask {
+        ClaimedTask {
+            task_id: id,
+            lease_token: format!("token-{id}"),
+            tenant: TenantId::default_tenant(),
+            async_process_id: "p".into(),
+            reference_id: "r".into(),
+            process_name: "P".into(),
+            step_number: 0,
+            step_name: "S".into(),
+            queue: queue.into(),
+            attempt: 1,
+            lease_expires_at_micros: 0,
+            additional_data: RawJson::empty_object(),
+            items: (0..items as u64).map(|i| (i, RawJson::from_value(&serde_json::json!(i)))).collect(),
+        }
+    }
+
+    fn config() -> EngineConfig {
+        EngineConfig {
+            workers: 1,
+            lease: Duration::from_secs(30),
+            idle_poll: Duration::from_millis(5),
+            batch: 4,
+            node: "t".into(),
+        }
+    }
+
+    /// Runs one worker until `done` says so, then stops it.
+    fn run_until(store: MockTaskStore, handlers: Handlers, done: impl Fn() -> bool) {
+        let running = start(Arc::new(store), handlers, config(), Waker::default()).unwrap();
+        for _ in 0..500 {
+            if done() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        running.stop();
+    }
+
+    #[test]
+    fn claimed_tasks_are_run_and_completed_with_every_item() {
+        let mut store = MockTaskStore::new();
+        let claims = Arc::new(AtomicUsize::new(0));
+        let counter = claims.clone();
+        store.expect_claim().returning(move |request| {
+            assert_eq!(request.queues, ["builtin:noop", "builtin:price", "builtin:validate"]);
+            Ok(if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                vec![task(7, "builtin:noop", 3)]
+            } else {
+                vec![]
+            })
+        });
+        let completed = Arc::new(AtomicUsize::new(0));
+        let seen = completed.clone();
+        store.expect_complete().times(1).returning(move |id, token, report, _| {
+            assert_eq!((id, token), (7, "token-7"));
+            assert_eq!(report.successes, [0, 1, 2]);
+            seen.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+        run_until(store, Handlers::builtin(), || completed.load(Ordering::SeqCst) == 1);
+        assert_eq!(completed.load(Ordering::SeqCst), 1);
+    }
+
+    struct Panics;
+    impl Handler for Panics {
+        fn run(&self, _: &ClaimedTask) -> TaskReport {
+            panic!("boom")
+        }
+    }
+
+    #[test]
+    fn a_panicking_handler_fails_its_task_as_retryable() {
+        let mut store = MockTaskStore::new();
+        let claims = Arc::new(AtomicUsize::new(0));
+        let counter = claims.clone();
+        store.expect_claim().returning(move |_| {
+            Ok(if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                vec![task(1, "builtin:panics", 1)]
+            } else {
+                vec![]
+            })
+        });
+        let failed = Arc::new(AtomicUsize::new(0));
+        let seen = failed.clone();
+        store.expect_fail().times(1).returning(move |_, _, message, retryable, _| {
+            assert!(retryable);
+            assert!(message.contains("panicked"));
+            seen.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+        let mut handlers = Handlers::default();
+        handlers.add("panics", Panics);
+        run_until(store, handlers, || failed.load(Ordering::SeqCst) == 1);
+        assert_eq!(failed.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_stale_lease_or_a_storage_error_does_not_stop_the_worker() {
+        let mut store = MockTaskStore::new();
+        let claims = Arc::new(AtomicUsize::new(0));
+        let counter = claims.clone();
+        store.expect_claim().returning(move |_| match counter.fetch_add(1, Ordering::SeqCst) {
+            0 => Err(RepositoryError::Unavailable("db down".into())),
+            1 => Ok(vec![task(1, "builtin:noop", 1), task(2, "builtin:noop", 1)]),
+            _ => Ok(vec![]),
+        });
+        let completions = Arc::new(AtomicUsize::new(0));
+        let seen = completions.clone();
+        store.expect_complete().returning(move |id, _, _, _| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            if id == 1 { Err(TaskError::Conflict("taken over".into())) } else { Ok(()) }
+        });
+        run_until(store, Handlers::builtin(), || completions.load(Ordering::SeqCst) == 2);
+        assert_eq!(completions.load(Ordering::SeqCst), 2, "the second task ran after the first's conflict");
+    }
+}
