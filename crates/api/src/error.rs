@@ -16,6 +16,9 @@ pub enum ApiError {
     NotFound { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
+    /// A stale or unknown task lease: nothing was recorded.
+    #[error("{0}")]
+    Conflict(String),
     #[error("request body larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     /// Anything that is not the caller's fault; the text goes to the log only.
@@ -33,6 +36,7 @@ impl ApiError {
             ApiError::Input(_) => (StatusCode::BAD_REQUEST, "Input Error"),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "Not Found"),
             ApiError::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
             ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal Error"),
         }
@@ -109,6 +113,7 @@ mod tests {
                 405,
                 "Method Not Allowed",
             ),
+            (ApiError::Conflict("stale".into()), 409, "Conflict"),
             (ApiError::PayloadTooLarge { limit: 10 }, 413, "Payload Too Large"),
         ];
         for (error, code, text) in kinds {

@@ -12,24 +12,39 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use async_engine_domain::{IdKind, StatusQuery, TenantId};
 use futures_util::StreamExt;
 
-use crate::AppState;
 use crate::envelope::{Envelope, Record};
 use crate::error::{ApiError, envelope_response};
 use crate::params::{self, StatusRequest};
+use crate::{AppState, processes, tasks};
 
 const STATUS_PREFIX: &str = "/v1/asyncprocesses/";
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    let resource = |path: &str| web::resource(path.to_owned()).default_service(web::to(method_not_allowed));
     cfg.service(
-        web::resource(format!("{STATUS_PREFIX}{{id}}"))
-            .route(web::get().to(get_status))
-            .default_service(web::to(method_not_allowed)),
+        resource("/v1/asyncprocesses")
+            .route(web::get().to(processes::list))
+            .route(web::post().to(processes::start)),
     )
-    .service(
-        web::resource("/v1/actions/getAsyncJobStatus")
-            .route(web::post().to(action_status))
-            .default_service(web::to(method_not_allowed)),
-    );
+    .service(resource(&format!("{STATUS_PREFIX}{{id}}")).route(web::get().to(get_status)))
+    .service(resource("/v1/asyncprocesses/{id}/cancel").route(web::post().to(processes::cancel)))
+    .service(resource("/v1/asyncprocesses/{id}/retry").route(web::post().to(processes::retry)))
+    .service(resource("/v1/actions/getAsyncJobStatus").route(web::post().to(action_status)))
+    .service(resource("/v1/processdefinitions").route(web::get().to(processes::definitions)))
+    .service(resource("/v1/tasks/claim").route(web::post().to(tasks::claim)))
+    .service(resource("/v1/tasks/{taskId}/complete").route(web::post().to(tasks::complete)))
+    .service(resource("/v1/tasks/{taskId}/heartbeat").route(web::post().to(tasks::heartbeat)))
+    .service(resource("/v1/tasks/{taskId}/fail").route(web::post().to(tasks::fail)));
+}
+
+/// Every caller is in the default tenant until API keys carry one.
+pub fn tenant() -> TenantId {
+    TenantId::default_tenant()
+}
+
+/// Runs storage work on actix's blocking pool: diesel is synchronous.
+pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    web::block(work).await.map_err(|e| ApiError::Internal(format!("storage work did not finish: {e}")))
 }
 
 /// `GET /v1/asyncprocesses/{id}`
@@ -55,16 +70,13 @@ async fn action_status(
 
 async fn respond(state: &AppState, request: StatusRequest) -> Result<HttpResponse, ApiError> {
     let query = StatusQuery {
-        // Every caller is in the default tenant until API keys carry one.
-        tenant: TenantId::default_tenant(),
+        tenant: tenant(),
         id: request.id.clone(),
         kind: request.kind,
         detail: request.detail(),
     };
     let reader = state.status.clone();
-    let records = web::block(move || reader.find_status(&query))
-        .await
-        .map_err(|e| ApiError::Internal(format!("status lookup did not finish: {e}")))??;
+    let records = blocking(move || reader.find_status(&query)).await??;
     if records.is_empty() {
         let what = match request.kind {
             IdKind::Either => "asyncProcessId or referenceId",
@@ -84,7 +96,11 @@ async fn respond(state: &AppState, request: StatusRequest) -> Result<HttpRespons
 
 /// Reads a request body of at most `limit` bytes, refusing a larger one before reading it
 /// when its length is declared.
-async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
     let declared =
         req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|length| length > limit) {
@@ -157,6 +173,7 @@ mod tests {
 
     use actix_web::test::{TestRequest, call_service, init_service, read_body_json};
     use async_engine_domain::repository::MockStatusReader;
+    use async_engine_domain::work::{MockProcessStore, MockTaskStore};
     use async_engine_domain::{
         Detail, FailureGroup, IdKind, ProcessStatus, RawJson, RepositoryError, Status, StepItems, StepReport,
     };
@@ -199,7 +216,14 @@ mod tests {
     }
 
     async fn call(reader: MockStatusReader, config: ApiConfig, request: TestRequest) -> (u16, Value) {
-        let state = AppState { status: Arc::new(reader), config };
+        let state = AppState {
+            status: Arc::new(reader),
+            processes: Arc::new(MockProcessStore::new()),
+            tasks: Arc::new(MockTaskStore::new()),
+            definitions: Arc::new(Vec::new()),
+            on_new_work: Arc::new(|| {}),
+            config,
+        };
         let service = init_service(app(state)).await;
         let response = call_service(&service, request.to_request()).await;
         let status = response.status().as_u16();

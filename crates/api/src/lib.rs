@@ -1,10 +1,13 @@
 //! The HTTP face of Async Engine: routes, the documented envelope on every answer, and the
 //! mapping of errors to codes. The only crate that knows HTTP.
 
+mod clock;
 pub mod envelope;
 pub mod error;
 mod handlers;
 pub mod params;
+mod processes;
+mod tasks;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
-use async_engine_domain::StatusReader;
+use async_engine_domain::{ProcessDefinition, ProcessStore, StatusReader, TaskStore};
 
 /// The answer code of a successful status call: 202 as documented, or 200 by configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,18 +51,25 @@ pub struct ApiConfig {
     pub success_code: SuccessCode,
     /// The largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Lease of an external worker's claim that names none.
+    pub default_lease_secs: u64,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { success_code: SuccessCode::Accepted, max_body_bytes: 1024 * 1024 }
+        Self { success_code: SuccessCode::Accepted, max_body_bytes: 1024 * 1024, default_lease_secs: 60 }
     }
 }
 
-/// What every handler shares: the repository and the configuration.
+/// What every handler shares: the stores, the definitions and the configuration.
 #[derive(Clone)]
 pub struct AppState {
     pub status: Arc<dyn StatusReader>,
+    pub processes: Arc<dyn ProcessStore>,
+    pub tasks: Arc<dyn TaskStore>,
+    pub definitions: Arc<Vec<ProcessDefinition>>,
+    /// Called when new tasks may be due, to wake this node's idle engine workers.
+    pub on_new_work: Arc<dyn Fn() + Send + Sync>,
     pub config: ApiConfig,
 }
 

@@ -121,6 +121,11 @@ fn body_bool(map: &Map<String, Value>, name: &str) -> Result<bool, ApiError> {
     }
 }
 
+/// A free-text query value: 1 to 255 characters, no control characters.
+pub fn bounded(name: &str, value: &str) -> Result<String, ApiError> {
+    LookupId::new(value).map(|v| v.as_str().to_owned()).map_err(|e| ApiError::input(format!("{name}: {e}")))
+}
+
 /// Echoing a caller's value is helpful; echoing a megabyte of it is not.
 fn shorten(value: &str) -> String {
     const MAX: usize = 40;

@@ -27,7 +27,14 @@ impl TestServer {
         store.migrate().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let state = AppState { status: Arc::new(store.clone()), config: ApiConfig::default() };
+        let state = AppState {
+            status: Arc::new(store.clone()),
+            processes: Arc::new(store.clone()),
+            tasks: Arc::new(store.clone()),
+            definitions: Arc::new(Vec::new()),
+            on_new_work: Arc::new(|| {}),
+            config: ApiConfig::default(),
+        };
         let (ready, started) = mpsc::channel();
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {

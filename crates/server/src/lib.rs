@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use async_engine_api::{ApiConfig, AppState, SuccessCode};
+use async_engine_engine::{EngineConfig, Handlers, Waker};
 use async_engine_persistence::Store;
 
 pub use settings::Settings;
@@ -46,18 +47,41 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
     }
     let success_code =
         SuccessCode::from_u16(settings.api.success_code).context("api.success_code: use 202 or 200")?;
+    let waker = Waker::default();
+    let wake = waker.clone();
     let state = AppState {
         status: Arc::new(store.clone()),
-        config: ApiConfig { success_code, max_body_bytes: settings.limits.max_body_bytes },
+        processes: Arc::new(store.clone()),
+        tasks: Arc::new(store.clone()),
+        definitions: Arc::new(settings.definitions()?),
+        on_new_work: Arc::new(move || wake.wake()),
+        config: ApiConfig {
+            success_code,
+            max_body_bytes: settings.limits.max_body_bytes,
+            default_lease_secs: settings.engine.lease_secs,
+        },
     };
     let address = (settings.server.host.as_str(), settings.server.port);
     let listener = TcpListener::bind(address).with_context(|| {
         format!("server.host/server.port: cannot listen on {}:{}", settings.server.host, settings.server.port)
     })?;
     let local = listener.local_addr()?;
-    if !settings.engine.enabled {
-        tracing::info!("engine.enabled is false: this server only answers calls");
-    }
+    let engine = if settings.engine.enabled {
+        let config = EngineConfig {
+            workers: settings.engine.workers,
+            lease: Duration::from_secs(settings.engine.lease_secs),
+            idle_poll: Duration::from_millis(settings.engine.idle_poll_ms),
+            batch: settings.engine.batch,
+            node: format!("{}:{}", local, std::process::id()),
+        };
+        Some(
+            async_engine_engine::start(Arc::new(store.clone()), Handlers::builtin(), config, waker)
+                .context("starting the engine")?,
+        )
+    } else {
+        tracing::info!("engine.enabled is false: built-in steps wait for a node that runs the engine");
+        None
+    };
     tracing::info!(database = %store.path().display(), "listening on http://{local}");
     let shutdown = Duration::from_secs(settings.server.shutdown_timeout_secs);
     actix_web::rt::System::new().block_on(async move {
@@ -70,6 +94,10 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
         });
         server.await
     })?;
+    if let Some(engine) = engine {
+        // Workers finish the task in hand and record it; nothing is left half-done.
+        engine.stop();
+    }
     tracing::info!("stopped");
     Ok(())
 }

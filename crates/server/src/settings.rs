@@ -5,7 +5,10 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
+use async_engine_domain::definition::validate_all;
+use async_engine_domain::{ProcessDefinition, StepDefinition};
+use async_engine_engine::Handlers;
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 
@@ -21,6 +24,9 @@ pub struct Settings {
     pub api: ApiSettings,
     pub limits: LimitSettings,
     pub log: LogSettings,
+    /// Process definitions (`[[processes]]` with `[[processes.steps]]`).
+    #[serde(default)]
+    pub processes: Vec<ProcessSettings>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -43,6 +49,47 @@ pub struct DatabaseSettings {
 #[serde(deny_unknown_fields)]
 pub struct EngineSettings {
     pub enabled: bool,
+    pub workers: usize,
+    pub lease_secs: u64,
+    pub idle_poll_ms: u64,
+    pub batch: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessSettings {
+    pub name: String,
+    pub steps: Vec<StepSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSettings {
+    pub name: String,
+    pub handler: String,
+    #[serde(default = "defaults::chunk_size")]
+    pub chunk_size: u32,
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "defaults::timeout_secs")]
+    pub timeout_secs: u64,
+    #[serde(default = "defaults::on_item_failure")]
+    pub on_item_failure: String,
+}
+
+mod defaults {
+    pub fn chunk_size() -> u32 {
+        100
+    }
+    pub fn max_attempts() -> u32 {
+        3
+    }
+    pub fn timeout_secs() -> u64 {
+        300
+    }
+    pub fn on_item_failure() -> String {
+        "skip".to_owned()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,10 +167,59 @@ impl Settings {
         if !(256..=1 << 30).contains(&self.limits.max_body_bytes) {
             bail!("limits.max_body_bytes: {} is out of range 256..=1073741824", self.limits.max_body_bytes);
         }
+        if !(1..=256).contains(&self.engine.workers) {
+            bail!("engine.workers: {} is out of range 1..=256", self.engine.workers);
+        }
+        if !(1..=3_600).contains(&self.engine.lease_secs) {
+            bail!("engine.lease_secs: {} is out of range 1..=3600", self.engine.lease_secs);
+        }
+        if !(10..=60_000).contains(&self.engine.idle_poll_ms) {
+            bail!("engine.idle_poll_ms: {} is out of range 10..=60000", self.engine.idle_poll_ms);
+        }
+        if !(1..=100).contains(&self.engine.batch) {
+            bail!("engine.batch: {} is out of range 1..=100", self.engine.batch);
+        }
+        self.definitions()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             bail!("log.level: '{}' is not a valid filter (try info, debug or warn)", self.log.level);
         }
         Ok(())
+    }
+}
+
+impl Settings {
+    /// The `[[processes]]` as validated definitions; errors name the entry at fault.
+    pub fn definitions(&self) -> anyhow::Result<Vec<ProcessDefinition>> {
+        let handlers = Handlers::builtin();
+        let definitions = self
+            .processes
+            .iter()
+            .enumerate()
+            .map(|(p, process)| {
+                let steps = process
+                    .steps
+                    .iter()
+                    .enumerate()
+                    .map(|(n, step)| {
+                        let at = format!("processes[{p}].steps[{n}]");
+                        Ok(StepDefinition {
+                            name: step.name.clone(),
+                            handler: step.handler.parse().map_err(|e| anyhow!("{at}.handler: {e}"))?,
+                            chunk_size: step.chunk_size,
+                            max_attempts: step.max_attempts,
+                            timeout_secs: step.timeout_secs,
+                            on_item_failure: step
+                                .on_item_failure
+                                .parse()
+                                .map_err(|e| anyhow!("{at}.on_item_failure: {e}"))?,
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                Ok(ProcessDefinition { name: process.name.clone(), steps })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        validate_all(&definitions, &|name| handlers.contains(name)).map_err(|e| anyhow!("processes: {e}"))?;
+        Ok(definitions)
     }
 }
 
@@ -191,10 +287,47 @@ mod tests {
             (&[("ASYNC_ENGINE__LOG__FORMAT", "xml")], "format"),
             (&[("ASYNC_ENGINE__ENGINE__ENABLED", "perhaps")], "enabled"),
             (&[("ASYNC_ENGINE__SERVER__PROT", "1")], "prot"),
+            (&[("ASYNC_ENGINE__ENGINE__WORKERS", "0")], "engine.workers"),
         ] {
             let text = error(pairs);
             assert!(text.contains(key), "{pairs:?}: {text}");
             assert!(!text.contains('\n'), "one line: {text}");
+        }
+    }
+
+    #[test]
+    fn the_default_definitions_are_valid_and_listed() {
+        let settings = Settings::load(None, &[]).unwrap();
+        let names: Vec<String> = settings.definitions().unwrap().into_iter().map(|d| d.name).collect();
+        assert_eq!(names, ["Bulk CPQ", "Noop", "External Pricing"]);
+    }
+
+    #[test]
+    fn bad_definitions_name_the_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        for (toml, mention) in [
+            ("[[processes]]\nname = \"X\"\nsteps = []\n", "has no steps"),
+            (
+                "[[processes]]\nname = \"X\"\n[[processes.steps]]\nname = \"A\"\nhandler = \"builtin:nope\"\n",
+                "no built-in handler 'nope'",
+            ),
+            (
+                "[[processes]]\nname = \"X\"\n[[processes.steps]]\nname = \"A\"\nhandler = \"http:x\"\n",
+                "processes[0].steps[0].handler",
+            ),
+            (
+                "[[processes]]\nname = \"X\"\n[[processes.steps]]\nname = \"A\"\nhandler = \"queue:x\"\non_item_failure = \"stop\"\n",
+                "on_item_failure",
+            ),
+            (
+                "[[processes]]\nname = \"X\"\n[[processes.steps]]\nname = \"A\"\nhandler = \"queue:x\"\n[[processes]]\nname = \"X\"\n[[processes.steps]]\nname = \"A\"\nhandler = \"queue:x\"\n",
+                "defined twice",
+            ),
+        ] {
+            let file = dir.path().join("p.toml");
+            std::fs::write(&file, toml).unwrap();
+            let text = format!("{:#}", Settings::load(Some(&file), &[]).unwrap_err());
+            assert!(text.contains(mention), "{toml}: {text}");
         }
     }
 

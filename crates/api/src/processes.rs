@@ -1,0 +1,255 @@
+//! Starting and steering processes (contract §4.2, §4.3) and the definitions they follow.
+
+use std::collections::HashMap;
+
+use actix_web::http::header::LOCATION;
+use actix_web::{HttpRequest, HttpResponse, web};
+use async_engine_domain::{
+    CommandError, ListError, ListQuery, NewProcess, ProcessId, ProcessStatus, RawJson, ReferenceId, Started,
+    Status,
+};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::AppState;
+use crate::clock::now_micros;
+use crate::envelope::{Envelope, Record, Shape};
+use crate::error::ApiError;
+use crate::handlers::{blocking, read_body, tenant};
+use crate::params::{self, parse_path_id};
+
+/// Records of commands and lists show steps' counters, not their items.
+const SUMMARY: Shape = Shape { verbose: true, items_list: false, fail_message: true };
+const MAX_LIST_LIMIT: u32 = 1_000;
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+fn accepted(records: &[ProcessStatus], shape: Shape) -> HttpResponse {
+    HttpResponse::Accepted().json(Envelope {
+        code: 202,
+        status_message: "Success",
+        technical_message: None,
+        records: records.iter().map(|r| Record::new(r, shape)).collect(),
+    })
+}
+
+struct StartRequest {
+    name: String,
+    reference_id: ReferenceId,
+    items: Vec<RawJson>,
+    additional_data: RawJson,
+}
+
+/// Reads the start body field by field, keeping items as the caller wrote them.
+fn parse_start(body: &[u8]) -> Result<StartRequest, ApiError> {
+    let fields: HashMap<String, Box<RawValue>> = serde_json::from_slice(body)
+        .map_err(|e| ApiError::input(format!("the body must be a JSON object: {e}")))?;
+    let text = |name: &str| -> Result<String, ApiError> {
+        let raw = fields.get(name).ok_or_else(|| ApiError::input(format!("{name} is required")))?;
+        serde_json::from_str(raw.get()).map_err(|_| ApiError::input(format!("{name} must be a string")))
+    };
+    let name = text("asyncProcessName")?;
+    let reference_id = ReferenceId::new(text("referenceId")?).map_err(|e| ApiError::input(e.to_string()))?;
+    let items = fields.get("items").ok_or_else(|| ApiError::input("items is required (it may be [])"))?;
+    let items: Vec<Box<RawValue>> =
+        serde_json::from_str(items.get()).map_err(|_| ApiError::input("items must be a JSON array"))?;
+    let additional_data = match fields.get("additionalData") {
+        None => RawJson::empty_object(),
+        Some(raw) if raw.get() == "null" => RawJson::empty_object(),
+        Some(raw) if raw.get().starts_with('{') => RawJson::from_raw(raw.clone()),
+        Some(_) => return Err(ApiError::input("additionalData must be a JSON object")),
+    };
+    if fields.get("callbackUrl").is_some_and(|raw| raw.get() != "null") {
+        return Err(ApiError::input(
+            "callbackUrl: FinishProcess notifications are not available in this version",
+        ));
+    }
+    Ok(StartRequest {
+        name,
+        reference_id,
+        items: items.into_iter().map(RawJson::from_raw).collect(),
+        additional_data,
+    })
+}
+
+/// `POST /v1/asyncprocesses`
+pub async fn start(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&req, payload, state.config.max_body_bytes).await?;
+    let request = parse_start(&body)?;
+    let idempotency_key = match req.headers().get("Idempotency-Key") {
+        None => None,
+        Some(value) => {
+            let key = value.to_str().map_err(|_| ApiError::input("Idempotency-Key must be visible ASCII"))?;
+            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+                return Err(ApiError::input(format!(
+                    "Idempotency-Key must have 1 to {MAX_IDEMPOTENCY_KEY} characters"
+                )));
+            }
+            Some(key.to_owned())
+        }
+    };
+    let definition = state.definitions.iter().find(|d| d.name == request.name).cloned().ok_or_else(|| {
+        let known: Vec<&str> = state.definitions.iter().map(|d| d.name.as_str()).collect();
+        ApiError::input(format!(
+            "no process definition is named '{}'; defined: {}",
+            request.name,
+            known.join(", ")
+        ))
+    })?;
+    let id = ProcessId::new(uuid::Uuid::now_v7().simple().to_string())
+        .map_err(|e| ApiError::Internal(format!("generated ID refused: {e}")))?;
+    let new = NewProcess {
+        tenant: tenant(),
+        async_process_id: id,
+        reference_id: request.reference_id,
+        definition,
+        items: request.items,
+        additional_data: request.additional_data,
+        idempotency_key,
+        now_micros: now_micros(),
+    };
+    let store = state.processes.clone();
+    let started = blocking(move || store.start(&new)).await??;
+    let (Started::Created(record) | Started::Existing(record)) = &started;
+    if matches!(started, Started::Created(_)) {
+        (state.on_new_work)();
+    }
+    let location = format!("/v1/asyncprocesses/{}", record.async_process_id);
+    let mut response = accepted(std::slice::from_ref(record), SUMMARY);
+    response
+        .headers_mut()
+        .insert(LOCATION, location.parse().map_err(|_| ApiError::Internal("location header".into()))?);
+    Ok(response)
+}
+
+fn command_error(error: CommandError) -> ApiError {
+    match error {
+        CommandError::Storage(error) => error.into(),
+        refused => ApiError::Input(refused.to_string()),
+    }
+}
+
+fn command_target(req: &HttpRequest) -> Result<String, ApiError> {
+    let raw = req.match_info().get("id").unwrap_or_default();
+    Ok(parse_path_id(raw)?.as_str().to_owned())
+}
+
+/// `POST /v1/asyncprocesses/{id}/cancel`
+pub async fn cancel(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let id = command_target(&req)?;
+    let store = state.processes.clone();
+    let record =
+        blocking(move || store.cancel(&tenant(), &id, now_micros())).await?.map_err(command_error)?;
+    Ok(accepted(&[record], SUMMARY))
+}
+
+/// `POST /v1/asyncprocesses/{id}/retry`
+pub async fn retry(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let id = command_target(&req)?;
+    let store = state.processes.clone();
+    let record = blocking(move || store.retry(&tenant(), &id, now_micros())).await?.map_err(command_error)?;
+    (state.on_new_work)();
+    Ok(accepted(&[record], SUMMARY))
+}
+
+#[derive(Serialize)]
+struct ListEnvelope<'a> {
+    #[serde(flatten)]
+    envelope: Envelope<'a>,
+    #[serde(rename = "nextCursor")]
+    next_cursor: Option<String>,
+}
+
+/// `GET /v1/asyncprocesses?status=&asyncProcessName=&referenceId=&limit=&cursor=`
+pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let mut query = ListQuery {
+        tenant: tenant(),
+        status: None,
+        name: None,
+        reference_id: None,
+        limit: 100,
+        cursor: None,
+    };
+    for (name, value) in form_urlencoded::parse(req.query_string().as_bytes()) {
+        match name.as_ref() {
+            "status" => {
+                query.status =
+                    Some(value.parse::<Status>().map_err(|e| ApiError::input(format!("status: {e}")))?)
+            }
+            "asyncProcessName" => query.name = Some(params::bounded("asyncProcessName", &value)?),
+            "referenceId" => query.reference_id = Some(params::bounded("referenceId", &value)?),
+            "cursor" => query.cursor = Some(params::bounded("cursor", &value)?),
+            "limit" => {
+                query.limit =
+                    value.parse().ok().filter(|n| (1..=MAX_LIST_LIMIT).contains(n)).ok_or_else(|| {
+                        ApiError::input(format!("limit must be a whole number from 1 to {MAX_LIST_LIMIT}"))
+                    })?
+            }
+            _ => {}
+        }
+    }
+    let store = state.processes.clone();
+    let page = blocking(move || store.list(&query)).await?.map_err(|e| match e {
+        ListError::BadCursor => ApiError::input("cursor is not one this server gave out"),
+        ListError::Storage(error) => error.into(),
+    })?;
+    let code = state.config.success_code.status();
+    let shape = Shape { verbose: false, ..Shape::default() };
+    Ok(HttpResponse::build(code).json(ListEnvelope {
+        envelope: Envelope {
+            code: code.as_u16(),
+            status_message: "Success",
+            technical_message: None,
+            records: page.records.iter().map(|r| Record::new(r, shape)).collect(),
+        },
+        next_cursor: page.next_cursor,
+    }))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DefinitionOut<'a> {
+    name: &'a str,
+    steps: Vec<StepOut<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StepOut<'a> {
+    step_number: usize,
+    name: &'a str,
+    handler: String,
+    chunk_size: u32,
+    max_attempts: u32,
+    timeout_secs: u64,
+    on_item_failure: &'static str,
+}
+
+/// `GET /v1/processdefinitions`
+pub async fn definitions(state: web::Data<AppState>) -> HttpResponse {
+    let out: Vec<DefinitionOut> = state
+        .definitions
+        .iter()
+        .map(|d| DefinitionOut {
+            name: &d.name,
+            steps: d
+                .steps
+                .iter()
+                .enumerate()
+                .map(|(n, s)| StepOut {
+                    step_number: n,
+                    name: &s.name,
+                    handler: s.handler.to_string(),
+                    chunk_size: s.chunk_size,
+                    max_attempts: s.max_attempts,
+                    timeout_secs: s.timeout_secs,
+                    on_item_failure: s.on_item_failure.as_str(),
+                })
+                .collect(),
+        })
+        .collect();
+    HttpResponse::Ok().json(serde_json::json!({ "processDefinitions": out }))
+}
