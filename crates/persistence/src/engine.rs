@@ -959,3 +959,383 @@ impl TaskStore for Store {
             .map_err(RepositoryError::from)?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use async_engine_domain::{
+        Handler, LookupId, ProcessDefinition, ProcessId, ReferenceId, StatusQuery, StatusReader,
+    };
+    use serde_json::json;
+
+    use super::*;
+
+    const SECOND: i64 = 1_000_000;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("e.db").to_str().unwrap(), 2).unwrap();
+        store.migrate().unwrap();
+        (dir, store)
+    }
+
+    fn definition(policies: &[FailurePolicy], chunk: u32) -> ProcessDefinition {
+        ProcessDefinition {
+            name: "T".into(),
+            steps: policies
+                .iter()
+                .enumerate()
+                .map(|(n, &policy)| StepDefinition {
+                    name: format!("S{n}"),
+                    handler: Handler::Queue(format!("q{n}")),
+                    chunk_size: chunk,
+                    max_attempts: 2,
+                    timeout_secs: 60,
+                    on_item_failure: policy,
+                })
+                .collect(),
+        }
+    }
+
+    fn begin(store: &Store, id: &str, policies: &[FailurePolicy], items: usize, chunk: u32) -> ProcessStatus {
+        let new = NewProcess {
+            tenant: TenantId::default_tenant(),
+            async_process_id: ProcessId::new(id).unwrap(),
+            reference_id: ReferenceId::new("ref").unwrap(),
+            definition: definition(policies, chunk),
+            items: (0..items).map(|i| RawJson::from_value(&json!({ "n": i }))).collect(),
+            additional_data: RawJson::empty_object(),
+            idempotency_key: None,
+            now_micros: 0,
+        };
+        match store.start(&new).unwrap() {
+            Started::Created(status) => status,
+            Started::Existing(_) => panic!("expected a new process"),
+        }
+    }
+
+    fn claim(store: &Store, queue: &str, worker: &str, max: u32, now: i64) -> Vec<ClaimedTask> {
+        store
+            .claim(&ClaimRequest {
+                queues: vec![queue.into()],
+                worker_id: worker.into(),
+                max_tasks: max,
+                lease_micros: 10 * SECOND,
+                now_micros: now,
+            })
+            .unwrap()
+    }
+
+    /// Completes a task: items whose index is in `failing` fail with code 7.
+    fn finish(store: &Store, task: &ClaimedTask, failing: &[u64], now: i64) -> Result<(), TaskError> {
+        let (bad, good): (Vec<u64>, Vec<u64>) =
+            task.items.iter().map(|(i, _)| *i).partition(|i| failing.contains(i));
+        let failures = if bad.is_empty() {
+            vec![]
+        } else {
+            vec![async_engine_domain::FailureSnapshot { code: 7, status_message: "Seven".into(), items: bad }]
+        };
+        store.complete(task.task_id, &task.lease_token, &TaskReport { successes: good, failures }, now)
+    }
+
+    /// Runs every due task of `queue` to completion.
+    fn drain(store: &Store, queue: &str, failing: &[u64], now: i64) -> usize {
+        let mut done = 0;
+        loop {
+            let tasks = claim(store, queue, "w", 10, now);
+            if tasks.is_empty() {
+                return done;
+            }
+            for task in &tasks {
+                finish(store, task, failing, now).unwrap();
+                done += 1;
+            }
+        }
+    }
+
+    fn status(store: &Store, id: &str) -> ProcessStatus {
+        let query = StatusQuery {
+            tenant: TenantId::default_tenant(),
+            id: LookupId::new(id).unwrap(),
+            kind: async_engine_domain::IdKind::AsyncProcessId,
+            detail: Detail::Items,
+        };
+        store.find_status(&query).unwrap().remove(0)
+    }
+
+    /// `(status, processed, entered, successes listed, failures listed)` per step.
+    fn steps_of(process: &ProcessStatus) -> Vec<(Status, u64, u64, usize, usize)> {
+        process
+            .steps
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let items = s.items.as_ref().unwrap();
+                (
+                    s.status,
+                    s.processed,
+                    s.total,
+                    items.successfully.len(),
+                    items.failed.iter().map(|g| g.items.len()).sum(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_process_runs_step_by_step_to_success() {
+        let (_dir, store) = store();
+        let started = begin(&store, "p", &[FailurePolicy::Skip, FailurePolicy::Skip], 25, 10);
+        assert_eq!(started.status, Status::WaitingToProcess);
+        let first = claim(&store, "queue:q0", "w", 1, 0);
+        assert_eq!(first[0].items.len(), 10);
+        assert_eq!(status(&store, "p").status, Status::InProgress);
+        assert!(claim(&store, "queue:q1", "w", 10, 0).is_empty(), "step 1 waits for step 0");
+        finish(&store, &first[0], &[], 0).unwrap();
+        assert_eq!(drain(&store, "queue:q0", &[], 0), 2);
+        assert_eq!(status(&store, "p").current_step_number, 1);
+        assert_eq!(drain(&store, "queue:q1", &[], 0), 3);
+        let done = status(&store, "p");
+        assert_eq!((done.status, done.message.as_str()), (Status::Success, "Completed"));
+        assert_eq!(steps_of(&done), [(Status::Success, 25, 25, 25, 0), (Status::Success, 25, 25, 25, 0)]);
+    }
+
+    #[test]
+    fn an_empty_process_succeeds_at_once() {
+        let (_dir, store) = store();
+        let started = begin(&store, "p", &[FailurePolicy::Skip, FailurePolicy::Skip], 0, 10);
+        assert_eq!(started.status, Status::Success);
+    }
+
+    #[test]
+    fn each_failure_policy() {
+        let (_dir, store) = store();
+        // skip: 2 failed items do not enter step 1.
+        begin(&store, "skip", &[FailurePolicy::Skip, FailurePolicy::Skip], 6, 3);
+        drain(&store, "queue:q0", &[1, 4], 0);
+        drain(&store, "queue:q1", &[], 0);
+        let skip = status(&store, "skip");
+        assert_eq!(skip.status, Status::Failed);
+        assert_eq!(steps_of(&skip), [(Status::Failed, 6, 6, 4, 2), (Status::Success, 4, 4, 4, 0)]);
+        // continue: they do.
+        begin(&store, "cont", &[FailurePolicy::Continue, FailurePolicy::Skip], 6, 3);
+        drain(&store, "queue:q0", &[1, 4], 0);
+        drain(&store, "queue:q1", &[], 0);
+        assert_eq!(
+            steps_of(&status(&store, "cont")),
+            [(Status::Failed, 6, 6, 4, 2), (Status::Success, 6, 6, 6, 0)]
+        );
+        // abort: the first failure stops the process; the other task is never run.
+        begin(&store, "abort", &[FailurePolicy::Abort, FailurePolicy::Skip], 6, 3);
+        let tasks = claim(&store, "queue:q0", "w", 1, 0);
+        finish(&store, &tasks[0], &[1], 0).unwrap();
+        assert!(claim(&store, "queue:q0", "w", 10, 0).is_empty());
+        let abort = status(&store, "abort");
+        assert_eq!(abort.status, Status::Failed);
+        assert!(abort.message.contains("Stopped"), "{}", abort.message);
+        assert_eq!(steps_of(&abort), [(Status::Aborted, 3, 6, 2, 1), (Status::Aborted, 0, 0, 0, 0)]);
+    }
+
+    #[test]
+    fn a_stale_lease_records_nothing_and_the_new_holder_finishes() {
+        let (_dir, store) = store();
+        begin(&store, "p", &[FailurePolicy::Skip], 4, 4);
+        let first = claim(&store, "queue:q0", "w1", 1, 0).remove(0);
+        assert!(claim(&store, "queue:q0", "w2", 1, 5 * SECOND).is_empty(), "lease still current");
+        let second = claim(&store, "queue:q0", "w2", 1, 11 * SECOND).remove(0);
+        assert_eq!(second.attempt, 2);
+        assert!(matches!(finish(&store, &first, &[], 12 * SECOND), Err(TaskError::Conflict(_))));
+        assert_eq!(status(&store, "p").steps.unwrap()[0].processed, 0);
+        finish(&store, &second, &[], 12 * SECOND).unwrap();
+        assert!(
+            matches!(finish(&store, &second, &[], 12 * SECOND), Err(TaskError::Conflict(_))),
+            "once only"
+        );
+        assert_eq!(steps_of(&status(&store, "p")), [(Status::Success, 4, 4, 4, 0)]);
+    }
+
+    #[test]
+    fn a_report_must_cover_every_item_exactly_once() {
+        let (_dir, store) = store();
+        begin(&store, "p", &[FailurePolicy::Skip], 3, 3);
+        let task = claim(&store, "queue:q0", "w", 1, 0).remove(0);
+        let report = |successes: Vec<u64>| TaskReport { successes, failures: vec![] };
+        for (bad, mention) in [
+            (report(vec![0, 1]), "missing"),
+            (report(vec![0, 1, 1, 2]), "more than once"),
+            (report(vec![0, 1, 2, 3]), "not an item"),
+        ] {
+            match store.complete(task.task_id, &task.lease_token, &bad, 0) {
+                Err(TaskError::Invalid(text)) => assert!(text.contains(mention), "{text}"),
+                other => panic!("expected Invalid, got {other:?}"),
+            }
+        }
+        assert_eq!(status(&store, "p").steps.unwrap()[0].processed, 0);
+        store.complete(task.task_id, &task.lease_token, &report(vec![2, 0, 1]), 0).unwrap();
+        let listed: Vec<serde_json::Value> = status(&store, "p").steps.unwrap()[0]
+            .items
+            .as_ref()
+            .unwrap()
+            .successfully
+            .iter()
+            .map(RawJson::to_value)
+            .collect();
+        assert_eq!(listed, [json!({"n": 2}), json!({"n": 0}), json!({"n": 1})], "recording order");
+    }
+
+    #[test]
+    fn a_lease_that_expires_on_the_last_attempt_fails_the_items() {
+        let (_dir, store) = store();
+        begin(&store, "p", &[FailurePolicy::Skip], 2, 2);
+        claim(&store, "queue:q0", "w", 1, 0);
+        claim(&store, "queue:q0", "w", 1, 11 * SECOND);
+        assert!(claim(&store, "queue:q0", "w", 1, 22 * SECOND).is_empty(), "max_attempts is 2");
+        let done = status(&store, "p");
+        assert_eq!(done.status, Status::Failed);
+        let steps = done.steps.unwrap();
+        let group = &steps[0].items.as_ref().unwrap().failed[0];
+        assert_eq!((group.code, group.items.len()), (GAVE_UP_CODE, 2));
+        assert!(group.status_message.contains("2 attempts"), "{}", group.status_message);
+    }
+
+    #[test]
+    fn failing_a_task_retries_it_later_then_gives_up() {
+        let (_dir, store) = store();
+        begin(&store, "p", &[FailurePolicy::Skip], 2, 2);
+        let task = claim(&store, "queue:q0", "w", 1, 0).remove(0);
+        store.fail(task.task_id, &task.lease_token, "flaky", true, 0).unwrap();
+        assert!(claim(&store, "queue:q0", "w", 1, SECOND / 2).is_empty(), "backs off");
+        let again = claim(&store, "queue:q0", "w", 1, 2 * SECOND).remove(0);
+        store.fail(again.task_id, &again.lease_token, "still flaky", true, 2 * SECOND).unwrap();
+        let steps = status(&store, "p").steps.unwrap();
+        let group = &steps[0].items.as_ref().unwrap().failed[0];
+        assert_eq!((group.status_message.as_str(), group.items.len()), ("still flaky", 2));
+    }
+
+    #[test]
+    fn heartbeats_extend_only_current_leases() {
+        let (_dir, store) = store();
+        begin(&store, "p", &[FailurePolicy::Skip], 1, 1);
+        let task = claim(&store, "queue:q0", "w", 1, 0).remove(0);
+        assert_eq!(
+            store.heartbeat(task.task_id, &task.lease_token, 30 * SECOND, 5 * SECOND).unwrap(),
+            35 * SECOND
+        );
+        assert!(claim(&store, "queue:q0", "w2", 1, 20 * SECOND).is_empty(), "extended");
+        assert!(matches!(store.heartbeat(task.task_id, "wrong", SECOND, 0), Err(TaskError::Conflict(_))));
+        assert!(matches!(store.heartbeat(999, "x", SECOND, 0), Err(TaskError::Conflict(_))));
+    }
+
+    #[test]
+    fn cancel_stops_every_task_and_only_once() {
+        let (_dir, store) = store();
+        begin(&store, "p", &[FailurePolicy::Skip, FailurePolicy::Skip], 6, 2);
+        let in_flight = claim(&store, "queue:q0", "w", 1, 0).remove(0);
+        let tenant = TenantId::default_tenant();
+        let cancelled = store.cancel(&tenant, "p", 0).unwrap();
+        assert_eq!(cancelled.status, Status::Aborted);
+        assert!(claim(&store, "queue:q0", "w", 10, 0).is_empty());
+        assert!(matches!(finish(&store, &in_flight, &[], 0), Err(TaskError::Conflict(_))));
+        assert!(matches!(store.cancel(&tenant, "p", 0), Err(CommandError::Refused(_))));
+        assert!(matches!(store.retry(&tenant, "p", 0), Err(CommandError::Refused(_))));
+        assert!(matches!(store.cancel(&tenant, "nope", 0), Err(CommandError::NotFound(_))));
+        let steps = steps_of(&status(&store, "p"));
+        assert_eq!(steps, [(Status::Aborted, 0, 6, 0, 0), (Status::Aborted, 0, 0, 0, 0)]);
+    }
+
+    #[test]
+    fn retry_reruns_only_failed_items_and_fixes_counts() {
+        let (_dir, store) = store();
+        let tenant = TenantId::default_tenant();
+        begin(&store, "p", &[FailurePolicy::Continue, FailurePolicy::Skip], 6, 3);
+        drain(&store, "queue:q0", &[1], 0);
+        drain(&store, "queue:q1", &[4], 0);
+        assert_eq!(
+            steps_of(&status(&store, "p")),
+            [(Status::Failed, 6, 6, 5, 1), (Status::Failed, 6, 6, 5, 1)]
+        );
+        let retried = store.retry(&tenant, "p", 0).unwrap();
+        assert_eq!(retried.status, Status::InProgress);
+        assert_eq!(retried.current_step_number, 0);
+        let rerun = claim(&store, "queue:q0", "w", 10, 0);
+        assert_eq!(rerun.iter().flat_map(|t| t.items.iter().map(|(i, _)| *i)).collect::<Vec<_>>(), [1]);
+        finish(&store, &rerun[0], &[], 0).unwrap();
+        let rerun = claim(&store, "queue:q1", "w", 10, 0);
+        assert_eq!(
+            rerun.iter().flat_map(|t| t.items.iter().map(|(i, _)| *i)).collect::<Vec<_>>(),
+            [4],
+            "item 1 had passed step 1"
+        );
+        finish(&store, &rerun[0], &[], 0).unwrap();
+        let done = status(&store, "p");
+        assert_eq!(done.status, Status::Success);
+        assert_eq!(steps_of(&done), [(Status::Success, 6, 6, 6, 0), (Status::Success, 6, 6, 6, 0)]);
+    }
+
+    #[test]
+    fn retry_after_an_abort_runs_the_failed_and_the_unrun_items() {
+        let (_dir, store) = store();
+        begin(&store, "p", &[FailurePolicy::Abort, FailurePolicy::Skip], 6, 3);
+        let first = claim(&store, "queue:q0", "w", 1, 0).remove(0);
+        finish(&store, &first, &[0], 0).unwrap();
+        store.retry(&TenantId::default_tenant(), "p", 0).unwrap();
+        let mut rerun: Vec<u64> = claim(&store, "queue:q0", "w", 10, 0)
+            .iter()
+            .flat_map(|t| t.items.iter().map(|(i, _)| *i))
+            .collect();
+        rerun.sort_unstable();
+        assert_eq!(rerun, [0, 3, 4, 5]);
+    }
+
+    #[test]
+    fn an_idempotency_key_returns_the_first_process() {
+        let (_dir, store) = store();
+        let mut new = NewProcess {
+            tenant: TenantId::default_tenant(),
+            async_process_id: ProcessId::new("first").unwrap(),
+            reference_id: ReferenceId::new("r").unwrap(),
+            definition: definition(&[FailurePolicy::Skip], 10),
+            items: vec![RawJson::from_value(&json!(1))],
+            additional_data: RawJson::empty_object(),
+            idempotency_key: Some("key-1".into()),
+            now_micros: 0,
+        };
+        assert!(matches!(store.start(&new).unwrap(), Started::Created(_)));
+        new.async_process_id = ProcessId::new("second").unwrap();
+        match store.start(&new).unwrap() {
+            Started::Existing(process) => assert_eq!(process.async_process_id, "first"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(drain(&store, "queue:q0", &[], 0), 1, "one process, one task");
+    }
+
+    #[test]
+    fn the_list_pages_newest_first_with_filters() {
+        let (_dir, store) = store();
+        for n in 0..5 {
+            let mut new_id = format!("p{n}");
+            new_id.push_str(if n % 2 == 0 { "-even" } else { "-odd" });
+            begin(&store, &new_id, &[FailurePolicy::Skip], usize::from(n % 2 == 0), 1);
+        }
+        let tenant = TenantId::default_tenant();
+        let query = |limit, cursor| ListQuery {
+            tenant: tenant.clone(),
+            status: None,
+            name: None,
+            reference_id: None,
+            limit,
+            cursor,
+        };
+        let page = store.list(&query(2, None)).unwrap();
+        let ids = |page: &Page| page.records.iter().map(|r| r.async_process_id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&page), ["p4-even", "p3-odd"]);
+        let page = store.list(&query(2, page.next_cursor)).unwrap();
+        assert_eq!(ids(&page), ["p2-even", "p1-odd"]);
+        let page = store.list(&query(2, page.next_cursor)).unwrap();
+        assert_eq!((ids(&page), page.next_cursor), (vec!["p0-even".to_owned()], None));
+        let waiting =
+            store.list(&ListQuery { status: Some(Status::WaitingToProcess), ..query(10, None) }).unwrap();
+        assert_eq!(ids(&waiting), ["p4-even", "p2-even", "p0-even"]);
+        assert!(matches!(store.list(&query(2, Some("garbage".into()))), Err(ListError::BadCursor)));
+    }
+}
