@@ -7,6 +7,8 @@
     reason = "test helpers: a failed unwrap is a failed test; `Running` waits for its child on drop"
 )]
 
+mod engine;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
