@@ -287,22 +287,45 @@ fn new_step(
     })
 }
 
+/// Due tasks of these queues, oldest first: expired leases (to be taken over), then queued
+/// tasks whose time has come. Two queries, so that each walks the `(queue, state, ...)` index.
+fn due_tasks(conn: &mut SqliteConnection, request: &ClaimRequest, limit: i64) -> Result<Vec<TaskRow>, Error> {
+    let now = request.now_micros;
+    let mut due: Vec<TaskRow> = tasks::table
+        .filter(tasks::queue.eq_any(&request.queues))
+        .filter(tasks::state.eq(LEASED))
+        .filter(tasks::lease_expires_at.le(now))
+        .order(tasks::id.asc())
+        .limit(limit)
+        .select(TaskRow::as_select())
+        .load(conn)?;
+    let room = limit - to_i64(due.len())?;
+    if room > 0 {
+        due.extend(
+            tasks::table
+                .filter(tasks::queue.eq_any(&request.queues))
+                .filter(tasks::state.eq(QUEUED))
+                .filter(tasks::available_at.le(now))
+                .order(tasks::id.asc())
+                .limit(room)
+                .select(TaskRow::as_select())
+                .load(conn)?,
+        );
+    }
+    Ok(due)
+}
+
 pub fn claim(conn: &mut SqliteConnection, request: &ClaimRequest) -> Result<Vec<ClaimedTask>, Error> {
+    let limit = i64::from(request.max_tasks.saturating_mul(2)).saturating_add(16);
+    // Idle workers ask often: a plain read first keeps them from taking the write lock
+    // (and queueing behind writers) when there is nothing to claim.
+    if due_tasks(conn, request, 1)?.is_empty() {
+        return Ok(Vec::new());
+    }
     conn.immediate_transaction(|conn| {
         let now = request.now_micros;
         let wanted = usize::try_from(request.max_tasks).unwrap_or(usize::MAX);
-        let due: Vec<TaskRow> = tasks::table
-            .filter(tasks::queue.eq_any(&request.queues))
-            .filter(
-                tasks::state
-                    .eq(QUEUED)
-                    .and(tasks::available_at.le(now))
-                    .or(tasks::state.eq(LEASED).and(tasks::lease_expires_at.le(now))),
-            )
-            .order(tasks::id.asc())
-            .limit(i64::from(request.max_tasks.saturating_mul(2)).saturating_add(16))
-            .select(TaskRow::as_select())
-            .load(conn)?;
+        let due = due_tasks(conn, request, limit)?;
         let mut leased = Vec::new();
         for task in due {
             if leased.len() >= wanted {
