@@ -171,15 +171,14 @@ pub fn ensure_envelope<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHan
 mod tests {
     use std::sync::Arc;
 
-    use actix_web::test::{TestRequest, call_service, init_service, read_body_json};
+    use actix_web::test::TestRequest;
     use async_engine_domain::repository::MockStatusReader;
-    use async_engine_domain::work::{MockProcessStore, MockTaskStore};
     use async_engine_domain::{
         Detail, FailureGroup, IdKind, ProcessStatus, RawJson, RepositoryError, Status, StepItems, StepReport,
     };
     use serde_json::{Value, json};
 
-    use crate::{ApiConfig, AppState, SuccessCode, app};
+    use crate::{ApiConfig, AppState, SuccessCode, test_support};
 
     fn raw(value: Value) -> RawJson {
         RawJson::from_value(&value)
@@ -216,21 +215,8 @@ mod tests {
     }
 
     async fn call(reader: MockStatusReader, config: ApiConfig, request: TestRequest) -> (u16, Value) {
-        let state = AppState {
-            status: Arc::new(reader),
-            processes: Arc::new(MockProcessStore::new()),
-            tasks: Arc::new(MockTaskStore::new()),
-            definitions: Arc::new(Vec::new()),
-            on_new_work: Arc::new(|| {}),
-            config,
-        };
-        let service = init_service(app(state)).await;
-        let response = call_service(&service, request.to_request()).await;
-        let status = response.status().as_u16();
-        let content_type =
-            response.headers().get("content-type").map(|v| v.to_str().unwrap_or("").to_owned());
-        assert_eq!(content_type.as_deref(), Some("application/json"), "every answer is JSON");
-        (status, read_body_json(response).await)
+        let state = AppState { status: Arc::new(reader), config, ..test_support::state() };
+        test_support::send(state, request).await
     }
 
     async fn get(reader: MockStatusReader, uri: &str) -> (u16, Value) {

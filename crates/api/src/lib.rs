@@ -8,6 +8,8 @@ mod handlers;
 pub mod params;
 mod processes;
 mod tasks;
+#[cfg(test)]
+mod test_support;
 
 use std::net::TcpListener;
 use std::sync::Arc;

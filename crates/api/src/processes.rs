@@ -253,3 +253,98 @@ pub async fn definitions(state: web::Data<AppState>) -> HttpResponse {
         .collect();
     HttpResponse::Ok().json(serde_json::json!({ "processDefinitions": out }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use actix_web::test::TestRequest;
+    use async_engine_domain::lifecycle::Refused;
+    use async_engine_domain::work::MockProcessStore;
+    use async_engine_domain::{CommandError, Status};
+    use serde_json::json;
+
+    use crate::test_support::{send, state};
+
+    async fn call(processes: MockProcessStore, request: TestRequest) -> (u16, serde_json::Value) {
+        send(crate::AppState { processes: Arc::new(processes), ..state() }, request).await
+    }
+
+    #[actix_web::test]
+    async fn start_bodies_are_checked_before_the_store_is_asked() {
+        for (body, mention) in [
+            (json!({ "asyncProcessName": "Nope", "referenceId": "r", "items": [] }), "'Nope'"),
+            (json!({ "referenceId": "r", "items": [] }), "asyncProcessName is required"),
+            (json!({ "asyncProcessName": "P", "items": [] }), "referenceId is required"),
+            (json!({ "asyncProcessName": "P", "referenceId": "", "items": [] }), "referenceId is empty"),
+            (json!({ "asyncProcessName": "P", "referenceId": "r" }), "items is required"),
+            (
+                json!({ "asyncProcessName": "P", "referenceId": "r", "items": "x" }),
+                "items must be a JSON array",
+            ),
+            (
+                json!({ "asyncProcessName": 5, "referenceId": "r", "items": [] }),
+                "asyncProcessName must be a string",
+            ),
+            (
+                json!({ "asyncProcessName": "P", "referenceId": "r", "items": [], "additionalData": "x" }),
+                "additionalData",
+            ),
+            (
+                json!({ "asyncProcessName": "P", "referenceId": "r", "items": [], "callbackUrl": "http://x" }),
+                "callbackUrl",
+            ),
+            (json!([1]), "JSON object"),
+        ] {
+            let request = TestRequest::post().uri("/v1/asyncprocesses").set_json(&body);
+            let (status, answer) = call(MockProcessStore::new(), request).await;
+            assert_eq!(status, 400, "{body}");
+            assert!(answer["technicalMessage"].as_str().unwrap().contains(mention), "{body}: {answer}");
+        }
+        let request = TestRequest::post()
+            .uri("/v1/asyncprocesses")
+            .insert_header(("Idempotency-Key", "k".repeat(256)))
+            .set_json(json!({ "asyncProcessName": "P", "referenceId": "r", "items": [] }));
+        assert_eq!(call(MockProcessStore::new(), request).await.0, 400);
+    }
+
+    #[actix_web::test]
+    async fn list_parameters_are_checked() {
+        for query in ["limit=0", "limit=1001", "limit=x", "status=Done", "referenceId=", "cursor="] {
+            let request = TestRequest::get().uri(&format!("/v1/asyncprocesses?{query}"));
+            assert_eq!(call(MockProcessStore::new(), request).await.0, 400, "{query}");
+        }
+    }
+
+    #[actix_web::test]
+    async fn refused_commands_are_input_errors() {
+        let mut processes = MockProcessStore::new();
+        processes.expect_cancel().returning(|_, _, _| {
+            Err(CommandError::Refused(Refused {
+                command: "cancel",
+                status: Status::Success,
+                why: "it has already finished",
+            }))
+        });
+        let (status, answer) = call(processes, TestRequest::post().uri("/v1/asyncprocesses/p1/cancel")).await;
+        assert_eq!(status, 400);
+        assert!(answer["technicalMessage"].as_str().unwrap().contains("already finished"));
+        let mut processes = MockProcessStore::new();
+        processes.expect_retry().returning(|_, id, _| Err(CommandError::NotFound(id.to_owned())));
+        let (status, answer) = call(processes, TestRequest::post().uri("/v1/asyncprocesses/zz/retry")).await;
+        assert_eq!(status, 400);
+        assert!(answer["technicalMessage"].as_str().unwrap().contains("'zz'"));
+    }
+
+    #[actix_web::test]
+    async fn definitions_are_listed() {
+        let (status, answer) =
+            call(MockProcessStore::new(), TestRequest::get().uri("/v1/processdefinitions")).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            answer["processDefinitions"][0],
+            json!({ "name": "P", "steps": [{ "stepNumber": 0, "name": "S", "handler": "queue:q", "chunkSize": 10,
+                     "maxAttempts": 3, "timeoutSecs": 60, "onItemFailure": "skip" }] })
+        );
+    }
+}

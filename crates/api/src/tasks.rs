@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use async_engine_domain::{ClaimRequest, FailureSnapshot, TaskError, TaskReport};
-use serde::Deserialize;
+use async_engine_domain::{ClaimRequest, ClaimedTask, FailureSnapshot, RawJson, TaskError, TaskReport};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::AppState;
@@ -97,27 +97,51 @@ pub async fn claim(
         let store = state.tasks.clone();
         let tasks = blocking(move || store.claim(&request)).await??;
         if !tasks.is_empty() || Instant::now() >= deadline {
-            let tasks: Vec<_> = tasks
-                .iter()
-                .map(|t| {
-                    json!({
-                        "taskId": t.task_id,
-                        "leaseToken": t.lease_token,
-                        "asyncProcessId": t.async_process_id,
-                        "referenceId": t.reference_id,
-                        "asyncProcessName": t.process_name,
-                        "stepNumber": t.step_number,
-                        "stepName": t.step_name,
-                        "attempt": t.attempt,
-                        "leaseExpiresAt": rfc3339(t.lease_expires_at_micros),
-                        "additionalData": t.additional_data,
-                        "items": t.items.iter().map(|(index, item)| json!({ "index": index, "item": item })).collect::<Vec<_>>(),
-                    })
-                })
-                .collect();
+            let tasks: Vec<TaskOut> = tasks.iter().map(TaskOut::new).collect();
             return Ok(HttpResponse::Ok().json(json!({ "tasks": tasks })));
         }
         actix_web::rt::time::sleep(WAIT_POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+}
+
+/// A claimed task as workers receive it, fields in the contract's order.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TaskOut<'a> {
+    task_id: i64,
+    lease_token: &'a str,
+    async_process_id: &'a str,
+    reference_id: &'a str,
+    async_process_name: &'a str,
+    step_number: u32,
+    step_name: &'a str,
+    attempt: u32,
+    lease_expires_at: String,
+    additional_data: &'a RawJson,
+    items: Vec<ItemOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct ItemOut<'a> {
+    index: u64,
+    item: &'a RawJson,
+}
+
+impl<'a> TaskOut<'a> {
+    fn new(task: &'a ClaimedTask) -> Self {
+        TaskOut {
+            task_id: task.task_id,
+            lease_token: &task.lease_token,
+            async_process_id: &task.async_process_id,
+            reference_id: &task.reference_id,
+            async_process_name: &task.process_name,
+            step_number: task.step_number,
+            step_name: &task.step_name,
+            attempt: task.attempt,
+            lease_expires_at: rfc3339(task.lease_expires_at_micros),
+            additional_data: &task.additional_data,
+            items: task.items.iter().map(|(index, item)| ItemOut { index: *index, item }).collect(),
+        }
     }
 }
 
@@ -220,4 +244,70 @@ pub async fn fail(
         .map_err(task_error)?;
     (state.on_new_work)();
     Ok(HttpResponse::Ok().json(json!({ "taskId": id, "retryable": body.retryable })))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use actix_web::test::TestRequest;
+    use async_engine_domain::work::MockTaskStore;
+    use async_engine_domain::{RepositoryError, TaskError};
+    use serde_json::json;
+
+    use crate::test_support::{send, state};
+
+    async fn post(tasks: MockTaskStore, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let state = crate::AppState { tasks: Arc::new(tasks), ..state() };
+        send(state, TestRequest::post().uri(path).set_json(body)).await
+    }
+
+    #[actix_web::test]
+    async fn claims_are_checked_before_the_store_is_asked() {
+        for (body, mention) in [
+            (json!({ "queue": "builtin:noop", "workerId": "w" }), "queue"),
+            (json!({ "queue": "", "workerId": "w" }), "queue"),
+            (json!({ "queue": "q", "workerId": "" }), "workerId"),
+            (json!({ "queue": "q", "workerId": "w", "maxTasks": 0 }), "maxTasks"),
+            (json!({ "queue": "q", "workerId": "w", "leaseSeconds": 0 }), "leaseSeconds"),
+            (json!({ "queue": "q", "workerId": "w", "waitSeconds": 31 }), "waitSeconds"),
+            (json!({ "queue": "q" }), "workerId"),
+            (json!({ "queue": "q", "workerId": "w", "typo": 1 }), "typo"),
+        ] {
+            let (status, answer) = post(MockTaskStore::new(), "/v1/tasks/claim", body.clone()).await;
+            assert_eq!(status, 400, "{body}");
+            assert!(answer["technicalMessage"].as_str().unwrap().contains(mention), "{body}: {answer}");
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_claim_asks_for_the_named_queue_and_answers_plain_json() {
+        let mut tasks = MockTaskStore::new();
+        tasks
+            .expect_claim()
+            .withf(|r| r.queues == ["queue:pricing"] && r.max_tasks == 2 && r.lease_micros == 5_000_000)
+            .returning(|_| Ok(vec![]));
+        let body = json!({ "queue": "pricing", "workerId": "w", "maxTasks": 2, "leaseSeconds": 5 });
+        assert_eq!(post(tasks, "/v1/tasks/claim", body).await, (200, json!({ "tasks": [] })));
+    }
+
+    #[actix_web::test]
+    async fn task_errors_map_to_409_400_and_500() {
+        let cases = [
+            (TaskError::Conflict("stale".into()), 409),
+            (TaskError::Invalid("missing".into()), 400),
+            (TaskError::Storage(RepositoryError::Failed("disk /secret".into())), 500),
+        ];
+        for (error, code) in cases {
+            let mut tasks = MockTaskStore::new();
+            tasks.expect_complete().returning(move |_, _, _, _| Err(error.clone()));
+            let body = json!({ "leaseToken": "t", "successfully": [0] });
+            let (status, answer) = post(tasks, "/v1/tasks/7/complete", body).await;
+            assert_eq!((status, answer["code"].as_u64()), (code, Some(u64::from(code))));
+            assert!(!answer.to_string().contains("secret"));
+        }
+        let (status, _) =
+            post(MockTaskStore::new(), "/v1/tasks/x/complete", json!({ "leaseToken": "t" })).await;
+        assert_eq!(status, 400, "taskId must be a number");
+    }
 }
