@@ -1,7 +1,9 @@
 //! Developer chores: `cargo xtask seed` stores the documented example (and generated demo
-//! processes); `cargo xtask measure-lookup` times status reads on a large process.
+//! processes); `cargo xtask measure-lookup` times status reads on a large process;
+//! `cargo xtask measure-engine` measures the engine's throughput.
 
 mod demo;
+mod engine;
 mod measure;
 
 use std::process::ExitCode;
@@ -51,6 +53,18 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         rounds: u32,
     },
+    /// Run a 2-step noop process through the real engine on a temporary SQLite database and
+    /// report items per second per step.
+    MeasureEngine {
+        #[arg(long, default_value_t = 100_000)]
+        items: u32,
+        /// Engine worker threads.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Items per task.
+        #[arg(long, default_value_t = 500)]
+        chunk: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,6 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seed(&store, &tenant, demo, items)
         }
         Command::MeasureLookup { items, rounds } => measure::run(items, rounds),
+        Command::MeasureEngine { items, workers, chunk } => engine::run(items, workers, chunk),
     }
 }
 

@@ -1,0 +1,80 @@
+//! `cargo xtask measure-engine`: throughput of a 2-step `noop` process run by the real engine
+//! on a temporary SQLite database (no HTTP in the way), in items per second per step.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_engine::Settings;
+use async_engine_domain::{
+    Detail, IdKind, LookupId, NewProcess, ProcessId, ProcessStore, RawJson, ReferenceId, Status, StatusQuery,
+    StatusReader, TenantId,
+};
+use async_engine_engine::{EngineConfig, Handlers, Waker, now_micros};
+use async_engine_persistence::Store;
+
+pub fn run(items: u32, workers: usize, chunk: u32) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("engine.db");
+    let store = Store::open(path.to_str().context("temporary path is not UTF-8")?, 8)?;
+    store.migrate()?;
+    let mut definition = Settings::from_env(None)?
+        .definitions()?
+        .into_iter()
+        .find(|d| d.name == "Noop")
+        .context("config/default.toml defines no Noop process")?;
+    for step in &mut definition.steps {
+        step.chunk_size = chunk;
+    }
+    let started = Instant::now();
+    let new = NewProcess {
+        tenant: TenantId::default_tenant(),
+        async_process_id: ProcessId::new("measure")?,
+        reference_id: ReferenceId::new("measure")?,
+        definition,
+        items: (0..items).map(|i| RawJson::from_value(&serde_json::json!({ "n": i }))).collect(),
+        additional_data: RawJson::empty_object(),
+        idempotency_key: None,
+        now_micros: now_micros(),
+    };
+    store.start(&new)?;
+    let stored = started.elapsed();
+    let config = EngineConfig {
+        workers,
+        lease: Duration::from_secs(60),
+        idle_poll: Duration::from_millis(20),
+        batch: 4,
+        node: "measure".into(),
+    };
+    let running =
+        async_engine_engine::start(Arc::new(store.clone()), Handlers::builtin(), config, Waker::default())?;
+    let query = StatusQuery {
+        tenant: TenantId::default_tenant(),
+        id: LookupId::new("measure")?,
+        kind: IdKind::AsyncProcessId,
+        detail: Detail::Process,
+    };
+    let run_started = Instant::now();
+    loop {
+        let status = store.find_status(&query)?.first().map(|p| p.status);
+        if status.is_some_and(Status::is_final) {
+            anyhow::ensure!(status == Some(Status::Success), "the process ended {status:?}");
+            break;
+        }
+        anyhow::ensure!(run_started.elapsed() < Duration::from_secs(3_600), "still running after an hour");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ran = run_started.elapsed();
+    running.stop();
+    let per_step = f64::from(items) / ran.as_secs_f64();
+    eprintln!(
+        "stored {items} items in {stored:.2?} ({:.0} items/s)",
+        f64::from(items) / stored.as_secs_f64()
+    );
+    eprintln!(
+        "ran 2 noop steps over {items} items with {workers} workers, chunk {chunk}: {ran:.2?}, \
+         {per_step:.0} items/s per step ({:.0} outcomes/s)",
+        2.0 * per_step
+    );
+    Ok(())
+}
