@@ -68,7 +68,10 @@ pub async fn claim(
 ) -> Result<HttpResponse, ApiError> {
     let body: ClaimBody = parse(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
     let name = body.queue.strip_prefix("queue:").unwrap_or(&body.queue);
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+    if name.is_empty()
+        || name.len() > 100
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
         return Err(ApiError::input("queue must be the NAME of a queue:NAME step handler"));
     }
     check_text("workerId", &body.worker_id, 255)?;

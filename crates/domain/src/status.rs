@@ -168,7 +168,9 @@ pub fn process_message(steps: &[StepState], names: &[&str], end: Option<ProcessE
     match (status, end) {
         (Status::Aborted, _) => "Cancelled".to_owned(),
         (Status::Failed, Some(ProcessEnd::AbortedByPolicy)) => {
-            let at = first_failed.unwrap_or_else(|| current_step(steps));
+            // The steps after the one that stopped the process never started.
+            let at =
+                steps.iter().rposition(|s| s.started && s.failed > 0).unwrap_or_else(|| current_step(steps));
             format!("Stopped: an item failed at step {at} ({})", names.get(at).unwrap_or(&"?"))
         }
         (Status::InProgress, _) => match first_failed {
@@ -300,5 +302,10 @@ mod tests {
             "Stopped: an item failed at step 0 (Validate)"
         );
         assert_eq!(process_message(&[running, ok], &names, Some(ProcessEnd::Cancelled)), "Cancelled");
+        // A failure at an earlier skip step does not take the blame for a later step's abort.
+        assert_eq!(
+            process_message(&[failed, step(4, 1, 1, true, true)], &names, Some(ProcessEnd::AbortedByPolicy)),
+            "Stopped: an item failed at step 1 (Price)"
+        );
     }
 }

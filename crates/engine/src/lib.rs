@@ -148,6 +148,10 @@ struct Worker {
     waker: Waker,
 }
 
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
 pub fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -194,26 +198,67 @@ impl Worker {
     }
 
     fn execute(&self, task: &ClaimedTask) {
+        let Some(mut lease_until) = self.renew(task) else { return };
         let Some(handler) = self.handlers.for_queue(&task.queue) else {
             let message = format!("no handler for queue {}", task.queue);
-            self.settle(
-                task,
-                self.store.fail(task.task_id, &task.lease_token, &message, false, now_micros()),
-            );
+            let result = self.persist(&mut lease_until, || {
+                self.store.fail(task.task_id, &task.lease_token, &message, false, now_micros())
+            });
+            self.settle(task, result);
             return;
         };
-        match catch_unwind(AssertUnwindSafe(|| handler.run(task))) {
-            Ok(report) => {
-                let result = self.store.complete(task.task_id, &task.lease_token, &report, now_micros());
-                self.settle(task, result);
-            }
+        let result = match catch_unwind(AssertUnwindSafe(|| handler.run(task))) {
+            Ok(report) => self.persist(&mut lease_until, || {
+                self.store.complete(task.task_id, &task.lease_token, &report, now_micros())
+            }),
             Err(_) => {
                 let message = format!("handler {} panicked", task.queue);
                 tracing::error!(task = task.task_id, "{message}");
-                self.settle(
-                    task,
-                    self.store.fail(task.task_id, &task.lease_token, &message, true, now_micros()),
-                );
+                self.persist(&mut lease_until, || {
+                    self.store.fail(task.task_id, &task.lease_token, &message, true, now_micros())
+                })
+            }
+        };
+        self.settle(task, result);
+    }
+
+    /// Tasks of a batch wait their turn: one whose lease is more than half gone is renewed
+    /// first, so that it is not taken over while it runs. `None`: the lease is lost; skip it.
+    fn renew(&self, task: &ClaimedTask) -> Option<i64> {
+        let lease = i64::try_from(self.config.lease.as_micros()).unwrap_or(i64::MAX);
+        let now = now_micros();
+        if task.lease_expires_at_micros.saturating_sub(now) > lease / 2 {
+            return Some(task.lease_expires_at_micros);
+        }
+        match self.store.heartbeat(task.task_id, &task.lease_token, lease, now) {
+            Ok(expires) => Some(expires),
+            Err(TaskError::Conflict(reason)) => {
+                tracing::info!(task = task.task_id, %reason, "lease lost before the task ran; skipped");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(task = task.task_id, %error, "could not renew a lease; running on the old one");
+                Some(task.lease_expires_at_micros)
+            }
+        }
+    }
+
+    /// Records a result, trying again after a storage error for as long as the lease holds:
+    /// a finished result is worth more than a busy database's first refusal.
+    fn persist(
+        &self,
+        lease_until: &mut i64,
+        record: impl Fn() -> Result<(), TaskError>,
+    ) -> Result<(), TaskError> {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match record() {
+                Err(TaskError::Storage(error)) if now_micros() + micros(pause) < *lease_until => {
+                    tracing::warn!(%error, ?pause, "recording a task failed; trying again");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
             }
         }
     }
@@ -261,6 +306,12 @@ mod tests {
         }
     }
 
+    /// Leases that run for a minute from now, so workers need not renew them.
+    fn fresh(mut task: ClaimedTask) -> ClaimedTask {
+        task.lease_expires_at_micros = now_micros() + 60_000_000;
+        task
+    }
+
     fn config() -> EngineConfig {
         EngineConfig {
             workers: 1,
@@ -291,7 +342,7 @@ mod tests {
         store.expect_claim().returning(move |request| {
             assert_eq!(request.queues, ["builtin:noop", "builtin:price", "builtin:validate"]);
             Ok(if counter.fetch_add(1, Ordering::SeqCst) == 0 {
-                vec![task(7, "builtin:noop", 3)]
+                vec![fresh(task(7, "builtin:noop", 3))]
             } else {
                 vec![]
             })
@@ -308,6 +359,60 @@ mod tests {
         assert_eq!(completed.load(Ordering::SeqCst), 1);
     }
 
+    #[test]
+    fn a_batch_task_with_half_its_lease_gone_is_renewed_or_skipped() {
+        let mut store = MockTaskStore::new();
+        let claims = Arc::new(AtomicUsize::new(0));
+        let counter = claims.clone();
+        // Both leases are nearly over: task 1's renewal works, task 2's lease was lost.
+        store.expect_claim().returning(move |_| {
+            Ok(if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                vec![task(1, "builtin:noop", 1), task(2, "builtin:noop", 1)]
+            } else {
+                vec![]
+            })
+        });
+        store.expect_heartbeat().returning(|id, _, lease, now| {
+            if id == 1 { Ok(now + lease) } else { Err(TaskError::Conflict("taken over".into())) }
+        });
+        let completed = Arc::new(AtomicUsize::new(0));
+        let seen = completed.clone();
+        store.expect_complete().times(1).returning(move |id, _, _, _| {
+            assert_eq!(id, 1, "the task whose lease was lost is not run");
+            seen.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+        run_until(store, Handlers::builtin(), || {
+            completed.load(Ordering::SeqCst) == 1 && claims.load(Ordering::SeqCst) > 2
+        });
+        assert_eq!(completed.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_storage_error_on_completion_is_retried_while_the_lease_holds() {
+        let mut store = MockTaskStore::new();
+        let claims = Arc::new(AtomicUsize::new(0));
+        let counter = claims.clone();
+        store.expect_claim().returning(move |_| {
+            Ok(if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                vec![fresh(task(1, "builtin:noop", 1))]
+            } else {
+                vec![]
+            })
+        });
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let seen = attempts.clone();
+        store.expect_complete().returning(move |_, _, _, _| {
+            if seen.fetch_add(1, Ordering::SeqCst) < 2 {
+                Err(TaskError::Storage(RepositoryError::Unavailable("database is locked".into())))
+            } else {
+                Ok(())
+            }
+        });
+        run_until(store, Handlers::builtin(), || attempts.load(Ordering::SeqCst) == 3);
+        assert_eq!(attempts.load(Ordering::SeqCst), 3, "two refusals, then recorded");
+    }
+
     struct Panics;
     impl Handler for Panics {
         fn run(&self, _: &ClaimedTask) -> TaskReport {
@@ -322,7 +427,7 @@ mod tests {
         let counter = claims.clone();
         store.expect_claim().returning(move |_| {
             Ok(if counter.fetch_add(1, Ordering::SeqCst) == 0 {
-                vec![task(1, "builtin:panics", 1)]
+                vec![fresh(task(1, "builtin:panics", 1))]
             } else {
                 vec![]
             })
@@ -348,7 +453,7 @@ mod tests {
         let counter = claims.clone();
         store.expect_claim().returning(move |_| match counter.fetch_add(1, Ordering::SeqCst) {
             0 => Err(RepositoryError::Unavailable("db down".into())),
-            1 => Ok(vec![task(1, "builtin:noop", 1), task(2, "builtin:noop", 1)]),
+            1 => Ok(vec![fresh(task(1, "builtin:noop", 1)), fresh(task(2, "builtin:noop", 1))]),
             _ => Ok(vec![]),
         });
         let completions = Arc::new(AtomicUsize::new(0));

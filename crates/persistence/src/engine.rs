@@ -333,22 +333,37 @@ pub fn claim(conn: &mut SqliteConnection, request: &ClaimRequest) -> Result<Vec<
             }
             if task.state == LEASED && task.attempt >= task.max_attempts {
                 let message = format!("gave up after {} attempts: the last lease expired", task.attempt);
-                give_up(conn, &task, &message, now)?;
+                // In a savepoint: should recording fail (corrupt data), the task is parked
+                // instead of failing every later claim on its queue.
+                if let Err(error) = conn.transaction(|conn| give_up(conn, &task, &message, now)) {
+                    tracing::error!(task = task.id, %error, "could not record a given-up task; parking it");
+                    finish_task(conn, task.id, Some(&format!("could not record the give-up: {error}")))?;
+                }
                 continue;
             }
             let token = uuid::Uuid::new_v4().simple().to_string();
             // The step's timeout caps the lease: an attempt may not run longer unheartbeated.
             let lease = request.lease_micros.min(task.timeout_secs.saturating_mul(1_000_000));
             let expires = now.saturating_add(lease);
-            diesel::update(tasks::table.find(task.id))
-                .set((
-                    tasks::state.eq(LEASED),
-                    tasks::attempt.eq(task.attempt + 1),
-                    tasks::lease_token.eq(&token),
-                    tasks::lease_expires_at.eq(expires),
-                    tasks::worker_id.eq(&request.worker_id),
-                ))
-                .execute(conn)?;
+            // Only if the row is as it was read: a give-up earlier in this loop may have
+            // stopped the process and cancelled it.
+            let taken = diesel::update(
+                tasks::table
+                    .find(task.id)
+                    .filter(tasks::state.eq(&task.state))
+                    .filter(tasks::attempt.eq(task.attempt)),
+            )
+            .set((
+                tasks::state.eq(LEASED),
+                tasks::attempt.eq(task.attempt + 1),
+                tasks::lease_token.eq(&token),
+                tasks::lease_expires_at.eq(expires),
+                tasks::worker_id.eq(&request.worker_id),
+            ))
+            .execute(conn)?;
+            if taken == 0 {
+                continue;
+            }
             let first_claim = diesel::update(
                 steps::table
                     .filter(steps::process_id.eq(task.process_id))
@@ -449,7 +464,8 @@ pub fn complete(
         let mut seen = HashSet::with_capacity(expected.len());
         let reported = report.successes.iter().chain(report.failures.iter().flat_map(|f| &f.items));
         for &index in reported {
-            let index = to_i64(index)?;
+            // Beyond i64 is no index of any task: the caller's mistake, not ours.
+            let index = i64::try_from(index).unwrap_or(-1);
             if !expected.contains(&index) {
                 return Ok(Err(TaskError::Invalid(format!("item {index} is not an item of task {task_id}"))));
             }
@@ -493,10 +509,11 @@ pub fn heartbeat(
     now: i64,
 ) -> Result<Result<i64, TaskError>, Error> {
     conn.immediate_transaction(|conn| {
-        if let Err(refused) = leased_task(conn, task_id, token)? {
-            return Ok(Err(refused));
-        }
-        let expires = now.saturating_add(lease_micros);
+        let task = match leased_task(conn, task_id, token)? {
+            Ok(task) => task,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let expires = now.saturating_add(lease_micros.min(task.timeout_secs.saturating_mul(1_000_000)));
         diesel::update(tasks::table.find(task_id)).set(tasks::lease_expires_at.eq(expires)).execute(conn)?;
         Ok(Ok(expires))
     })
@@ -851,14 +868,21 @@ pub fn retry(
         diesel::delete(failure_groups::table.filter(failure_groups::process_id.eq(row.id))).execute(conn)?;
         diesel::delete(tasks::table.filter(tasks::process_id.eq(row.id)).filter(tasks::state.eq(CANCELLED)))
             .execute(conn)?;
-        for (&step, &count) in &per_step {
-            let later = if step > first { count } else { 0 };
+        if let Some(&count) = per_step.get(&first) {
             diesel::update(
-                steps::table.filter(steps::process_id.eq(row.id)).filter(steps::step_number.eq(step)),
+                steps::table.filter(steps::process_id.eq(row.id)).filter(steps::step_number.eq(first)),
             )
-            .set((steps::failed.eq(steps::failed - count), steps::entered.eq(steps::entered - later)))
+            .set(steps::failed.eq(steps::failed - count))
             .execute(conn)?;
         }
+        // Later steps keep only their successes: every other item that had entered them
+        // (failed there, or left unrun by an abort) enters again through the normal flow, so
+        // they count it as not yet entered, and wait for it.
+        diesel::update(
+            steps::table.filter(steps::process_id.eq(row.id)).filter(steps::step_number.gt(first)),
+        )
+        .set((steps::failed.eq(0), steps::entered.eq(steps::succeeded), steps::started.eq(false)))
+        .execute(conn)?;
         diesel::update(processes::table.find(row.id))
             .set((processes::end_reason.eq(None::<String>), processes::current_step.eq(first)))
             .execute(conn)?;
@@ -1308,6 +1332,38 @@ mod tests {
             .collect();
         rerun.sort_unstable();
         assert_eq!(rerun, [0, 3, 4, 5]);
+    }
+
+    #[test]
+    fn retry_after_an_abort_at_a_later_step_counts_every_item_once() {
+        let (_dir, store) = store();
+        begin(&store, "p", &[FailurePolicy::Skip, FailurePolicy::Abort], 6, 3);
+        drain(&store, "queue:q0", &[1], 0);
+        let first = claim(&store, "queue:q1", "w", 1, 0).remove(0);
+        finish(&store, &first, &[3], 0).unwrap();
+        assert_eq!(status(&store, "p").status, Status::Failed);
+        let retried = store.retry(&TenantId::default_tenant(), "p", 0).unwrap();
+        let later = &retried.steps.as_ref().unwrap()[1];
+        assert_eq!((later.status, later.processed, later.total), (Status::WaitingToProcess, 2, 2));
+        drain(&store, "queue:q0", &[], 0);
+        assert_eq!(drain(&store, "queue:q1", &[], 0), 2, "items 1, 3, 4 and 5 enter step 1 again");
+        let done = status(&store, "p");
+        assert_eq!(done.status, Status::Success, "{}", done.message);
+        assert_eq!(steps_of(&done), [(Status::Success, 6, 6, 6, 0), (Status::Success, 6, 6, 6, 0)]);
+    }
+
+    #[test]
+    fn a_give_up_that_aborts_the_process_leases_none_of_its_cancelled_tasks() {
+        let (_dir, store) = store();
+        begin(&store, "p", &[FailurePolicy::Abort], 4, 1);
+        claim(&store, "queue:q0", "w", 1, 0);
+        claim(&store, "queue:q0", "w", 1, 11 * SECOND);
+        // The expired last attempt is given up, which aborts the process and cancels the
+        // three other tasks that this same claim had already read as queued.
+        assert!(claim(&store, "queue:q0", "w", 10, 22 * SECOND).is_empty());
+        let done = status(&store, "p");
+        assert_eq!(done.status, Status::Failed);
+        assert_eq!(steps_of(&done), [(Status::Aborted, 1, 4, 0, 1)]);
     }
 
     #[test]

@@ -12,8 +12,9 @@ use crate::error::Error;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
 
-/// How long a connection waits for another's write lock before giving up.
-const BUSY_TIMEOUT_MS: u32 = 5_000;
+/// How long a connection waits for another's write lock before giving up: long enough to
+/// wait out the one transaction that stores a process of a million items.
+const BUSY_TIMEOUT_MS: u32 = 30_000;
 
 /// Where the data lives, parsed from `database.url`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -42,6 +42,7 @@ CREATE TABLE tasks (
     last_error TEXT
 );
 
--- Due work per queue: queued tasks by availability, leased ones by expiry.
-CREATE INDEX tasks_due ON tasks (queue, state, available_at);
+-- Due work per queue, oldest first: claims walk it in id order and stop after a few rows,
+-- however many tasks are queued or done.
+CREATE INDEX tasks_due ON tasks (queue, state, id);
 CREATE INDEX tasks_of_process ON tasks (process_id, step_number, state);
