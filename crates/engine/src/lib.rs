@@ -322,6 +322,20 @@ mod tests {
         }
     }
 
+    /// A store whose first claim returns `tasks` and every later one nothing; the count of
+    /// claims made is returned too.
+    fn claims_once(tasks: Vec<ClaimedTask>) -> (MockTaskStore, Arc<AtomicUsize>) {
+        let mut store = MockTaskStore::new();
+        let claims = Arc::new(AtomicUsize::new(0));
+        let counter = claims.clone();
+        let mut first = Some(tasks);
+        store.expect_claim().returning(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok(first.take().unwrap_or_default())
+        });
+        (store, claims)
+    }
+
     /// Runs one worker until `done` says so, then stops it.
     fn run_until(store: MockTaskStore, handlers: Handlers, done: impl Fn() -> bool) {
         let running = start(Arc::new(store), handlers, config(), Waker::default()).unwrap();
@@ -335,18 +349,13 @@ mod tests {
     }
 
     #[test]
+    fn workers_claim_from_every_builtin_queue() {
+        assert_eq!(Handlers::builtin().queues(), ["builtin:noop", "builtin:price", "builtin:validate"]);
+    }
+
+    #[test]
     fn claimed_tasks_are_run_and_completed_with_every_item() {
-        let mut store = MockTaskStore::new();
-        let claims = Arc::new(AtomicUsize::new(0));
-        let counter = claims.clone();
-        store.expect_claim().returning(move |request| {
-            assert_eq!(request.queues, ["builtin:noop", "builtin:price", "builtin:validate"]);
-            Ok(if counter.fetch_add(1, Ordering::SeqCst) == 0 {
-                vec![fresh(task(7, "builtin:noop", 3))]
-            } else {
-                vec![]
-            })
-        });
+        let (mut store, _) = claims_once(vec![fresh(task(7, "builtin:noop", 3))]);
         let completed = Arc::new(AtomicUsize::new(0));
         let seen = completed.clone();
         store.expect_complete().times(1).returning(move |id, token, report, _| {
@@ -361,17 +370,8 @@ mod tests {
 
     #[test]
     fn a_batch_task_with_half_its_lease_gone_is_renewed_or_skipped() {
-        let mut store = MockTaskStore::new();
-        let claims = Arc::new(AtomicUsize::new(0));
-        let counter = claims.clone();
         // Both leases are nearly over: task 1's renewal works, task 2's lease was lost.
-        store.expect_claim().returning(move |_| {
-            Ok(if counter.fetch_add(1, Ordering::SeqCst) == 0 {
-                vec![task(1, "builtin:noop", 1), task(2, "builtin:noop", 1)]
-            } else {
-                vec![]
-            })
-        });
+        let (mut store, claims) = claims_once(vec![task(1, "builtin:noop", 1), task(2, "builtin:noop", 1)]);
         store.expect_heartbeat().returning(|id, _, lease, now| {
             if id == 1 { Ok(now + lease) } else { Err(TaskError::Conflict("taken over".into())) }
         });
@@ -390,16 +390,7 @@ mod tests {
 
     #[test]
     fn a_storage_error_on_completion_is_retried_while_the_lease_holds() {
-        let mut store = MockTaskStore::new();
-        let claims = Arc::new(AtomicUsize::new(0));
-        let counter = claims.clone();
-        store.expect_claim().returning(move |_| {
-            Ok(if counter.fetch_add(1, Ordering::SeqCst) == 0 {
-                vec![fresh(task(1, "builtin:noop", 1))]
-            } else {
-                vec![]
-            })
-        });
+        let (mut store, _) = claims_once(vec![fresh(task(1, "builtin:noop", 1))]);
         let attempts = Arc::new(AtomicUsize::new(0));
         let seen = attempts.clone();
         store.expect_complete().returning(move |_, _, _, _| {
@@ -422,16 +413,7 @@ mod tests {
 
     #[test]
     fn a_panicking_handler_fails_its_task_as_retryable() {
-        let mut store = MockTaskStore::new();
-        let claims = Arc::new(AtomicUsize::new(0));
-        let counter = claims.clone();
-        store.expect_claim().returning(move |_| {
-            Ok(if counter.fetch_add(1, Ordering::SeqCst) == 0 {
-                vec![fresh(task(1, "builtin:panics", 1))]
-            } else {
-                vec![]
-            })
-        });
+        let (mut store, _) = claims_once(vec![fresh(task(1, "builtin:panics", 1))]);
         let failed = Arc::new(AtomicUsize::new(0));
         let seen = failed.clone();
         store.expect_fail().times(1).returning(move |_, _, message, retryable, _| {

@@ -775,16 +775,20 @@ fn refresh(conn: &mut SqliteConnection, process_id: i64, now: i64) -> Result<(),
     Ok(())
 }
 
+/// The process a command names, if it exists, is run by the engine, and accepts the command
+/// in its current status.
 fn command_target(
     conn: &mut SqliteConnection,
     tenant: &TenantId,
     id: &str,
+    command: Command,
 ) -> Result<Result<RunRow, CommandError>, Error> {
-    Ok(match find_run(conn, tenant, id)? {
-        None => Err(CommandError::NotFound(id.to_owned())),
-        Some(row) if !row.runnable => Err(CommandError::NotRunnable(id.to_owned())),
-        Some(row) => Ok(row),
-    })
+    let row = match find_run(conn, tenant, id)? {
+        None => return Ok(Err(CommandError::NotFound(id.to_owned()))),
+        Some(row) if !row.runnable => return Ok(Err(CommandError::NotRunnable(id.to_owned()))),
+        Some(row) => row,
+    };
+    Ok(lifecycle::check_command(command, status_of(&row)?).map(|()| row).map_err(CommandError::from))
 }
 
 fn status_of(row: &RunRow) -> Result<Status, Error> {
@@ -798,13 +802,10 @@ pub fn cancel(
     now: i64,
 ) -> Result<Result<ProcessStatus, CommandError>, Error> {
     conn.immediate_transaction(|conn| {
-        let row = match command_target(conn, tenant, id)? {
+        let row = match command_target(conn, tenant, id, Command::Cancel)? {
             Ok(row) => row,
             Err(refused) => return Ok(Err(refused)),
         };
-        if let Err(refused) = lifecycle::check_command(Command::Cancel, status_of(&row)?) {
-            return Ok(Err(refused.into()));
-        }
         end_early(conn, row.id, END_CANCELLED)?;
         refresh(conn, row.id, now)?;
         Ok(Ok(report(conn, &row.tenant, id)?))
@@ -818,13 +819,10 @@ pub fn retry(
     now: i64,
 ) -> Result<Result<ProcessStatus, CommandError>, Error> {
     conn.immediate_transaction(|conn| {
-        let row = match command_target(conn, tenant, id)? {
+        let row = match command_target(conn, tenant, id, Command::Retry)? {
             Ok(row) => row,
             Err(refused) => return Ok(Err(refused)),
         };
-        if let Err(refused) = lifecycle::check_command(Command::Retry, status_of(&row)?) {
-            return Ok(Err(refused.into()));
-        }
         let failed: Vec<(i32, i64)> = outcomes::table
             .filter(outcomes::process_id.eq(row.id))
             .filter(outcomes::failure_group.is_not_null())
