@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use crate::connection::{DbConnection, lock_process, per_backend, try_lock_process, write_transaction};
 use async_engine_domain::lifecycle::{self, AfterStep, Command};
 use async_engine_domain::status::{process_message, process_status};
 use async_engine_domain::work::GAVE_UP_CODE;
@@ -12,7 +13,6 @@ use async_engine_domain::{
     ProcessEnd, ProcessStatus, ProcessStore, RawJson, RepositoryError, Started, Status, StepDefinition,
     StepState, TaskError, TaskReport, TaskStore, TenantId,
 };
-use diesel::SqliteConnection;
 use diesel::prelude::*;
 
 use crate::error::Error;
@@ -81,7 +81,7 @@ struct NewTask<'a> {
 }
 
 #[derive(Debug, Queryable, Selectable)]
-#[diesel(table_name = processes, check_for_backend(diesel::sqlite::Sqlite))]
+#[diesel(table_name = processes, check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 struct RunRow {
     id: i64,
     tenant: String,
@@ -93,7 +93,7 @@ struct RunRow {
 }
 
 #[derive(Debug, Queryable, Selectable)]
-#[diesel(table_name = steps, check_for_backend(diesel::sqlite::Sqlite))]
+#[diesel(table_name = steps, check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 struct RunStepRow {
     step_number: i32,
     name: String,
@@ -111,7 +111,7 @@ struct RunStepRow {
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = tasks, check_for_backend(diesel::sqlite::Sqlite))]
+#[diesel(table_name = tasks, check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 struct TaskRow {
     id: i64,
     process_id: i64,
@@ -144,11 +144,11 @@ fn end_of(row: &RunRow) -> Option<ProcessEnd> {
     }
 }
 
-fn load_run(conn: &mut SqliteConnection, process_id: i64) -> Result<RunRow, Error> {
+fn load_run(conn: &mut DbConnection, process_id: i64) -> Result<RunRow, Error> {
     Ok(processes::table.find(process_id).select(RunRow::as_select()).first(conn)?)
 }
 
-fn load_steps(conn: &mut SqliteConnection, process_id: i64) -> Result<Vec<RunStepRow>, Error> {
+fn load_steps(conn: &mut DbConnection, process_id: i64) -> Result<Vec<RunStepRow>, Error> {
     Ok(steps::table
         .filter(steps::process_id.eq(process_id))
         .order(steps::step_number.asc())
@@ -156,7 +156,7 @@ fn load_steps(conn: &mut SqliteConnection, process_id: i64) -> Result<Vec<RunSte
         .load(conn)?)
 }
 
-fn find_run(conn: &mut SqliteConnection, tenant: &TenantId, id: &str) -> Result<Option<RunRow>, Error> {
+fn find_run(conn: &mut DbConnection, tenant: &TenantId, id: &str) -> Result<Option<RunRow>, Error> {
     Ok(processes::table
         .filter(processes::tenant.eq(tenant.as_str()))
         .filter(processes::async_process_id.eq(id))
@@ -166,7 +166,7 @@ fn find_run(conn: &mut SqliteConnection, tenant: &TenantId, id: &str) -> Result<
 }
 
 /// The record a command answers with: the process and its steps' counters.
-fn report(conn: &mut SqliteConnection, tenant: &str, id: &str) -> Result<ProcessStatus, Error> {
+fn report(conn: &mut DbConnection, tenant: &str, id: &str) -> Result<ProcessStatus, Error> {
     let row: ProcessRow = by_process_id(conn, tenant, id)?
         .into_iter()
         .next()
@@ -175,7 +175,7 @@ fn report(conn: &mut SqliteConnection, tenant: &str, id: &str) -> Result<Process
 }
 
 fn create_tasks(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     process_id: i64,
     step_number: i32,
     step: &RunStepRow,
@@ -197,7 +197,7 @@ fn create_tasks(
         })
         .collect();
     for batch in rows.chunks(INSERT_BATCH / 2) {
-        diesel::insert_into(tasks::table).values(batch).execute(conn)?;
+        per_backend!(conn, |c| diesel::insert_into(tasks::table).values(batch).execute(c))?;
     }
     Ok(())
 }
@@ -207,8 +207,8 @@ fn indices_of(task: &TaskRow) -> Result<Vec<i64>, Error> {
         .map_err(|e| Error::Corrupt(format!("task {}: item_indices {e}", task.id)))
 }
 
-pub fn start(conn: &mut SqliteConnection, new: &NewProcess) -> Result<Started, Error> {
-    conn.immediate_transaction(|conn| {
+pub fn start(conn: &mut DbConnection, new: &NewProcess) -> Result<Started, Error> {
+    write_transaction(conn, |conn| {
         let tenant = new.tenant.as_str();
         if let Some(key) = &new.idempotency_key {
             let existing: Option<String> = processes::table
@@ -250,7 +250,7 @@ pub fn start(conn: &mut SqliteConnection, new: &NewProcess) -> Result<Started, E
                 new_step(process_id, number, step, if number == 0 { new.items.len() } else { 0 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        diesel::insert_into(steps::table).values(&rows).execute(conn)?;
+        per_backend!(conn, |c| diesel::insert_into(steps::table).values(&rows).execute(c))?;
         insert_items(conn, process_id, &new.items)?;
         let first = load_steps(conn, process_id)?
             .into_iter()
@@ -289,40 +289,53 @@ fn new_step(
 
 /// Due tasks of these queues, oldest first: expired leases (to be taken over), then queued
 /// tasks whose time has come. Two queries, so that each walks the `(queue, state, ...)` index.
-fn due_tasks(conn: &mut SqliteConnection, request: &ClaimRequest, limit: i64) -> Result<Vec<TaskRow>, Error> {
+fn due_tasks(conn: &mut DbConnection, request: &ClaimRequest, limit: i64) -> Result<Vec<TaskRow>, Error> {
     let now = request.now_micros;
-    let mut due: Vec<TaskRow> = tasks::table
-        .filter(tasks::queue.eq_any(&request.queues))
-        .filter(tasks::state.eq(LEASED))
-        .filter(tasks::lease_expires_at.le(now))
-        .order(tasks::id.asc())
-        .limit(limit)
-        .select(TaskRow::as_select())
-        .load(conn)?;
-    let room = limit - to_i64(due.len())?;
-    if room > 0 {
-        due.extend(
+    macro_rules! due {
+        ($state:expr, $ready:expr, $limit:expr) => {
             tasks::table
                 .filter(tasks::queue.eq_any(&request.queues))
-                .filter(tasks::state.eq(QUEUED))
-                .filter(tasks::available_at.le(now))
+                .filter(tasks::state.eq($state))
+                .filter($ready)
                 .order(tasks::id.asc())
-                .limit(room)
+                .limit($limit)
                 .select(TaskRow::as_select())
-                .load(conn)?,
-        );
+        };
     }
-    Ok(due)
+    // Expired leases first (to be taken over), then queued tasks whose time has come. On
+    // PostgreSQL, nodes claiming at once lock the rows they read and pass over the rows
+    // another holds, instead of queueing behind it.
+    let mut found = Vec::new();
+    for queued in [false, true] {
+        let room = limit - to_i64(found.len())?;
+        if room <= 0 {
+            break;
+        }
+        let rows: Vec<TaskRow> = match (conn as &mut DbConnection, queued) {
+            (DbConnection::Pg(c), false) => {
+                due!(LEASED, tasks::lease_expires_at.le(now), room).for_update().skip_locked().load(c)?
+            }
+            (DbConnection::Pg(c), true) => {
+                due!(QUEUED, tasks::available_at.le(now), room).for_update().skip_locked().load(c)?
+            }
+            (DbConnection::Sqlite(c), false) => {
+                due!(LEASED, tasks::lease_expires_at.le(now), room).load(c)?
+            }
+            (DbConnection::Sqlite(c), true) => due!(QUEUED, tasks::available_at.le(now), room).load(c)?,
+        };
+        found.extend(rows);
+    }
+    Ok(found)
 }
 
-pub fn claim(conn: &mut SqliteConnection, request: &ClaimRequest) -> Result<Vec<ClaimedTask>, Error> {
+pub fn claim(conn: &mut DbConnection, request: &ClaimRequest) -> Result<Vec<ClaimedTask>, Error> {
     let limit = i64::from(request.max_tasks.saturating_mul(2)).saturating_add(16);
     // Idle workers ask often: a plain read first keeps them from taking the write lock
     // (and queueing behind writers) when there is nothing to claim.
     if due_tasks(conn, request, 1)?.is_empty() {
         return Ok(Vec::new());
     }
-    conn.immediate_transaction(|conn| {
+    write_transaction(conn, |conn| {
         let now = request.now_micros;
         let wanted = usize::try_from(request.max_tasks).unwrap_or(usize::MAX);
         let due = due_tasks(conn, request, limit)?;
@@ -330,6 +343,10 @@ pub fn claim(conn: &mut SqliteConnection, request: &ClaimRequest) -> Result<Vec<
         for task in due {
             if leased.len() >= wanted {
                 break;
+            }
+            // A process another transaction is changing is passed over, not waited for.
+            if !try_lock_process(conn, task.process_id)? {
+                continue;
             }
             if task.state == LEASED && task.attempt >= task.max_attempts {
                 let message = format!("gave up after {} attempts: the last lease expired", task.attempt);
@@ -383,7 +400,7 @@ pub fn claim(conn: &mut SqliteConnection, request: &ClaimRequest) -> Result<Vec<
 
 /// Everything a worker needs to run a leased task.
 fn describe(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     task: TaskRow,
     token: String,
     expires: i64,
@@ -429,9 +446,23 @@ fn describe(
     })
 }
 
+/// The task behind a lease, if the lease is current, with its process locked.
+fn locked_lease(
+    conn: &mut DbConnection,
+    task_id: i64,
+    token: &str,
+) -> Result<Result<TaskRow, TaskError>, Error> {
+    let process_id: Option<i64> =
+        tasks::table.find(task_id).select(tasks::process_id).first(conn).optional()?;
+    if let Some(process_id) = process_id {
+        lock_process(conn, process_id)?;
+    }
+    leased_task(conn, task_id, token)
+}
+
 /// The task behind a lease, if the lease is current.
 fn leased_task(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     task_id: i64,
     token: &str,
 ) -> Result<Result<TaskRow, TaskError>, Error> {
@@ -449,14 +480,14 @@ fn leased_task(
 }
 
 pub fn complete(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     task_id: i64,
     token: &str,
     report: &TaskReport,
     now: i64,
 ) -> Result<Result<(), TaskError>, Error> {
-    conn.immediate_transaction(|conn| {
-        let task = match leased_task(conn, task_id, token)? {
+    write_transaction(conn, |conn| {
+        let task = match locked_lease(conn, task_id, token)? {
             Ok(task) => task,
             Err(refused) => return Ok(Err(refused)),
         };
@@ -502,14 +533,14 @@ pub fn complete(
 }
 
 pub fn heartbeat(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     task_id: i64,
     token: &str,
     lease_micros: i64,
     now: i64,
 ) -> Result<Result<i64, TaskError>, Error> {
-    conn.immediate_transaction(|conn| {
-        let task = match leased_task(conn, task_id, token)? {
+    write_transaction(conn, |conn| {
+        let task = match locked_lease(conn, task_id, token)? {
             Ok(task) => task,
             Err(refused) => return Ok(Err(refused)),
         };
@@ -520,15 +551,15 @@ pub fn heartbeat(
 }
 
 pub fn fail(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     task_id: i64,
     token: &str,
     message: &str,
     retryable: bool,
     now: i64,
 ) -> Result<Result<(), TaskError>, Error> {
-    conn.immediate_transaction(|conn| {
-        let task = match leased_task(conn, task_id, token)? {
+    write_transaction(conn, |conn| {
+        let task = match locked_lease(conn, task_id, token)? {
             Ok(task) => task,
             Err(refused) => return Ok(Err(refused)),
         };
@@ -552,14 +583,14 @@ pub fn fail(
 }
 
 /// Records every item of a task as failed and moves the process on.
-fn give_up(conn: &mut SqliteConnection, task: &TaskRow, message: &str, now: i64) -> Result<(), Error> {
+fn give_up(conn: &mut DbConnection, task: &TaskRow, message: &str, now: i64) -> Result<(), Error> {
     let indices = indices_of(task)?;
     record(conn, task.process_id, task.step_number, &[], &vec![(GAVE_UP_CODE, message, indices)])?;
     finish_task(conn, task.id, Some(message))?;
     advance(conn, task.process_id, now)
 }
 
-fn finish_task(conn: &mut SqliteConnection, task_id: i64, error: Option<&str>) -> Result<(), Error> {
+fn finish_task(conn: &mut DbConnection, task_id: i64, error: Option<&str>) -> Result<(), Error> {
     diesel::update(tasks::table.find(task_id))
         .set((tasks::state.eq(DONE), tasks::lease_token.eq(None::<String>), tasks::last_error.eq(error)))
         .execute(conn)?;
@@ -569,7 +600,7 @@ fn finish_task(conn: &mut SqliteConnection, task_id: i64, error: Option<&str>) -
 /// Inserts outcomes in recording order and moves the step's counters; a failure at a step
 /// whose policy is `abort` stops the process.
 fn record(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     process_id: i64,
     step_number: i32,
     successes: &[i64],
@@ -611,7 +642,7 @@ fn record(
         }
     }
     for batch in rows.chunks(INSERT_BATCH) {
-        diesel::insert_into(outcomes::table).values(batch).execute(conn)?;
+        per_backend!(conn, |c| diesel::insert_into(outcomes::table).values(batch).execute(c))?;
     }
     let succeeded = to_i64(successes.len())?;
     diesel::update(
@@ -633,7 +664,7 @@ fn record(
 }
 
 fn failure_group(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     process_id: i64,
     step_number: i32,
     code: i64,
@@ -657,7 +688,7 @@ fn failure_group(
 }
 
 /// Stops a process: its open tasks are cancelled so that no task starts afterwards.
-fn end_early(conn: &mut SqliteConnection, process_id: i64, reason: &str) -> Result<(), Error> {
+fn end_early(conn: &mut DbConnection, process_id: i64, reason: &str) -> Result<(), Error> {
     diesel::update(processes::table.find(process_id)).set(processes::end_reason.eq(reason)).execute(conn)?;
     diesel::update(tasks::table.filter(tasks::process_id.eq(process_id)).filter(tasks::state.eq_any(OPEN)))
         .set((tasks::state.eq(CANCELLED), tasks::lease_token.eq(None::<String>)))
@@ -667,7 +698,7 @@ fn end_early(conn: &mut SqliteConnection, process_id: i64, reason: &str) -> Resu
 
 /// Starts each following step whose predecessor has an outcome for every item that entered
 /// it and no open task; then brings the stored statuses up to date.
-fn advance(conn: &mut SqliteConnection, process_id: i64, now: i64) -> Result<(), Error> {
+fn advance(conn: &mut DbConnection, process_id: i64, now: i64) -> Result<(), Error> {
     loop {
         let process = load_run(conn, process_id)?;
         if process.end_reason.is_some() {
@@ -727,7 +758,7 @@ fn advance(conn: &mut SqliteConnection, process_id: i64, now: i64) -> Result<(),
     refresh(conn, process_id, now)
 }
 
-fn set_started(conn: &mut SqliteConnection, process_id: i64, step_number: i32) -> Result<(), Error> {
+fn set_started(conn: &mut DbConnection, process_id: i64, step_number: i32) -> Result<(), Error> {
     diesel::update(
         steps::table.filter(steps::process_id.eq(process_id)).filter(steps::step_number.eq(step_number)),
     )
@@ -737,7 +768,7 @@ fn set_started(conn: &mut SqliteConnection, process_id: i64, step_number: i32) -
 }
 
 /// Stores each step's and the process's status and message as the domain's rules tell them.
-fn refresh(conn: &mut SqliteConnection, process_id: i64, now: i64) -> Result<(), Error> {
+fn refresh(conn: &mut DbConnection, process_id: i64, now: i64) -> Result<(), Error> {
     let process = load_run(conn, process_id)?;
     let all = load_steps(conn, process_id)?;
     let end = end_of(&process);
@@ -778,11 +809,15 @@ fn refresh(conn: &mut SqliteConnection, process_id: i64, now: i64) -> Result<(),
 /// The process a command names, if it exists, is run by the engine, and accepts the command
 /// in its current status.
 fn command_target(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     tenant: &TenantId,
     id: &str,
     command: Command,
 ) -> Result<Result<RunRow, CommandError>, Error> {
+    if let Some(row) = find_run(conn, tenant, id)? {
+        lock_process(conn, row.id)?;
+    }
+    // Read again under the lock: the status may have moved while we waited.
     let row = match find_run(conn, tenant, id)? {
         None => return Ok(Err(CommandError::NotFound(id.to_owned()))),
         Some(row) if !row.runnable => return Ok(Err(CommandError::NotRunnable(id.to_owned()))),
@@ -796,12 +831,12 @@ fn status_of(row: &RunRow) -> Result<Status, Error> {
 }
 
 pub fn cancel(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     tenant: &TenantId,
     id: &str,
     now: i64,
 ) -> Result<Result<ProcessStatus, CommandError>, Error> {
-    conn.immediate_transaction(|conn| {
+    write_transaction(conn, |conn| {
         let row = match command_target(conn, tenant, id, Command::Cancel)? {
             Ok(row) => row,
             Err(refused) => return Ok(Err(refused)),
@@ -813,12 +848,12 @@ pub fn cancel(
 }
 
 pub fn retry(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     tenant: &TenantId,
     id: &str,
     now: i64,
 ) -> Result<Result<ProcessStatus, CommandError>, Error> {
-    conn.immediate_transaction(|conn| {
+    write_transaction(conn, |conn| {
         let row = match command_target(conn, tenant, id, Command::Retry)? {
             Ok(row) => row,
             Err(refused) => return Ok(Err(refused)),
@@ -895,7 +930,7 @@ pub fn retry(
     })
 }
 
-pub fn list(conn: &mut SqliteConnection, query: &ListQuery) -> Result<Result<Page, ListError>, Error> {
+pub fn list(conn: &mut DbConnection, query: &ListQuery) -> Result<Result<Page, ListError>, Error> {
     let after = match query.cursor.as_deref().map(parse_cursor) {
         Some(None) => return Ok(Err(ListError::BadCursor)),
         Some(Some(position)) => Some(position),
@@ -944,7 +979,15 @@ fn parse_cursor(text: &str) -> Option<(i64, i64)> {
 impl ProcessStore for Store {
     fn start(&self, process: &NewProcess) -> Result<Started, RepositoryError> {
         let mut conn = self.conn()?;
-        Ok(start(&mut conn, process)?)
+        match start(&mut conn, process) {
+            // Two requests with one idempotency key at once (PostgreSQL): the loser finds the
+            // winner's process on a second look.
+            Err(Error::Query(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _,
+            ))) if process.idempotency_key.is_some() => Ok(start(&mut conn, process)?),
+            other => Ok(other?),
+        }
     }
 
     fn cancel(&self, tenant: &TenantId, id: &str, now_micros: i64) -> Result<ProcessStatus, CommandError> {
@@ -1013,15 +1056,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::test_db::on_both_backends;
 
     const SECOND: i64 = 1_000_000;
-
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("e.db").to_str().unwrap(), 2).unwrap();
-        store.migrate().unwrap();
-        (dir, store)
-    }
 
     fn definition(policies: &[FailurePolicy], chunk: u32) -> ProcessDefinition {
         ProcessDefinition {
@@ -1127,292 +1164,292 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_process_runs_step_by_step_to_success() {
-        let (_dir, store) = store();
-        let started = begin(&store, "p", &[FailurePolicy::Skip, FailurePolicy::Skip], 25, 10);
-        assert_eq!(started.status, Status::WaitingToProcess);
-        let first = claim(&store, "queue:q0", "w", 1, 0);
-        assert_eq!(first[0].items.len(), 10);
-        assert_eq!(status(&store, "p").status, Status::InProgress);
-        assert!(claim(&store, "queue:q1", "w", 10, 0).is_empty(), "step 1 waits for step 0");
-        finish(&store, &first[0], &[], 0).unwrap();
-        assert_eq!(drain(&store, "queue:q0", &[], 0), 2);
-        assert_eq!(status(&store, "p").current_step_number, 1);
-        assert_eq!(drain(&store, "queue:q1", &[], 0), 3);
-        let done = status(&store, "p");
-        assert_eq!((done.status, done.message.as_str()), (Status::Success, "Completed"));
-        assert_eq!(steps_of(&done), [(Status::Success, 25, 25, 25, 0), (Status::Success, 25, 25, 25, 0)]);
+    on_both_backends! {
+        fn a_process_runs_step_by_step_to_success(store: &Store) {
+            let started = begin(store, "p", &[FailurePolicy::Skip, FailurePolicy::Skip], 25, 10);
+            assert_eq!(started.status, Status::WaitingToProcess);
+            let first = claim(store, "queue:q0", "w", 1, 0);
+            assert_eq!(first[0].items.len(), 10);
+            assert_eq!(status(store, "p").status, Status::InProgress);
+            assert!(claim(store, "queue:q1", "w", 10, 0).is_empty(), "step 1 waits for step 0");
+            finish(store, &first[0], &[], 0).unwrap();
+            assert_eq!(drain(store, "queue:q0", &[], 0), 2);
+            assert_eq!(status(store, "p").current_step_number, 1);
+            assert_eq!(drain(store, "queue:q1", &[], 0), 3);
+            let done = status(store, "p");
+            assert_eq!((done.status, done.message.as_str()), (Status::Success, "Completed"));
+            assert_eq!(steps_of(&done), [(Status::Success, 25, 25, 25, 0), (Status::Success, 25, 25, 25, 0)]);
+        }
     }
 
-    #[test]
-    fn an_empty_process_succeeds_at_once() {
-        let (_dir, store) = store();
-        let started = begin(&store, "p", &[FailurePolicy::Skip, FailurePolicy::Skip], 0, 10);
-        assert_eq!(started.status, Status::Success);
+    on_both_backends! {
+        fn an_empty_process_succeeds_at_once(store: &Store) {
+            let started = begin(store, "p", &[FailurePolicy::Skip, FailurePolicy::Skip], 0, 10);
+            assert_eq!(started.status, Status::Success);
+        }
     }
 
-    #[test]
-    fn each_failure_policy() {
-        let (_dir, store) = store();
-        // skip: 2 failed items do not enter step 1.
-        begin(&store, "skip", &[FailurePolicy::Skip, FailurePolicy::Skip], 6, 3);
-        drain(&store, "queue:q0", &[1, 4], 0);
-        drain(&store, "queue:q1", &[], 0);
-        let skip = status(&store, "skip");
-        assert_eq!(skip.status, Status::Failed);
-        assert_eq!(steps_of(&skip), [(Status::Failed, 6, 6, 4, 2), (Status::Success, 4, 4, 4, 0)]);
-        // continue: they do.
-        begin(&store, "cont", &[FailurePolicy::Continue, FailurePolicy::Skip], 6, 3);
-        drain(&store, "queue:q0", &[1, 4], 0);
-        drain(&store, "queue:q1", &[], 0);
-        assert_eq!(
-            steps_of(&status(&store, "cont")),
-            [(Status::Failed, 6, 6, 4, 2), (Status::Success, 6, 6, 6, 0)]
-        );
-        // abort: the first failure stops the process; the other task is never run.
-        begin(&store, "abort", &[FailurePolicy::Abort, FailurePolicy::Skip], 6, 3);
-        let tasks = claim(&store, "queue:q0", "w", 1, 0);
-        finish(&store, &tasks[0], &[1], 0).unwrap();
-        assert!(claim(&store, "queue:q0", "w", 10, 0).is_empty());
-        let abort = status(&store, "abort");
-        assert_eq!(abort.status, Status::Failed);
-        assert!(abort.message.contains("Stopped"), "{}", abort.message);
-        assert_eq!(steps_of(&abort), [(Status::Aborted, 3, 6, 2, 1), (Status::Aborted, 0, 0, 0, 0)]);
+    on_both_backends! {
+        fn each_failure_policy(store: &Store) {
+            // skip: 2 failed items do not enter step 1.
+            begin(store, "skip", &[FailurePolicy::Skip, FailurePolicy::Skip], 6, 3);
+            drain(store, "queue:q0", &[1, 4], 0);
+            drain(store, "queue:q1", &[], 0);
+            let skip = status(store, "skip");
+            assert_eq!(skip.status, Status::Failed);
+            assert_eq!(steps_of(&skip), [(Status::Failed, 6, 6, 4, 2), (Status::Success, 4, 4, 4, 0)]);
+            // continue: they do.
+            begin(store, "cont", &[FailurePolicy::Continue, FailurePolicy::Skip], 6, 3);
+            drain(store, "queue:q0", &[1, 4], 0);
+            drain(store, "queue:q1", &[], 0);
+            assert_eq!(
+                steps_of(&status(store, "cont")),
+                [(Status::Failed, 6, 6, 4, 2), (Status::Success, 6, 6, 6, 0)]
+            );
+            // abort: the first failure stops the process; the other task is never run.
+            begin(store, "abort", &[FailurePolicy::Abort, FailurePolicy::Skip], 6, 3);
+            let tasks = claim(store, "queue:q0", "w", 1, 0);
+            finish(store, &tasks[0], &[1], 0).unwrap();
+            assert!(claim(store, "queue:q0", "w", 10, 0).is_empty());
+            let abort = status(store, "abort");
+            assert_eq!(abort.status, Status::Failed);
+            assert!(abort.message.contains("Stopped"), "{}", abort.message);
+            assert_eq!(steps_of(&abort), [(Status::Aborted, 3, 6, 2, 1), (Status::Aborted, 0, 0, 0, 0)]);
+        }
     }
 
-    #[test]
-    fn a_stale_lease_records_nothing_and_the_new_holder_finishes() {
-        let (_dir, store) = store();
-        begin(&store, "p", &[FailurePolicy::Skip], 4, 4);
-        let first = claim(&store, "queue:q0", "w1", 1, 0).remove(0);
-        assert!(claim(&store, "queue:q0", "w2", 1, 5 * SECOND).is_empty(), "lease still current");
-        let second = claim(&store, "queue:q0", "w2", 1, 11 * SECOND).remove(0);
-        assert_eq!(second.attempt, 2);
-        assert!(matches!(finish(&store, &first, &[], 12 * SECOND), Err(TaskError::Conflict(_))));
-        assert_eq!(status(&store, "p").steps.unwrap()[0].processed, 0);
-        finish(&store, &second, &[], 12 * SECOND).unwrap();
-        assert!(
-            matches!(finish(&store, &second, &[], 12 * SECOND), Err(TaskError::Conflict(_))),
-            "once only"
-        );
-        assert_eq!(steps_of(&status(&store, "p")), [(Status::Success, 4, 4, 4, 0)]);
+    on_both_backends! {
+        fn a_stale_lease_records_nothing_and_the_new_holder_finishes(store: &Store) {
+            begin(store, "p", &[FailurePolicy::Skip], 4, 4);
+            let first = claim(store, "queue:q0", "w1", 1, 0).remove(0);
+            assert!(claim(store, "queue:q0", "w2", 1, 5 * SECOND).is_empty(), "lease still current");
+            let second = claim(store, "queue:q0", "w2", 1, 11 * SECOND).remove(0);
+            assert_eq!(second.attempt, 2);
+            assert!(matches!(finish(store, &first, &[], 12 * SECOND), Err(TaskError::Conflict(_))));
+            assert_eq!(status(store, "p").steps.unwrap()[0].processed, 0);
+            finish(store, &second, &[], 12 * SECOND).unwrap();
+            assert!(
+                matches!(finish(store, &second, &[], 12 * SECOND), Err(TaskError::Conflict(_))),
+                "once only"
+            );
+            assert_eq!(steps_of(&status(store, "p")), [(Status::Success, 4, 4, 4, 0)]);
+        }
     }
 
-    #[test]
-    fn a_report_must_cover_every_item_exactly_once() {
-        let (_dir, store) = store();
-        begin(&store, "p", &[FailurePolicy::Skip], 3, 3);
-        let task = claim(&store, "queue:q0", "w", 1, 0).remove(0);
-        let report = |successes: Vec<u64>| TaskReport { successes, failures: vec![] };
-        for (bad, mention) in [
-            (report(vec![0, 1]), "missing"),
-            (report(vec![0, 1, 1, 2]), "more than once"),
-            (report(vec![0, 1, 2, 3]), "not an item"),
-        ] {
-            match store.complete(task.task_id, &task.lease_token, &bad, 0) {
-                Err(TaskError::Invalid(text)) => assert!(text.contains(mention), "{text}"),
-                other => panic!("expected Invalid, got {other:?}"),
+    on_both_backends! {
+        fn a_report_must_cover_every_item_exactly_once(store: &Store) {
+            begin(store, "p", &[FailurePolicy::Skip], 3, 3);
+            let task = claim(store, "queue:q0", "w", 1, 0).remove(0);
+            let report = |successes: Vec<u64>| TaskReport { successes, failures: vec![] };
+            for (bad, mention) in [
+                (report(vec![0, 1]), "missing"),
+                (report(vec![0, 1, 1, 2]), "more than once"),
+                (report(vec![0, 1, 2, 3]), "not an item"),
+            ] {
+                match store.complete(task.task_id, &task.lease_token, &bad, 0) {
+                    Err(TaskError::Invalid(text)) => assert!(text.contains(mention), "{text}"),
+                    other => panic!("expected Invalid, got {other:?}"),
+                }
             }
+            assert_eq!(status(store, "p").steps.unwrap()[0].processed, 0);
+            store.complete(task.task_id, &task.lease_token, &report(vec![2, 0, 1]), 0).unwrap();
+            let listed: Vec<serde_json::Value> = status(store, "p").steps.unwrap()[0]
+                .items
+                .as_ref()
+                .unwrap()
+                .successfully
+                .iter()
+                .map(RawJson::to_value)
+                .collect();
+            assert_eq!(listed, [json!({"n": 2}), json!({"n": 0}), json!({"n": 1})], "recording order");
         }
-        assert_eq!(status(&store, "p").steps.unwrap()[0].processed, 0);
-        store.complete(task.task_id, &task.lease_token, &report(vec![2, 0, 1]), 0).unwrap();
-        let listed: Vec<serde_json::Value> = status(&store, "p").steps.unwrap()[0]
-            .items
-            .as_ref()
-            .unwrap()
-            .successfully
-            .iter()
-            .map(RawJson::to_value)
-            .collect();
-        assert_eq!(listed, [json!({"n": 2}), json!({"n": 0}), json!({"n": 1})], "recording order");
     }
 
-    #[test]
-    fn a_lease_that_expires_on_the_last_attempt_fails_the_items() {
-        let (_dir, store) = store();
-        begin(&store, "p", &[FailurePolicy::Skip], 2, 2);
-        claim(&store, "queue:q0", "w", 1, 0);
-        claim(&store, "queue:q0", "w", 1, 11 * SECOND);
-        assert!(claim(&store, "queue:q0", "w", 1, 22 * SECOND).is_empty(), "max_attempts is 2");
-        let done = status(&store, "p");
-        assert_eq!(done.status, Status::Failed);
-        let steps = done.steps.unwrap();
-        let group = &steps[0].items.as_ref().unwrap().failed[0];
-        assert_eq!((group.code, group.items.len()), (GAVE_UP_CODE, 2));
-        assert!(group.status_message.contains("2 attempts"), "{}", group.status_message);
-    }
-
-    #[test]
-    fn failing_a_task_retries_it_later_then_gives_up() {
-        let (_dir, store) = store();
-        begin(&store, "p", &[FailurePolicy::Skip], 2, 2);
-        let task = claim(&store, "queue:q0", "w", 1, 0).remove(0);
-        store.fail(task.task_id, &task.lease_token, "flaky", true, 0).unwrap();
-        assert!(claim(&store, "queue:q0", "w", 1, SECOND / 2).is_empty(), "backs off");
-        let again = claim(&store, "queue:q0", "w", 1, 2 * SECOND).remove(0);
-        store.fail(again.task_id, &again.lease_token, "still flaky", true, 2 * SECOND).unwrap();
-        let steps = status(&store, "p").steps.unwrap();
-        let group = &steps[0].items.as_ref().unwrap().failed[0];
-        assert_eq!((group.status_message.as_str(), group.items.len()), ("still flaky", 2));
-    }
-
-    #[test]
-    fn heartbeats_extend_only_current_leases() {
-        let (_dir, store) = store();
-        begin(&store, "p", &[FailurePolicy::Skip], 1, 1);
-        let task = claim(&store, "queue:q0", "w", 1, 0).remove(0);
-        assert_eq!(
-            store.heartbeat(task.task_id, &task.lease_token, 30 * SECOND, 5 * SECOND).unwrap(),
-            35 * SECOND
-        );
-        assert!(claim(&store, "queue:q0", "w2", 1, 20 * SECOND).is_empty(), "extended");
-        assert!(matches!(store.heartbeat(task.task_id, "wrong", SECOND, 0), Err(TaskError::Conflict(_))));
-        assert!(matches!(store.heartbeat(999, "x", SECOND, 0), Err(TaskError::Conflict(_))));
-    }
-
-    #[test]
-    fn cancel_stops_every_task_and_only_once() {
-        let (_dir, store) = store();
-        begin(&store, "p", &[FailurePolicy::Skip, FailurePolicy::Skip], 6, 2);
-        let in_flight = claim(&store, "queue:q0", "w", 1, 0).remove(0);
-        let tenant = TenantId::default_tenant();
-        let cancelled = store.cancel(&tenant, "p", 0).unwrap();
-        assert_eq!(cancelled.status, Status::Aborted);
-        assert!(claim(&store, "queue:q0", "w", 10, 0).is_empty());
-        assert!(matches!(finish(&store, &in_flight, &[], 0), Err(TaskError::Conflict(_))));
-        assert!(matches!(store.cancel(&tenant, "p", 0), Err(CommandError::Refused(_))));
-        assert!(matches!(store.retry(&tenant, "p", 0), Err(CommandError::Refused(_))));
-        assert!(matches!(store.cancel(&tenant, "nope", 0), Err(CommandError::NotFound(_))));
-        let steps = steps_of(&status(&store, "p"));
-        assert_eq!(steps, [(Status::Aborted, 0, 6, 0, 0), (Status::Aborted, 0, 0, 0, 0)]);
-    }
-
-    #[test]
-    fn retry_reruns_only_failed_items_and_fixes_counts() {
-        let (_dir, store) = store();
-        let tenant = TenantId::default_tenant();
-        begin(&store, "p", &[FailurePolicy::Continue, FailurePolicy::Skip], 6, 3);
-        drain(&store, "queue:q0", &[1], 0);
-        drain(&store, "queue:q1", &[4], 0);
-        assert_eq!(
-            steps_of(&status(&store, "p")),
-            [(Status::Failed, 6, 6, 5, 1), (Status::Failed, 6, 6, 5, 1)]
-        );
-        let retried = store.retry(&tenant, "p", 0).unwrap();
-        assert_eq!(retried.status, Status::InProgress);
-        assert_eq!(retried.current_step_number, 0);
-        let rerun = claim(&store, "queue:q0", "w", 10, 0);
-        assert_eq!(rerun.iter().flat_map(|t| t.items.iter().map(|(i, _)| *i)).collect::<Vec<_>>(), [1]);
-        finish(&store, &rerun[0], &[], 0).unwrap();
-        let rerun = claim(&store, "queue:q1", "w", 10, 0);
-        assert_eq!(
-            rerun.iter().flat_map(|t| t.items.iter().map(|(i, _)| *i)).collect::<Vec<_>>(),
-            [4],
-            "item 1 had passed step 1"
-        );
-        finish(&store, &rerun[0], &[], 0).unwrap();
-        let done = status(&store, "p");
-        assert_eq!(done.status, Status::Success);
-        assert_eq!(steps_of(&done), [(Status::Success, 6, 6, 6, 0), (Status::Success, 6, 6, 6, 0)]);
-    }
-
-    #[test]
-    fn retry_after_an_abort_runs_the_failed_and_the_unrun_items() {
-        let (_dir, store) = store();
-        begin(&store, "p", &[FailurePolicy::Abort, FailurePolicy::Skip], 6, 3);
-        let first = claim(&store, "queue:q0", "w", 1, 0).remove(0);
-        finish(&store, &first, &[0], 0).unwrap();
-        store.retry(&TenantId::default_tenant(), "p", 0).unwrap();
-        let mut rerun: Vec<u64> = claim(&store, "queue:q0", "w", 10, 0)
-            .iter()
-            .flat_map(|t| t.items.iter().map(|(i, _)| *i))
-            .collect();
-        rerun.sort_unstable();
-        assert_eq!(rerun, [0, 3, 4, 5]);
-    }
-
-    #[test]
-    fn retry_after_an_abort_at_a_later_step_counts_every_item_once() {
-        let (_dir, store) = store();
-        begin(&store, "p", &[FailurePolicy::Skip, FailurePolicy::Abort], 6, 3);
-        drain(&store, "queue:q0", &[1], 0);
-        let first = claim(&store, "queue:q1", "w", 1, 0).remove(0);
-        finish(&store, &first, &[3], 0).unwrap();
-        assert_eq!(status(&store, "p").status, Status::Failed);
-        let retried = store.retry(&TenantId::default_tenant(), "p", 0).unwrap();
-        let later = &retried.steps.as_ref().unwrap()[1];
-        assert_eq!((later.status, later.processed, later.total), (Status::WaitingToProcess, 2, 2));
-        drain(&store, "queue:q0", &[], 0);
-        assert_eq!(drain(&store, "queue:q1", &[], 0), 2, "items 1, 3, 4 and 5 enter step 1 again");
-        let done = status(&store, "p");
-        assert_eq!(done.status, Status::Success, "{}", done.message);
-        assert_eq!(steps_of(&done), [(Status::Success, 6, 6, 6, 0), (Status::Success, 6, 6, 6, 0)]);
-    }
-
-    #[test]
-    fn a_give_up_that_aborts_the_process_leases_none_of_its_cancelled_tasks() {
-        let (_dir, store) = store();
-        begin(&store, "p", &[FailurePolicy::Abort], 4, 1);
-        claim(&store, "queue:q0", "w", 1, 0);
-        claim(&store, "queue:q0", "w", 1, 11 * SECOND);
-        // The expired last attempt is given up, which aborts the process and cancels the
-        // three other tasks that this same claim had already read as queued.
-        assert!(claim(&store, "queue:q0", "w", 10, 22 * SECOND).is_empty());
-        let done = status(&store, "p");
-        assert_eq!(done.status, Status::Failed);
-        assert_eq!(steps_of(&done), [(Status::Aborted, 1, 4, 0, 1)]);
-    }
-
-    #[test]
-    fn an_idempotency_key_returns_the_first_process() {
-        let (_dir, store) = store();
-        let mut new = NewProcess {
-            tenant: TenantId::default_tenant(),
-            async_process_id: ProcessId::new("first").unwrap(),
-            reference_id: ReferenceId::new("r").unwrap(),
-            definition: definition(&[FailurePolicy::Skip], 10),
-            items: vec![RawJson::from_value(&json!(1))],
-            additional_data: RawJson::empty_object(),
-            idempotency_key: Some("key-1".into()),
-            now_micros: 0,
-        };
-        assert!(matches!(store.start(&new).unwrap(), Started::Created(_)));
-        new.async_process_id = ProcessId::new("second").unwrap();
-        match store.start(&new).unwrap() {
-            Started::Existing(process) => assert_eq!(process.async_process_id, "first"),
-            other => panic!("{other:?}"),
+    on_both_backends! {
+        fn a_lease_that_expires_on_the_last_attempt_fails_the_items(store: &Store) {
+            begin(store, "p", &[FailurePolicy::Skip], 2, 2);
+            claim(store, "queue:q0", "w", 1, 0);
+            claim(store, "queue:q0", "w", 1, 11 * SECOND);
+            assert!(claim(store, "queue:q0", "w", 1, 22 * SECOND).is_empty(), "max_attempts is 2");
+            let done = status(store, "p");
+            assert_eq!(done.status, Status::Failed);
+            let steps = done.steps.unwrap();
+            let group = &steps[0].items.as_ref().unwrap().failed[0];
+            assert_eq!((group.code, group.items.len()), (GAVE_UP_CODE, 2));
+            assert!(group.status_message.contains("2 attempts"), "{}", group.status_message);
         }
-        assert_eq!(drain(&store, "queue:q0", &[], 0), 1, "one process, one task");
     }
 
-    #[test]
-    fn the_list_pages_newest_first_with_filters() {
-        let (_dir, store) = store();
-        for n in 0..5 {
-            let mut new_id = format!("p{n}");
-            new_id.push_str(if n % 2 == 0 { "-even" } else { "-odd" });
-            begin(&store, &new_id, &[FailurePolicy::Skip], usize::from(n % 2 == 0), 1);
+    on_both_backends! {
+        fn failing_a_task_retries_it_later_then_gives_up(store: &Store) {
+            begin(store, "p", &[FailurePolicy::Skip], 2, 2);
+            let task = claim(store, "queue:q0", "w", 1, 0).remove(0);
+            store.fail(task.task_id, &task.lease_token, "flaky", true, 0).unwrap();
+            assert!(claim(store, "queue:q0", "w", 1, SECOND / 2).is_empty(), "backs off");
+            let again = claim(store, "queue:q0", "w", 1, 2 * SECOND).remove(0);
+            store.fail(again.task_id, &again.lease_token, "still flaky", true, 2 * SECOND).unwrap();
+            let steps = status(store, "p").steps.unwrap();
+            let group = &steps[0].items.as_ref().unwrap().failed[0];
+            assert_eq!((group.status_message.as_str(), group.items.len()), ("still flaky", 2));
         }
-        let tenant = TenantId::default_tenant();
-        let query = |limit, cursor| ListQuery {
-            tenant: tenant.clone(),
-            status: None,
-            name: None,
-            reference_id: None,
-            limit,
-            cursor,
-        };
-        let page = store.list(&query(2, None)).unwrap();
-        let ids = |page: &Page| page.records.iter().map(|r| r.async_process_id.clone()).collect::<Vec<_>>();
-        assert_eq!(ids(&page), ["p4-even", "p3-odd"]);
-        let page = store.list(&query(2, page.next_cursor)).unwrap();
-        assert_eq!(ids(&page), ["p2-even", "p1-odd"]);
-        let page = store.list(&query(2, page.next_cursor)).unwrap();
-        assert_eq!((ids(&page), page.next_cursor), (vec!["p0-even".to_owned()], None));
-        let waiting =
-            store.list(&ListQuery { status: Some(Status::WaitingToProcess), ..query(10, None) }).unwrap();
-        assert_eq!(ids(&waiting), ["p4-even", "p2-even", "p0-even"]);
-        assert!(matches!(store.list(&query(2, Some("garbage".into()))), Err(ListError::BadCursor)));
+    }
+
+    on_both_backends! {
+        fn heartbeats_extend_only_current_leases(store: &Store) {
+            begin(store, "p", &[FailurePolicy::Skip], 1, 1);
+            let task = claim(store, "queue:q0", "w", 1, 0).remove(0);
+            assert_eq!(
+                store.heartbeat(task.task_id, &task.lease_token, 30 * SECOND, 5 * SECOND).unwrap(),
+                35 * SECOND
+            );
+            assert!(claim(store, "queue:q0", "w2", 1, 20 * SECOND).is_empty(), "extended");
+            assert!(matches!(store.heartbeat(task.task_id, "wrong", SECOND, 0), Err(TaskError::Conflict(_))));
+            assert!(matches!(store.heartbeat(999, "x", SECOND, 0), Err(TaskError::Conflict(_))));
+        }
+    }
+
+    on_both_backends! {
+        fn cancel_stops_every_task_and_only_once(store: &Store) {
+            begin(store, "p", &[FailurePolicy::Skip, FailurePolicy::Skip], 6, 2);
+            let in_flight = claim(store, "queue:q0", "w", 1, 0).remove(0);
+            let tenant = TenantId::default_tenant();
+            let cancelled = store.cancel(&tenant, "p", 0).unwrap();
+            assert_eq!(cancelled.status, Status::Aborted);
+            assert!(claim(store, "queue:q0", "w", 10, 0).is_empty());
+            assert!(matches!(finish(store, &in_flight, &[], 0), Err(TaskError::Conflict(_))));
+            assert!(matches!(store.cancel(&tenant, "p", 0), Err(CommandError::Refused(_))));
+            assert!(matches!(store.retry(&tenant, "p", 0), Err(CommandError::Refused(_))));
+            assert!(matches!(store.cancel(&tenant, "nope", 0), Err(CommandError::NotFound(_))));
+            let steps = steps_of(&status(store, "p"));
+            assert_eq!(steps, [(Status::Aborted, 0, 6, 0, 0), (Status::Aborted, 0, 0, 0, 0)]);
+        }
+    }
+
+    on_both_backends! {
+        fn retry_reruns_only_failed_items_and_fixes_counts(store: &Store) {
+            let tenant = TenantId::default_tenant();
+            begin(store, "p", &[FailurePolicy::Continue, FailurePolicy::Skip], 6, 3);
+            drain(store, "queue:q0", &[1], 0);
+            drain(store, "queue:q1", &[4], 0);
+            assert_eq!(
+                steps_of(&status(store, "p")),
+                [(Status::Failed, 6, 6, 5, 1), (Status::Failed, 6, 6, 5, 1)]
+            );
+            let retried = store.retry(&tenant, "p", 0).unwrap();
+            assert_eq!(retried.status, Status::InProgress);
+            assert_eq!(retried.current_step_number, 0);
+            let rerun = claim(store, "queue:q0", "w", 10, 0);
+            assert_eq!(rerun.iter().flat_map(|t| t.items.iter().map(|(i, _)| *i)).collect::<Vec<_>>(), [1]);
+            finish(store, &rerun[0], &[], 0).unwrap();
+            let rerun = claim(store, "queue:q1", "w", 10, 0);
+            assert_eq!(
+                rerun.iter().flat_map(|t| t.items.iter().map(|(i, _)| *i)).collect::<Vec<_>>(),
+                [4],
+                "item 1 had passed step 1"
+            );
+            finish(store, &rerun[0], &[], 0).unwrap();
+            let done = status(store, "p");
+            assert_eq!(done.status, Status::Success);
+            assert_eq!(steps_of(&done), [(Status::Success, 6, 6, 6, 0), (Status::Success, 6, 6, 6, 0)]);
+        }
+    }
+
+    on_both_backends! {
+        fn retry_after_an_abort_runs_the_failed_and_the_unrun_items(store: &Store) {
+            begin(store, "p", &[FailurePolicy::Abort, FailurePolicy::Skip], 6, 3);
+            let first = claim(store, "queue:q0", "w", 1, 0).remove(0);
+            finish(store, &first, &[0], 0).unwrap();
+            store.retry(&TenantId::default_tenant(), "p", 0).unwrap();
+            let mut rerun: Vec<u64> = claim(store, "queue:q0", "w", 10, 0)
+                .iter()
+                .flat_map(|t| t.items.iter().map(|(i, _)| *i))
+                .collect();
+            rerun.sort_unstable();
+            assert_eq!(rerun, [0, 3, 4, 5]);
+        }
+    }
+
+    on_both_backends! {
+        fn retry_after_an_abort_at_a_later_step_counts_every_item_once(store: &Store) {
+            begin(store, "p", &[FailurePolicy::Skip, FailurePolicy::Abort], 6, 3);
+            drain(store, "queue:q0", &[1], 0);
+            let first = claim(store, "queue:q1", "w", 1, 0).remove(0);
+            finish(store, &first, &[3], 0).unwrap();
+            assert_eq!(status(store, "p").status, Status::Failed);
+            let retried = store.retry(&TenantId::default_tenant(), "p", 0).unwrap();
+            let later = &retried.steps.as_ref().unwrap()[1];
+            assert_eq!((later.status, later.processed, later.total), (Status::WaitingToProcess, 2, 2));
+            drain(store, "queue:q0", &[], 0);
+            assert_eq!(drain(store, "queue:q1", &[], 0), 2, "items 1, 3, 4 and 5 enter step 1 again");
+            let done = status(store, "p");
+            assert_eq!(done.status, Status::Success, "{}", done.message);
+            assert_eq!(steps_of(&done), [(Status::Success, 6, 6, 6, 0), (Status::Success, 6, 6, 6, 0)]);
+        }
+    }
+
+    on_both_backends! {
+        fn a_give_up_that_aborts_the_process_leases_none_of_its_cancelled_tasks(store: &Store) {
+            begin(store, "p", &[FailurePolicy::Abort], 4, 1);
+            claim(store, "queue:q0", "w", 1, 0);
+            claim(store, "queue:q0", "w", 1, 11 * SECOND);
+            // The expired last attempt is given up, which aborts the process and cancels the
+            // three other tasks that this same claim had already read as queued.
+            assert!(claim(store, "queue:q0", "w", 10, 22 * SECOND).is_empty());
+            let done = status(store, "p");
+            assert_eq!(done.status, Status::Failed);
+            assert_eq!(steps_of(&done), [(Status::Aborted, 1, 4, 0, 1)]);
+        }
+    }
+
+    on_both_backends! {
+        fn an_idempotency_key_returns_the_first_process(store: &Store) {
+            let mut new = NewProcess {
+                tenant: TenantId::default_tenant(),
+                async_process_id: ProcessId::new("first").unwrap(),
+                reference_id: ReferenceId::new("r").unwrap(),
+                definition: definition(&[FailurePolicy::Skip], 10),
+                items: vec![RawJson::from_value(&json!(1))],
+                additional_data: RawJson::empty_object(),
+                idempotency_key: Some("key-1".into()),
+                now_micros: 0,
+            };
+            assert!(matches!(store.start(&new).unwrap(), Started::Created(_)));
+            new.async_process_id = ProcessId::new("second").unwrap();
+            match store.start(&new).unwrap() {
+                Started::Existing(process) => assert_eq!(process.async_process_id, "first"),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(drain(store, "queue:q0", &[], 0), 1, "one process, one task");
+        }
+    }
+
+    on_both_backends! {
+        fn the_list_pages_newest_first_with_filters(store: &Store) {
+            for n in 0..5 {
+                let mut new_id = format!("p{n}");
+                new_id.push_str(if n % 2 == 0 { "-even" } else { "-odd" });
+                begin(store, &new_id, &[FailurePolicy::Skip], usize::from(n % 2 == 0), 1);
+            }
+            let tenant = TenantId::default_tenant();
+            let query = |limit, cursor| ListQuery {
+                tenant: tenant.clone(),
+                status: None,
+                name: None,
+                reference_id: None,
+                limit,
+                cursor,
+            };
+            let page = store.list(&query(2, None)).unwrap();
+            let ids = |page: &Page| page.records.iter().map(|r| r.async_process_id.clone()).collect::<Vec<_>>();
+            assert_eq!(ids(&page), ["p4-even", "p3-odd"]);
+            let page = store.list(&query(2, page.next_cursor)).unwrap();
+            assert_eq!(ids(&page), ["p2-even", "p1-odd"]);
+            let page = store.list(&query(2, page.next_cursor)).unwrap();
+            assert_eq!((ids(&page), page.next_cursor), (vec!["p0-even".to_owned()], None));
+            let waiting =
+                store.list(&ListQuery { status: Some(Status::WaitingToProcess), ..query(10, None) }).unwrap();
+            assert_eq!(ids(&waiting), ["p4-even", "p2-even", "p0-even"]);
+            assert!(matches!(store.list(&query(2, Some("garbage".into()))), Err(ListError::BadCursor)));
+        }
     }
 }

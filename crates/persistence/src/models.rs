@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use crate::schema::{failure_groups, items, outcomes, processes, steps};
 
 #[derive(Debug, Queryable, Selectable)]
-#[diesel(table_name = processes, check_for_backend(diesel::sqlite::Sqlite))]
+#[diesel(table_name = processes, check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub struct ProcessRow {
     pub id: i64,
     pub async_process_id: String,
@@ -36,7 +36,7 @@ pub struct NewProcess<'a> {
 }
 
 #[derive(Debug, Queryable, Selectable)]
-#[diesel(table_name = steps, check_for_backend(diesel::sqlite::Sqlite))]
+#[diesel(table_name = steps, check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub struct StepRow {
     pub step_number: i32,
     pub name: String,
@@ -80,7 +80,7 @@ pub struct NewFailureGroup<'a> {
 }
 
 #[derive(Debug, Queryable, Selectable)]
-#[diesel(table_name = failure_groups, check_for_backend(diesel::sqlite::Sqlite))]
+#[diesel(table_name = failure_groups, check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub struct FailureGroupRow {
     pub id: i64,
     pub step_number: i32,

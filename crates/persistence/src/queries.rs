@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 
+use crate::connection::{DbConnection, per_backend, write_transaction};
 use async_engine_domain::{
     Detail, FailureGroup, IdKind, ImportResult, ProcessSnapshot, ProcessStatus, RawJson, RepositoryError,
     SnapshotWriter, Status, StatusQuery, StatusReader, StepItems, StepReport, TenantId,
 };
-use diesel::SqliteConnection;
 use diesel::prelude::*;
 
 use crate::error::Error;
@@ -22,7 +22,7 @@ pub(crate) const INSERT_BATCH: usize = 5_000;
 
 /// Resolves and reads a status query inside one read transaction, so every record is a
 /// consistent picture even while the engine writes.
-pub fn find_status(conn: &mut SqliteConnection, query: &StatusQuery) -> Result<Vec<ProcessStatus>, Error> {
+pub fn find_status(conn: &mut DbConnection, query: &StatusQuery) -> Result<Vec<ProcessStatus>, Error> {
     conn.transaction(|conn| {
         let tenant = query.tenant.as_str();
         let id = query.id.as_str();
@@ -38,11 +38,7 @@ pub fn find_status(conn: &mut SqliteConnection, query: &StatusQuery) -> Result<V
     })
 }
 
-pub(crate) fn by_process_id(
-    conn: &mut SqliteConnection,
-    tenant: &str,
-    id: &str,
-) -> QueryResult<Vec<ProcessRow>> {
+pub(crate) fn by_process_id(conn: &mut DbConnection, tenant: &str, id: &str) -> QueryResult<Vec<ProcessRow>> {
     processes::table
         .filter(processes::tenant.eq(tenant))
         .filter(processes::async_process_id.eq(id))
@@ -50,7 +46,7 @@ pub(crate) fn by_process_id(
         .load(conn)
 }
 
-fn by_reference_id(conn: &mut SqliteConnection, tenant: &str, id: &str) -> QueryResult<Vec<ProcessRow>> {
+fn by_reference_id(conn: &mut DbConnection, tenant: &str, id: &str) -> QueryResult<Vec<ProcessRow>> {
     processes::table
         .filter(processes::tenant.eq(tenant))
         .filter(processes::reference_id.eq(id))
@@ -60,7 +56,7 @@ fn by_reference_id(conn: &mut SqliteConnection, tenant: &str, id: &str) -> Query
 }
 
 pub(crate) fn assemble(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     row: ProcessRow,
     detail: Detail,
 ) -> Result<ProcessStatus, Error> {
@@ -114,7 +110,7 @@ fn step_report(process: &ProcessRow, step: StepRow) -> Result<StepReport, Error>
 
 /// Reads every outcome of the process in recording order, with its item, in one query.
 fn fill_items(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     process: &ProcessRow,
     reports: &mut [StepReport],
 ) -> Result<(), Error> {
@@ -169,7 +165,7 @@ fn fill_items(
 
 /// Stores a process's items, indexed from 0, in batches.
 pub(crate) fn insert_items(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     process_id: i64,
     values: &[RawJson],
 ) -> Result<(), Error> {
@@ -180,21 +176,21 @@ pub(crate) fn insert_items(
             .enumerate()
             .map(|(i, item)| Ok(NewItem { process_id, item_index: to_i64(base + i)?, value: item.as_str() }))
             .collect::<Result<Vec<_>, Error>>()?;
-        diesel::insert_into(items::table).values(&rows).execute(conn)?;
+        per_backend!(conn, |c| diesel::insert_into(items::table).values(&rows).execute(c))?;
     }
     Ok(())
 }
 
 /// Stores a snapshot in one write transaction, unless its asyncProcessId is already taken.
 pub fn import(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConnection,
     tenant: &TenantId,
     snapshot: &ProcessSnapshot,
 ) -> Result<ImportResult, Error> {
     snapshot
         .validate()
         .map_err(|e| Error::Corrupt(format!("snapshot {}: {e}", snapshot.async_process_id)))?;
-    conn.immediate_transaction(|conn| {
+    write_transaction(conn, |conn| {
         let existing: i64 = processes::table
             .filter(processes::tenant.eq(tenant.as_str()))
             .filter(processes::async_process_id.eq(snapshot.async_process_id.as_str()))
@@ -240,7 +236,7 @@ pub fn import(
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        diesel::insert_into(steps::table).values(&new_steps).execute(conn)?;
+        per_backend!(conn, |c| diesel::insert_into(steps::table).values(&new_steps).execute(c))?;
 
         insert_items(conn, process_id, &snapshot.items)?;
 
@@ -248,24 +244,24 @@ pub fn import(
             let step_number = to_i32(number)?;
             let mut pending: Vec<NewOutcome> = Vec::with_capacity(INSERT_BATCH);
             let mut seq = 0_i64;
-            let mut record = |conn: &mut SqliteConnection,
-                              pending: &mut Vec<NewOutcome>,
-                              index: u64,
-                              group: Option<i64>| {
-                pending.push(NewOutcome {
-                    process_id,
-                    step_number,
-                    item_index: to_i64(index)?,
-                    seq,
-                    failure_group: group,
-                });
-                seq += 1;
-                if pending.len() == INSERT_BATCH {
-                    diesel::insert_into(outcomes::table).values(&*pending).execute(conn)?;
-                    pending.clear();
-                }
-                Ok::<(), Error>(())
-            };
+            let mut record =
+                |conn: &mut DbConnection, pending: &mut Vec<NewOutcome>, index: u64, group: Option<i64>| {
+                    pending.push(NewOutcome {
+                        process_id,
+                        step_number,
+                        item_index: to_i64(index)?,
+                        seq,
+                        failure_group: group,
+                    });
+                    seq += 1;
+                    if pending.len() == INSERT_BATCH {
+                        per_backend!(conn, |c| diesel::insert_into(outcomes::table)
+                            .values(&*pending)
+                            .execute(c))?;
+                        pending.clear();
+                    }
+                    Ok::<(), Error>(())
+                };
             for &index in &step.successes {
                 record(conn, &mut pending, index, None)?;
             }
@@ -293,7 +289,7 @@ pub fn import(
                 }
             }
             if !pending.is_empty() {
-                diesel::insert_into(outcomes::table).values(&pending).execute(conn)?;
+                per_backend!(conn, |c| diesel::insert_into(outcomes::table).values(&pending).execute(c))?;
             }
         }
         Ok(ImportResult::Created)
@@ -345,13 +341,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("t.db").to_str().unwrap(), 2).unwrap();
-        store.migrate().unwrap();
-        (dir, store)
-    }
+    use crate::test_db::on_both_backends;
 
     /// Two steps over five items; step 0 fails three items in two groups with the same code
     /// and message, recorded out of index order.
@@ -407,57 +397,60 @@ mod tests {
         processes::table.count().get_result(&mut store.conn().unwrap()).unwrap()
     }
 
-    #[test]
-    fn items_come_back_in_recording_order_with_merged_failure_groups() {
-        let (_dir, store) = store();
-        let tenant = TenantId::default_tenant();
-        assert_eq!(store.import(&tenant, &snapshot("p1", "r", 1)).unwrap(), ImportResult::Created);
-        let found = store.find_status(&query("p1", Detail::Items)).unwrap();
-        let process = &found[0];
-        assert_eq!((process.step_name.as_str(), process.current_step_number), ("B", 1));
-        assert_eq!(process.additional_data.to_value(), json!({"k": [1, 2]}));
-        let steps = process.steps.as_ref().unwrap();
-        let a = steps[0].items.as_ref().unwrap();
-        assert_eq!(values(&a.successfully), [json!({"i": 4}), json!({"i": 0})]);
-        assert_eq!(a.failed.len(), 1, "same code and message: one group");
-        assert_eq!(values(&a.failed[0].items), [json!({"i": 3}), json!({"i": 1}), json!({"i": 2})]);
-        assert_eq!((steps[0].processed, steps[0].total), (5, 5));
-        assert_eq!((steps[1].processed, steps[1].total, steps[1].status), (1, 2, Status::InProgress));
+    on_both_backends! {
+        fn items_come_back_in_recording_order_with_merged_failure_groups(store: &Store) {
+            let tenant = TenantId::default_tenant();
+            assert_eq!(store.import(&tenant, &snapshot("p1", "r", 1)).unwrap(), ImportResult::Created);
+            let found = store.find_status(&query("p1", Detail::Items)).unwrap();
+            let process = &found[0];
+            assert_eq!((process.step_name.as_str(), process.current_step_number), ("B", 1));
+            assert_eq!(process.additional_data.to_value(), json!({"k": [1, 2]}));
+            let steps = process.steps.as_ref().unwrap();
+            let a = steps[0].items.as_ref().unwrap();
+            assert_eq!(values(&a.successfully), [json!({"i": 4}), json!({"i": 0})]);
+            assert_eq!(a.failed.len(), 1, "same code and message: one group");
+            assert_eq!(values(&a.failed[0].items), [json!({"i": 3}), json!({"i": 1}), json!({"i": 2})]);
+            assert_eq!((steps[0].processed, steps[0].total), (5, 5));
+            assert_eq!((steps[1].processed, steps[1].total, steps[1].status), (1, 2, Status::InProgress));
+        }
     }
 
-    #[test]
-    fn less_detail_reads_less() {
-        let (_dir, store) = store();
-        store.import(&TenantId::default_tenant(), &snapshot("p1", "r", 1)).unwrap();
-        let process = &store.find_status(&query("p1", Detail::Process)).unwrap()[0];
-        assert!(process.steps.is_none());
-        assert_eq!(process.step_name, "B");
-        let process = &store.find_status(&query("p1", Detail::Steps)).unwrap()[0];
-        let steps = process.steps.as_ref().unwrap();
-        assert!(steps.iter().all(|s| s.items.is_none()));
-        assert_eq!(steps[0].processed, 5);
+    on_both_backends! {
+        fn less_detail_reads_less(store: &Store) {
+            store.import(&TenantId::default_tenant(), &snapshot("p1", "r", 1)).unwrap();
+            let process = &store.find_status(&query("p1", Detail::Process)).unwrap()[0];
+            assert!(process.steps.is_none());
+            assert_eq!(process.step_name, "B");
+            let process = &store.find_status(&query("p1", Detail::Steps)).unwrap()[0];
+            let steps = process.steps.as_ref().unwrap();
+            assert!(steps.iter().all(|s| s.items.is_none()));
+            assert_eq!(steps[0].processed, 5);
+        }
     }
 
-    #[test]
-    fn importing_twice_changes_nothing() {
-        let (_dir, store) = store();
-        let tenant = TenantId::default_tenant();
-        store.import(&tenant, &snapshot("p1", "r", 1)).unwrap();
-        let mut changed = snapshot("p1", "other", 2);
-        changed.name = "Changed".into();
-        assert_eq!(store.import(&tenant, &changed).unwrap(), ImportResult::AlreadyPresent);
-        let found = store.find_status(&query("r", Detail::Items)).unwrap();
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].name, "P");
-        // The same ID in another tenant is another process.
-        let other = TenantId::new("other").unwrap();
-        assert_eq!(store.import(&other, &snapshot("p1", "r", 1)).unwrap(), ImportResult::Created);
-        assert_eq!(processes_count(&store), 2);
+    on_both_backends! {
+        fn importing_twice_changes_nothing(store: &Store) {
+            let tenant = TenantId::default_tenant();
+            store.import(&tenant, &snapshot("p1", "r", 1)).unwrap();
+            let mut changed = snapshot("p1", "other", 2);
+            changed.name = "Changed".into();
+            assert_eq!(store.import(&tenant, &changed).unwrap(), ImportResult::AlreadyPresent);
+            let found = store.find_status(&query("r", Detail::Items)).unwrap();
+            assert_eq!(found.len(), 1);
+            assert_eq!(found[0].name, "P");
+            // The same ID in another tenant is another process.
+            let other = TenantId::new("other").unwrap();
+            assert_eq!(store.import(&other, &snapshot("p1", "r", 1)).unwrap(), ImportResult::Created);
+            assert_eq!(processes_count(store), 2);
+        }
     }
 
+    /// SQLite only: the trigger that makes the import fail half-way is SQLite's syntax; the
+    /// transaction code under test is the same on both backends.
     #[test]
     fn an_import_that_fails_half_way_leaves_nothing_behind() {
-        let (_dir, store) = store();
+        let db = crate::test_db::sqlite();
+        let store = &db.store;
         store
             .conn()
             .unwrap()
@@ -466,40 +459,40 @@ mod tests {
             )
             .unwrap();
         assert!(store.import(&TenantId::default_tenant(), &snapshot("p1", "r", 1)).is_err());
-        assert_eq!(processes_count(&store), 0);
+        assert_eq!(processes_count(store), 0);
         let items: i64 = items::table.count().get_result(&mut store.conn().unwrap()).unwrap();
         assert_eq!(items, 0);
     }
 
-    #[test]
-    fn an_inconsistent_snapshot_is_refused_before_writing() {
-        let (_dir, store) = store();
-        let mut bad = snapshot("p1", "r", 1);
-        bad.steps[1].successes = vec![4, 4];
-        assert!(store.import(&TenantId::default_tenant(), &bad).is_err());
-        assert_eq!(processes_count(&store), 0);
+    on_both_backends! {
+        fn an_inconsistent_snapshot_is_refused_before_writing(store: &Store) {
+            let mut bad = snapshot("p1", "r", 1);
+            bad.steps[1].successes = vec![4, 4];
+            assert!(store.import(&TenantId::default_tenant(), &bad).is_err());
+            assert_eq!(processes_count(store), 0);
+        }
     }
 
-    #[test]
-    fn tenants_do_not_see_each_other() {
-        let (_dir, store) = store();
-        store.import(&TenantId::new("acme").unwrap(), &snapshot("p1", "r", 1)).unwrap();
-        assert!(store.find_status(&query("p1", Detail::Items)).unwrap().is_empty());
-        assert!(store.find_status(&query("r", Detail::Items)).unwrap().is_empty());
+    on_both_backends! {
+        fn tenants_do_not_see_each_other(store: &Store) {
+            store.import(&TenantId::new("acme").unwrap(), &snapshot("p1", "r", 1)).unwrap();
+            assert!(store.find_status(&query("p1", Detail::Items)).unwrap().is_empty());
+            assert!(store.find_status(&query("r", Detail::Items)).unwrap().is_empty());
+        }
     }
 
-    #[test]
-    fn corrupt_rows_are_errors_not_panics() {
-        let (_dir, store) = store();
-        store.import(&TenantId::default_tenant(), &snapshot("p1", "r", 1)).unwrap();
-        store
-            .conn()
-            .unwrap()
-            .batch_execute("UPDATE steps SET status = 'Bogus' WHERE step_number = 0")
-            .unwrap();
-        let error = store.find_status(&query("p1", Detail::Steps)).unwrap_err();
-        assert!(matches!(error, RepositoryError::Failed(ref text) if text.contains("Bogus")), "{error}");
-        store.conn().unwrap().batch_execute("UPDATE processes SET current_step = 7").unwrap();
-        assert!(store.find_status(&query("p1", Detail::Process)).is_err());
+    on_both_backends! {
+        fn corrupt_rows_are_errors_not_panics(store: &Store) {
+            store.import(&TenantId::default_tenant(), &snapshot("p1", "r", 1)).unwrap();
+            store
+                .conn()
+                .unwrap()
+                .batch_execute("UPDATE steps SET status = 'Bogus' WHERE step_number = 0")
+                .unwrap();
+            let error = store.find_status(&query("p1", Detail::Steps)).unwrap_err();
+            assert!(matches!(error, RepositoryError::Failed(ref text) if text.contains("Bogus")), "{error}");
+            store.conn().unwrap().batch_execute("UPDATE processes SET current_step = 7").unwrap();
+            assert!(store.find_status(&query("p1", Detail::Process)).is_err());
+        }
     }
 }

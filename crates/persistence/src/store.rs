@@ -1,16 +1,18 @@
 //! The pool of SQLite connections, built once at start-up, and migrations.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
-use diesel::{Connection, SqliteConnection};
+use diesel::{Connection, PgConnection, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
+use crate::connection::{DbConnection, with_migration_lock};
 use crate::error::Error;
 
-const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
 
 /// How long a connection waits for another's write lock before giving up: long enough to
 /// wait out the one transaction that stores a process of a million items.
@@ -20,20 +22,20 @@ const BUSY_TIMEOUT_MS: u32 = 30_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
     Sqlite(PathBuf),
+    Postgres(String),
 }
 
 impl DatabaseUrl {
-    /// Accepts a file path, optionally prefixed `sqlite://` or `sqlite:`.
+    /// A `postgres://` or `postgresql://` URL, or a SQLite file path, optionally prefixed
+    /// `sqlite://` or `sqlite:`.
     pub fn parse(url: &str) -> Result<Self, Error> {
         let url = url.trim();
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err(Error::Url(
-                "PostgreSQL is not supported by this build yet; use a SQLite file path".into(),
-            ));
+            return Ok(DatabaseUrl::Postgres(url.to_owned()));
         }
         let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
         if path.is_empty() {
-            return Err(Error::Url("is empty; give a SQLite file path".into()));
+            return Err(Error::Url("is empty; give a SQLite file path or a postgres:// URL".into()));
         }
         if path == ":memory:" || path.contains("mode=memory") {
             return Err(Error::Url(
@@ -47,8 +49,8 @@ impl DatabaseUrl {
     }
 }
 
-/// Settings every pooled connection gets. WAL is a property of the file and is set once, in
-/// [`Store::migrate`]: setting it from every new connection at once locks the database.
+/// Settings every pooled SQLite connection gets. WAL is a property of the file and is set
+/// once, in [`Store::migrate`]: setting it from every new connection at once locks the file.
 #[derive(Debug, Clone, Copy)]
 struct SqlitePragmas;
 
@@ -60,72 +62,119 @@ impl SqlitePragmas {
     }
 }
 
-impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
-    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
-        Self::apply(conn).map_err(diesel::r2d2::Error::QueryError)
+impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut DbConnection) -> Result<(), diesel::r2d2::Error> {
+        match conn {
+            DbConnection::Sqlite(sqlite) => Self::apply(sqlite).map_err(diesel::r2d2::Error::QueryError),
+            DbConnection::Pg(_) => Ok(()),
+        }
     }
 }
 
-pub type Conn = PooledConnection<ConnectionManager<SqliteConnection>>;
+pub type Conn = PooledConnection<ConnectionManager<DbConnection>>;
 
 /// The database: a pool of connections, cheap to clone and share.
 #[derive(Clone)]
 pub struct Store {
-    pool: Pool<ConnectionManager<SqliteConnection>>,
-    path: PathBuf,
+    pool: Pool<ConnectionManager<DbConnection>>,
+    url: DatabaseUrl,
 }
 
 impl Store {
-    /// Opens (creating when missing, with its folder) the database and builds the pool.
+    /// Opens the database and builds the pool; a SQLite file is created (with its folder)
+    /// when missing.
     pub fn open(url: &str, pool_size: u32) -> Result<Self, Error> {
-        let DatabaseUrl::Sqlite(path) = DatabaseUrl::parse(url)?;
-        if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(folder)
-                .map_err(|source| Error::Folder { path: folder.display().to_string(), source })?;
-        }
-        let path_text = path_text(&path)?;
-        // One direct connection first: a bad path fails now with SQLite's own words instead
-        // of after the pool's connection timeout.
-        let mut probe = SqliteConnection::establish(&path_text)?;
-        SqlitePragmas::apply(&mut probe)?;
-        drop(probe);
+        let parsed = DatabaseUrl::parse(url)?;
+        // One direct connection first: a bad path or an unreachable server fails now, in the
+        // driver's own words, instead of after the pool's connection timeout.
+        let target = match &parsed {
+            DatabaseUrl::Sqlite(path) => {
+                if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(folder)
+                        .map_err(|source| Error::Folder { path: folder.display().to_string(), source })?;
+                }
+                let text = path
+                    .to_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| Error::Url(format!("{} is not valid UTF-8", path.display())))?;
+                let mut probe = SqliteConnection::establish(&text)?;
+                SqlitePragmas::apply(&mut probe)?;
+                text
+            }
+            DatabaseUrl::Postgres(url) => {
+                PgConnection::establish(url)?;
+                url.clone()
+            }
+        };
         let pool = Pool::builder()
             .max_size(pool_size.max(1))
             .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(10))
             .connection_customizer(Box::new(SqlitePragmas))
-            .build(ConnectionManager::new(path_text))?;
-        Ok(Self { pool, path })
+            .build(ConnectionManager::new(target))?;
+        Ok(Self { pool, url: parsed })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the data is, for logs: the SQLite path, or the PostgreSQL URL without password.
+    pub fn describe(&self) -> String {
+        match &self.url {
+            DatabaseUrl::Sqlite(path) => path.display().to_string(),
+            DatabaseUrl::Postgres(url) => redact(url),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.url, DatabaseUrl::Postgres(_))
     }
 
     pub(crate) fn conn(&self) -> Result<Conn, Error> {
         Ok(self.pool.get()?)
     }
 
-    /// Switches the file to WAL and applies every pending migration; returns their names.
+    /// Applies every pending migration and returns their names. On SQLite the file is switched
+    /// to WAL first; on PostgreSQL nodes starting together take turns.
     pub fn migrate(&self) -> Result<Vec<String>, Error> {
         let mut conn = self.conn()?;
-        conn.batch_execute("PRAGMA journal_mode = WAL;")?;
-        let applied = conn.run_pending_migrations(MIGRATIONS).map_err(|e| Error::Migration(e.to_string()))?;
-        Ok(applied.iter().map(ToString::to_string).collect())
+        with_migration_lock(&mut conn, |conn| {
+            let applied = match conn {
+                DbConnection::Sqlite(sqlite) => {
+                    sqlite.batch_execute("PRAGMA journal_mode = WAL;")?;
+                    sqlite.run_pending_migrations(SQLITE_MIGRATIONS)
+                }
+                DbConnection::Pg(pg) => pg.run_pending_migrations(POSTGRES_MIGRATIONS),
+            }
+            .map_err(|e| Error::Migration(e.to_string()))?;
+            Ok(applied.iter().map(ToString::to_string).collect())
+        })
     }
 
     /// Names of migrations not yet applied (empty when the schema is current).
     pub fn pending_migrations(&self) -> Result<Vec<String>, Error> {
         let mut conn = self.conn()?;
-        let pending = conn.pending_migrations(MIGRATIONS).map_err(|e| Error::Migration(e.to_string()))?;
-        Ok(pending.iter().map(|m| m.name().to_string()).collect())
+        let names = match &mut *conn {
+            DbConnection::Sqlite(sqlite) => sqlite
+                .pending_migrations(SQLITE_MIGRATIONS)
+                .map(|pending| pending.iter().map(|m| m.name().to_string()).collect()),
+            DbConnection::Pg(pg) => pg
+                .pending_migrations(POSTGRES_MIGRATIONS)
+                .map(|pending| pending.iter().map(|m| m.name().to_string()).collect()),
+        };
+        names.map_err(|e| Error::Migration(e.to_string()))
     }
 }
 
-fn path_text(path: &Path) -> Result<String, Error> {
-    path.to_str()
-        .map(str::to_owned)
-        .ok_or_else(|| Error::Url(format!("{} is not valid UTF-8", path.display())))
+/// The URL with any password replaced, fit for a log line.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -140,7 +189,13 @@ mod tests {
             DatabaseUrl::Sqlite("/tmp/a.db".into())
         );
         assert_eq!(DatabaseUrl::parse("sqlite:a.db").unwrap(), DatabaseUrl::Sqlite("a.db".into()));
-        for bad in ["", "  ", ":memory:", "mysql://x", "postgres://localhost/db"] {
+        assert_eq!(
+            DatabaseUrl::parse("postgres://u@h/db").unwrap(),
+            DatabaseUrl::Postgres("postgres://u@h/db".into())
+        );
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        for bad in ["", "  ", ":memory:", "mysql://x"] {
             assert!(DatabaseUrl::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -82,7 +82,7 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
         tracing::info!("engine.enabled is false: built-in steps wait for a node that runs the engine");
         None
     };
-    tracing::info!(database = %store.path().display(), "listening on http://{local}");
+    tracing::info!(database = %store.describe(), "listening on http://{local}");
     let shutdown = Duration::from_secs(settings.server.shutdown_timeout_secs);
     actix_web::rt::System::new().block_on(async move {
         let server = async_engine_api::serve(listener, state, shutdown)?;

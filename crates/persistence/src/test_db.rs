@@ -1,0 +1,76 @@
+//! Fresh databases for tests: a SQLite file in a temporary folder, or (when
+//! `TEST_POSTGRES_URL` is set) a PostgreSQL database of its own, dropped afterwards.
+
+use std::sync::Once;
+
+use diesel::connection::SimpleConnection;
+use diesel::{Connection, PgConnection};
+
+use crate::Store;
+
+/// A migrated store that cleans up after itself.
+pub struct TestDb {
+    pub store: Store,
+    _sqlite: Option<tempfile::TempDir>,
+    postgres: Option<(String, String)>,
+}
+
+pub fn sqlite() -> TestDb {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("test.db").to_str().unwrap(), 4).unwrap();
+    store.migrate().unwrap();
+    TestDb { store, _sqlite: Some(dir), postgres: None }
+}
+
+/// `None`, said once per test binary, when `TEST_POSTGRES_URL` is not set.
+pub fn postgres() -> Option<TestDb> {
+    static SKIPPED: Once = Once::new();
+    let Ok(admin_url) = std::env::var("TEST_POSTGRES_URL") else {
+        SKIPPED.call_once(|| eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL tests are skipped"));
+        return None;
+    };
+    let name = format!("ae_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = PgConnection::establish(&admin_url).unwrap();
+    admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    let store = Store::open(&format!("{base}/{name}"), 4).unwrap();
+    store.migrate().unwrap();
+    Some(TestDb { store, _sqlite: None, postgres: Some((admin_url, name)) })
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((admin_url, name)) = &self.postgres
+            && let Ok(mut admin) = PgConnection::establish(admin_url)
+        {
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+}
+
+/// Defines a test once per backend: `name::sqlite` and `name::postgres`, each given a
+/// fresh migrated `&Store`.
+macro_rules! on_both_backends {
+    ($(fn $name:ident($store:ident: &Store) $body:block)*) => {
+        $(
+            mod $name {
+                use super::*;
+
+                fn run($store: &Store) $body
+
+                #[test]
+                fn sqlite() {
+                    run(&crate::test_db::sqlite().store);
+                }
+
+                #[test]
+                fn postgres() {
+                    if let Some(db) = crate::test_db::postgres() {
+                        run(&db.store);
+                    }
+                }
+            }
+        )*
+    };
+}
+pub(crate) use on_both_backends;

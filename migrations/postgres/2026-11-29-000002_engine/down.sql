@@ -1,0 +1,13 @@
+DROP TABLE tasks;
+DROP INDEX processes_newest;
+DROP INDEX processes_idempotency;
+ALTER TABLE steps DROP COLUMN next_seq;
+ALTER TABLE steps DROP COLUMN started;
+ALTER TABLE steps DROP COLUMN on_item_failure;
+ALTER TABLE steps DROP COLUMN timeout_secs;
+ALTER TABLE steps DROP COLUMN max_attempts;
+ALTER TABLE steps DROP COLUMN chunk_size;
+ALTER TABLE steps DROP COLUMN handler;
+ALTER TABLE processes DROP COLUMN idempotency_key;
+ALTER TABLE processes DROP COLUMN end_reason;
+ALTER TABLE processes DROP COLUMN runnable;
