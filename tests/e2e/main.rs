@@ -9,6 +9,7 @@
 
 mod engine;
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,13 +40,13 @@ impl Drop for Running {
     }
 }
 
-fn command(db: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+fn command(db: impl AsRef<OsStr>, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(BIN);
     command
         .args(args)
         .env_remove("DATABASE_URL")
         .env_remove("RUST_LOG")
-        .env("ASYNC_ENGINE__DATABASE__URL", db)
+        .env("ASYNC_ENGINE__DATABASE__URL", db.as_ref())
         .env("ASYNC_ENGINE__SERVER__HOST", "127.0.0.1")
         .env("ASYNC_ENGINE__SERVER__PORT", "0")
         .envs(env.iter().copied())
@@ -54,11 +55,11 @@ fn command(db: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
 }
 
 /// Starts `serve` and waits for the line that says where it listens.
-fn start(db: &Path, env: &[(&str, &str)]) -> Running {
+fn start(db: impl AsRef<OsStr>, env: &[(&str, &str)]) -> Running {
     start_with(db, &["serve"], env)
 }
 
-fn start_with(db: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
+fn start_with(db: impl AsRef<OsStr>, args: &[&str], env: &[(&str, &str)]) -> Running {
     let mut child = command(db, args, env).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (lines, log) = mpsc::channel();

@@ -1,5 +1,6 @@
 //! `cargo xtask measure-engine`: throughput of a 2-step `noop` process run by the real engine
-//! on a temporary SQLite database (no HTTP in the way), in items per second per step.
+//! (no HTTP in the way), in items per second per step: on a temporary SQLite database, or on a
+//! fresh PostgreSQL database with one or more engine nodes, each with its own pool.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,11 +13,27 @@ use async_engine_domain::{
 };
 use async_engine_engine::{EngineConfig, Handlers, Waker, now_micros};
 use async_engine_persistence::Store;
+use diesel::connection::SimpleConnection;
+use diesel::{Connection, PgConnection};
 
-pub fn run(items: u32, workers: usize, chunk: u32) -> anyhow::Result<()> {
+pub fn run(
+    items: u32,
+    workers: usize,
+    chunk: u32,
+    postgres: Option<String>,
+    nodes: usize,
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let path = dir.path().join("engine.db");
-    let store = Store::open(path.to_str().context("temporary path is not UTF-8")?, 8)?;
+    let (url, scratch) = match postgres {
+        Some(server) => {
+            let scratch = Scratch::create(&server)?;
+            (scratch.url.clone(), Some(scratch))
+        }
+        None => {
+            (dir.path().join("engine.db").to_str().context("temporary path is not UTF-8")?.to_owned(), None)
+        }
+    };
+    let store = Store::open(&url, 8)?;
     store.migrate()?;
     let mut definition = Settings::from_env(None)?
         .definitions()?
@@ -46,8 +63,18 @@ pub fn run(items: u32, workers: usize, chunk: u32) -> anyhow::Result<()> {
         batch: 4,
         node: "measure".into(),
     };
-    let running =
-        async_engine_engine::start(Arc::new(store.clone()), Handlers::builtin(), config, Waker::default())?;
+    // Each node its own pool, as separate servers would have.
+    let mut running = Vec::new();
+    for node in 0..nodes.max(1) {
+        let pool = if node == 0 { store.clone() } else { Store::open(&url, 8)? };
+        let config = EngineConfig { node: format!("node{node}"), ..config.clone() };
+        running.push(async_engine_engine::start(
+            Arc::new(pool),
+            Handlers::builtin(),
+            config,
+            Waker::default(),
+        )?);
+    }
     let query = StatusQuery {
         tenant: TenantId::default_tenant(),
         id: LookupId::new("measure")?,
@@ -65,16 +92,48 @@ pub fn run(items: u32, workers: usize, chunk: u32) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let ran = run_started.elapsed();
-    running.stop();
+    for node in running {
+        node.stop();
+    }
     let per_step = f64::from(items) / ran.as_secs_f64();
     eprintln!(
         "stored {items} items in {stored:.2?} ({:.0} items/s)",
         f64::from(items) / stored.as_secs_f64()
     );
     eprintln!(
-        "ran 2 noop steps over {items} items with {workers} workers, chunk {chunk}: {ran:.2?}, \
-         {per_step:.0} items/s per step ({:.0} outcomes/s)",
+        "ran 2 noop steps over {items} items on {} with {} node(s) of {workers} workers, chunk {chunk}: \
+         {ran:.2?}, {per_step:.0} items/s per step ({:.0} outcomes/s)",
+        if store.is_postgres() { "PostgreSQL" } else { "SQLite" },
+        nodes.max(1),
         2.0 * per_step
     );
+    drop(store);
+    drop(scratch);
     Ok(())
+}
+
+/// A PostgreSQL database made for one measurement and dropped after it.
+struct Scratch {
+    server: String,
+    name: String,
+    url: String,
+}
+
+impl Scratch {
+    fn create(server: &str) -> anyhow::Result<Self> {
+        let name = format!("ae_measure_{}", std::process::id());
+        let mut admin = PgConnection::establish(server).context("--postgres")?;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE); CREATE DATABASE {name}"))?;
+        let (base, _) = server.rsplit_once('/').context("--postgres: no database in the URL")?;
+        Ok(Self { server: server.to_owned(), url: format!("{base}/{name}"), name })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = PgConnection::establish(&self.server) {
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        }
+    }
 }

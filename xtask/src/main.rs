@@ -64,6 +64,13 @@ enum Command {
         /// Items per task.
         #[arg(long, default_value_t = 500)]
         chunk: u32,
+        /// Measure on PostgreSQL: a server URL whose user may create databases (a scratch
+        /// database is made and dropped).
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
+        /// Engine nodes sharing the database, each with its own pool.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
     },
 }
 
@@ -90,7 +97,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seed(&store, &tenant, demo, items)
         }
         Command::MeasureLookup { items, rounds } => measure::run(items, rounds),
-        Command::MeasureEngine { items, workers, chunk } => engine::run(items, workers, chunk),
+        Command::MeasureEngine { items, workers, chunk, postgres, nodes } => {
+            engine::run(items, workers, chunk, postgres, nodes)
+        }
     }
 }
 
@@ -144,7 +153,7 @@ fn seed(store: &Store, tenant: &TenantId, demo: u32, items: u32) -> anyhow::Resu
     }
     eprintln!(
         "seeded {}: {created} process(es) created, {present} already present (tenant {tenant})",
-        store.path().display()
+        store.describe()
     );
     Ok(())
 }

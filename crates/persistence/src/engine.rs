@@ -1056,7 +1056,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::test_db::on_both_backends;
+    use crate::testing::on_both_backends;
 
     const SECOND: i64 = 1_000_000;
 

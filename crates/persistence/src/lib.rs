@@ -8,8 +8,9 @@ mod models;
 mod queries;
 pub mod schema;
 mod store;
-#[cfg(test)]
-mod test_db;
+#[cfg(any(test, feature = "testing"))]
+#[expect(clippy::unwrap_used, reason = "test support: a failed set-up is a failed test")]
+pub mod testing;
 
 pub use connection::DbConnection;
 pub use error::Error;

@@ -341,7 +341,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::test_db::on_both_backends;
+    use crate::testing::on_both_backends;
 
     /// Two steps over five items; step 0 fails three items in two groups with the same code
     /// and message, recorded out of index order.
@@ -449,7 +449,7 @@ mod tests {
     /// transaction code under test is the same on both backends.
     #[test]
     fn an_import_that_fails_half_way_leaves_nothing_behind() {
-        let db = crate::test_db::sqlite();
+        let db = crate::testing::sqlite();
         let store = &db.store;
         store
             .conn()

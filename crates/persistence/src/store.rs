@@ -182,6 +182,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn both_backends_have_the_same_migrations() {
+        let names = |backend: &str| {
+            let folder = format!("{}/../../migrations/{backend}", env!("CARGO_MANIFEST_DIR"));
+            let mut names: Vec<String> = std::fs::read_dir(folder)
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let sqlite = names("sqlite");
+        assert!(!sqlite.is_empty());
+        assert_eq!(sqlite, names("postgres"), "every migration needs its twin in the other folder");
+    }
+
+    #[test]
     fn urls() {
         assert_eq!(DatabaseUrl::parse("data/a.db").unwrap(), DatabaseUrl::Sqlite("data/a.db".into()));
         assert_eq!(

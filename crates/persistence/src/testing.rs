@@ -1,5 +1,6 @@
-//! Fresh databases for tests: a SQLite file in a temporary folder, or (when
-//! `TEST_POSTGRES_URL` is set) a PostgreSQL database of its own, dropped afterwards.
+//! Fresh databases for tests (this crate's, and others' through the `testing` feature): a
+//! SQLite file in a temporary folder, or (when `TEST_POSTGRES_URL` is set) a PostgreSQL
+//! database of its own, dropped afterwards.
 
 use std::sync::Once;
 
@@ -11,15 +12,18 @@ use crate::Store;
 /// A migrated store that cleans up after itself.
 pub struct TestDb {
     pub store: Store,
+    /// What `database.url` would say to reach it.
+    pub url: String,
     _sqlite: Option<tempfile::TempDir>,
     postgres: Option<(String, String)>,
 }
 
 pub fn sqlite() -> TestDb {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("test.db").to_str().unwrap(), 4).unwrap();
+    let url = dir.path().join("test.db").to_str().unwrap().to_owned();
+    let store = Store::open(&url, 4).unwrap();
     store.migrate().unwrap();
-    TestDb { store, _sqlite: Some(dir), postgres: None }
+    TestDb { store, url, _sqlite: Some(dir), postgres: None }
 }
 
 /// `None`, said once per test binary, when `TEST_POSTGRES_URL` is not set.
@@ -33,9 +37,10 @@ pub fn postgres() -> Option<TestDb> {
     let mut admin = PgConnection::establish(&admin_url).unwrap();
     admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
     let (base, _) = admin_url.rsplit_once('/').unwrap();
-    let store = Store::open(&format!("{base}/{name}"), 4).unwrap();
+    let url = format!("{base}/{name}");
+    let store = Store::open(&url, 4).unwrap();
     store.migrate().unwrap();
-    Some(TestDb { store, _sqlite: None, postgres: Some((admin_url, name)) })
+    Some(TestDb { store, url, _sqlite: None, postgres: Some((admin_url, name)) })
 }
 
 impl Drop for TestDb {
@@ -50,6 +55,7 @@ impl Drop for TestDb {
 
 /// Defines a test once per backend: `name::sqlite` and `name::postgres`, each given a
 /// fresh migrated `&Store`.
+#[cfg(test)]
 macro_rules! on_both_backends {
     ($(fn $name:ident($store:ident: &Store) $body:block)*) => {
         $(
@@ -60,12 +66,12 @@ macro_rules! on_both_backends {
 
                 #[test]
                 fn sqlite() {
-                    run(&crate::test_db::sqlite().store);
+                    run(&crate::testing::sqlite().store);
                 }
 
                 #[test]
                 fn postgres() {
-                    if let Some(db) = crate::test_db::postgres() {
+                    if let Some(db) = crate::testing::postgres() {
                         run(&db.store);
                     }
                 }
@@ -73,4 +79,5 @@ macro_rules! on_both_backends {
         )*
     };
 }
+#[cfg(test)]
 pub(crate) use on_both_backends;
