@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::{Running, start_with, temp_db};
+use crate::{Running, on_both_backends, start_with};
 
 /// Definitions for these tests; they replace the defaults.
 const DEFINITIONS: &str = r#"
@@ -115,194 +115,194 @@ fn numbers(n: u64) -> Vec<Value> {
     (0..n).map(|i| json!({ "n": i })).collect()
 }
 
-#[test]
-fn a_two_step_process_of_10000_items_succeeds_with_exact_counts() {
-    let (dir, db) = temp_db();
-    let server = serve(dir.path(), &db, &[]);
-    let id = start_process(&server.base, "Noop", numbers(10_000));
-    let record = wait_final(&server.base, &id, Duration::from_secs(120));
-    assert_eq!(record["status"], "Success");
-    assert_eq!(record["currentStepNumber"], 1);
-    let expected = ("Success".to_owned(), 10_000, 10_000, 10_000, 0);
-    assert_eq!(steps(&record), [expected.clone(), expected]);
-}
-
-#[test]
-fn each_failure_policy_on_a_process_with_failures() {
-    let (dir, db) = temp_db();
-    let server = serve(dir.path(), &db, &[]);
-    // Items 1 and 3 fail validation.
-    let items = vec![ok(1), json!("not a quote line"), ok(2), ok(0), ok(3), ok(4)];
-    let skip = start_process(&server.base, "Skip", items.clone());
-    let cont = start_process(&server.base, "Continue", items.clone());
-    let abort = start_process(&server.base, "Abort", items);
-    let record = wait_final(&server.base, &skip, Duration::from_secs(30));
-    assert_eq!(record["status"], "Failed");
-    assert_eq!(steps(&record), [("Failed".into(), 6, 6, 4, 2), ("Success".into(), 4, 4, 4, 0)]);
-    let record = wait_final(&server.base, &cont, Duration::from_secs(30));
-    assert_eq!(steps(&record), [("Failed".into(), 6, 6, 4, 2), ("Success".into(), 6, 6, 6, 0)]);
-    let record = wait_final(&server.base, &abort, Duration::from_secs(30));
-    assert_eq!(record["status"], "Failed");
-    let validate = &steps(&record)[0];
-    assert_eq!(validate.0, "Aborted");
-    assert_eq!(validate.4, 1, "the first failure stops it: {record}");
-    assert_eq!(steps(&record)[1], ("Aborted".into(), 0, 0, 0, 0));
-}
-
-#[test]
-fn external_workers_fail_items_and_take_over_an_expired_lease() {
-    let (dir, db) = temp_db();
-    let server = serve(dir.path(), &db, &[]);
-    let base = &server.base;
-    let id = start_process(base, "External", numbers(10));
-    let claim = |worker: &str, lease: u64, wait: u64| {
-        let body = json!({ "queue": "work", "workerId": worker, "maxTasks": 1, "leaseSeconds": lease, "waitSeconds": wait });
-        let (status, body) = call(base, "POST", "/v1/tasks/claim", Some(body));
-        assert_eq!(status, 200, "{body}");
-        body["tasks"].as_array().unwrap().clone()
-    };
-    // Worker A takes the first task and goes silent.
-    let a = claim("a", 1, 0).remove(0);
-    assert_eq!(a["asyncProcessId"], id.as_str());
-    assert_eq!(a["items"][0], json!({ "index": 0, "item": { "n": 0 } }));
-    // Worker B takes the second, then waits until A's lease expires and takes the first too.
-    let b2 = claim("b", 30, 0).remove(0);
-    let b1 = claim("b", 30, 5).remove(0);
-    assert_eq!((b1["taskId"].clone(), b1["attempt"].clone()), (a["taskId"].clone(), json!(2)));
-    let indices = |task: &Value| {
-        task["items"].as_array().unwrap().iter().map(|i| i["index"].clone()).collect::<Vec<_>>()
-    };
-    let complete = |task: &Value, body: Value| {
-        let mut body = body;
-        body["leaseToken"] = task["leaseToken"].clone();
-        call(base, "POST", &format!("/v1/tasks/{}/complete", task["taskId"]), Some(body))
-    };
-    // A wakes up: its lease is stale, nothing is recorded.
-    let (status, body) = complete(&a, json!({ "successfully": indices(&a) }));
-    assert_eq!((status, body["code"].clone()), (409, json!(409)));
-    // An incomplete report is refused.
-    assert_eq!(complete(&b1, json!({ "successfully": [0] })).0, 400);
-    assert_eq!(complete(&b1, json!({ "successfully": [0, 1, 2], "failed": [{ "items": [3, 4], "code": 42, "statusMessage": "No stock" }] })).0, 200);
-    assert_eq!(complete(&b2, json!({ "successfully": indices(&b2) })).0, 200);
-    let record = wait_final(base, &id, Duration::from_secs(10));
-    assert_eq!(record["status"], "Failed");
-    assert_eq!(steps(&record), [("Failed".into(), 10, 10, 8, 2)]);
-    assert_eq!(
-        record["itemsProcessed"][0]["failed"][0],
-        json!({ "items": [{"n": 3}, {"n": 4}], "code": 42, "statusMessage": "No stock" })
-    );
-
-    // Retry runs only the two failed items again; counts are fixed, not added to.
-    let (status, body) = call(base, "POST", &format!("/v1/asyncprocesses/{id}/retry"), None);
-    assert_eq!(status, 202, "{body}");
-    let again = claim("c", 30, 0).remove(0);
-    assert_eq!(indices(&again), [json!(3), json!(4)]);
-    assert_eq!(complete(&again, json!({ "successfully": [3, 4] })).0, 200);
-    let record = wait_final(base, &id, Duration::from_secs(10));
-    assert_eq!(record["status"], "Success");
-    assert_eq!(steps(&record), [("Success".into(), 10, 10, 10, 0)]);
-}
-
-#[test]
-fn cancel_stops_new_tasks() {
-    let (dir, db) = temp_db();
-    let server = serve(dir.path(), &db, &[]);
-    let base = &server.base;
-    let id = start_process(base, "External", numbers(20));
-    let claim = || {
-        let body = json!({ "queue": "queue:work", "workerId": "w", "maxTasks": 1 });
-        call(base, "POST", "/v1/tasks/claim", Some(body)).1["tasks"].as_array().unwrap().clone()
-    };
-    let in_flight = claim().remove(0);
-    let (status, body) = call(base, "POST", &format!("/v1/asyncprocesses/{id}/cancel"), None);
-    assert_eq!(status, 202, "{body}");
-    assert_eq!(body["AsyncProcessStatus"][0]["status"], "Aborted");
-    assert!(claim().is_empty(), "no task starts after the answer");
-    let complete = json!({ "leaseToken": in_flight["leaseToken"], "successfully": [0, 1, 2, 3, 4] });
-    assert_eq!(
-        call(base, "POST", &format!("/v1/tasks/{}/complete", in_flight["taskId"]), Some(complete)).0,
-        409
-    );
-    let (status, body) = call(base, "POST", &format!("/v1/asyncprocesses/{id}/cancel"), None);
-    assert_eq!(status, 400, "a finished process cannot be cancelled: {body}");
-    assert_eq!(wait_final(base, &id, Duration::from_secs(5))["status"], "Aborted");
-}
-
-#[test]
-fn starting_checks_its_input_and_honours_idempotency_keys() {
-    let (dir, db) = temp_db();
-    let server = serve(dir.path(), &db, &[("ASYNC_ENGINE__ENGINE__ENABLED", "false")]);
-    let base = &server.base;
-    for (body, mention) in [
-        (json!({ "asyncProcessName": "Nope", "referenceId": "r", "items": [] }), "Nope"),
-        (json!({ "asyncProcessName": "Noop", "items": [] }), "referenceId"),
-        (json!({ "asyncProcessName": "Noop", "referenceId": "r", "items": {} }), "items"),
-        (
-            json!({ "asyncProcessName": "Noop", "referenceId": "r", "items": [], "additionalData": [1] }),
-            "additionalData",
-        ),
-    ] {
-        let (status, answer) = call(base, "POST", "/v1/asyncprocesses", Some(body));
-        assert_eq!(status, 400);
-        assert!(answer["technicalMessage"].as_str().unwrap().contains(mention), "{answer}");
+on_both_backends! {
+    fn a_two_step_process_of_10000_items_succeeds_with_exact_counts(dir: &Path, db: &str) {
+        let server = serve(dir, db, &[]);
+        let id = start_process(&server.base, "Noop", numbers(10_000));
+        let record = wait_final(&server.base, &id, Duration::from_secs(120));
+        assert_eq!(record["status"], "Success");
+        assert_eq!(record["currentStepNumber"], 1);
+        let expected = ("Success".to_owned(), 10_000, 10_000, 10_000, 0);
+        assert_eq!(steps(&record), [expected.clone(), expected]);
     }
-    let client = reqwest::blocking::Client::new();
-    let post = || {
-        client
-            .post(format!("{base}/v1/asyncprocesses"))
-            .header("Idempotency-Key", "order-77")
-            .json(&json!({ "asyncProcessName": "Noop", "referenceId": "r", "items": [123456789012345678901234567890_u128.to_string()], "additionalData": {"a": 1} }))
-            .send()
-            .unwrap()
-    };
-    let first = post();
-    assert_eq!(first.status().as_u16(), 202);
-    let location = first.headers()["location"].to_str().unwrap().to_owned();
-    let first: Value = first.json().unwrap();
-    let id = first["AsyncProcessStatus"][0]["asyncProcessId"].as_str().unwrap();
-    assert_eq!(location, format!("/v1/asyncprocesses/{id}"));
-    assert_eq!(first["AsyncProcessStatus"][0]["status"], "WaitingToProcess", "no engine runs here");
-    let second: Value = post().json().unwrap();
-    assert_eq!(second["AsyncProcessStatus"][0]["asyncProcessId"], id);
-    let (_, listed) = call(base, "GET", "/v1/asyncprocesses?referenceId=r", None);
-    assert_eq!(listed["AsyncProcessStatus"].as_array().unwrap().len(), 1);
-    assert_eq!(listed["nextCursor"], Value::Null);
-    let (status, definitions) = call(base, "GET", "/v1/processdefinitions", None);
-    assert_eq!(status, 200);
-    assert_eq!(definitions["processDefinitions"][0]["steps"][0]["handler"], "builtin:noop");
 }
 
-/// SIGKILL the server again and again while a process runs; restart it each time. In the
-/// end every item has exactly one outcome per step and the counts are exact.
-#[test]
-fn killing_the_server_at_any_moment_loses_and_duplicates_nothing() {
-    let (dir, db) = temp_db();
-    let env = [("ASYNC_ENGINE__ENGINE__LEASE_SECS", "1"), ("ASYNC_ENGINE__ENGINE__WORKERS", "3")];
-    let items = 20_000_u64;
-    let mut server = serve(dir.path(), &db, &env);
-    let id = start_process(&server.base, "Crash", numbers(items));
-    let mut kills = 0;
-    for delay_ms in [120, 250, 60, 400, 180] {
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let (_, body) = call(&server.base, "GET", &format!("/v1/asyncprocesses/{id}?verbose=false"), None);
-        if body["AsyncProcessStatus"][0]["status"] == "Success" {
-            break;
+on_both_backends! {
+    fn each_failure_policy_on_a_process_with_failures(dir: &Path, db: &str) {
+        let server = serve(dir, db, &[]);
+        // Items 1 and 3 fail validation.
+        let items = vec![ok(1), json!("not a quote line"), ok(2), ok(0), ok(3), ok(4)];
+        let skip = start_process(&server.base, "Skip", items.clone());
+        let cont = start_process(&server.base, "Continue", items.clone());
+        let abort = start_process(&server.base, "Abort", items);
+        let record = wait_final(&server.base, &skip, Duration::from_secs(30));
+        assert_eq!(record["status"], "Failed");
+        assert_eq!(steps(&record), [("Failed".into(), 6, 6, 4, 2), ("Success".into(), 4, 4, 4, 0)]);
+        let record = wait_final(&server.base, &cont, Duration::from_secs(30));
+        assert_eq!(steps(&record), [("Failed".into(), 6, 6, 4, 2), ("Success".into(), 6, 6, 6, 0)]);
+        let record = wait_final(&server.base, &abort, Duration::from_secs(30));
+        assert_eq!(record["status"], "Failed");
+        let validate = &steps(&record)[0];
+        assert_eq!(validate.0, "Aborted");
+        assert_eq!(validate.4, 1, "the first failure stops it: {record}");
+        assert_eq!(steps(&record)[1], ("Aborted".into(), 0, 0, 0, 0));
+    }
+}
+
+on_both_backends! {
+    fn external_workers_fail_items_and_take_over_an_expired_lease(dir: &Path, db: &str) {
+        let server = serve(dir, db, &[]);
+        let base = &server.base;
+        let id = start_process(base, "External", numbers(10));
+        let claim = |worker: &str, lease: u64, wait: u64| {
+            let body = json!({ "queue": "work", "workerId": worker, "maxTasks": 1, "leaseSeconds": lease, "waitSeconds": wait });
+            let (status, body) = call(base, "POST", "/v1/tasks/claim", Some(body));
+            assert_eq!(status, 200, "{body}");
+            body["tasks"].as_array().unwrap().clone()
+        };
+        // Worker A takes the first task and goes silent.
+        let a = claim("a", 1, 0).remove(0);
+        assert_eq!(a["asyncProcessId"], id.as_str());
+        assert_eq!(a["items"][0], json!({ "index": 0, "item": { "n": 0 } }));
+        // Worker B takes the second, then waits until A's lease expires and takes the first too.
+        let b2 = claim("b", 30, 0).remove(0);
+        let b1 = claim("b", 30, 5).remove(0);
+        assert_eq!((b1["taskId"].clone(), b1["attempt"].clone()), (a["taskId"].clone(), json!(2)));
+        let indices = |task: &Value| {
+            task["items"].as_array().unwrap().iter().map(|i| i["index"].clone()).collect::<Vec<_>>()
+        };
+        let complete = |task: &Value, body: Value| {
+            let mut body = body;
+            body["leaseToken"] = task["leaseToken"].clone();
+            call(base, "POST", &format!("/v1/tasks/{}/complete", task["taskId"]), Some(body))
+        };
+        // A wakes up: its lease is stale, nothing is recorded.
+        let (status, body) = complete(&a, json!({ "successfully": indices(&a) }));
+        assert_eq!((status, body["code"].clone()), (409, json!(409)));
+        // An incomplete report is refused.
+        assert_eq!(complete(&b1, json!({ "successfully": [0] })).0, 400);
+        assert_eq!(complete(&b1, json!({ "successfully": [0, 1, 2], "failed": [{ "items": [3, 4], "code": 42, "statusMessage": "No stock" }] })).0, 200);
+        assert_eq!(complete(&b2, json!({ "successfully": indices(&b2) })).0, 200);
+        let record = wait_final(base, &id, Duration::from_secs(10));
+        assert_eq!(record["status"], "Failed");
+        assert_eq!(steps(&record), [("Failed".into(), 10, 10, 8, 2)]);
+        assert_eq!(
+            record["itemsProcessed"][0]["failed"][0],
+            json!({ "items": [{"n": 3}, {"n": 4}], "code": 42, "statusMessage": "No stock" })
+        );
+
+        // Retry runs only the two failed items again; counts are fixed, not added to.
+        let (status, body) = call(base, "POST", &format!("/v1/asyncprocesses/{id}/retry"), None);
+        assert_eq!(status, 202, "{body}");
+        let again = claim("c", 30, 0).remove(0);
+        assert_eq!(indices(&again), [json!(3), json!(4)]);
+        assert_eq!(complete(&again, json!({ "successfully": [3, 4] })).0, 200);
+        let record = wait_final(base, &id, Duration::from_secs(10));
+        assert_eq!(record["status"], "Success");
+        assert_eq!(steps(&record), [("Success".into(), 10, 10, 10, 0)]);
+    }
+}
+
+on_both_backends! {
+    fn cancel_stops_new_tasks(dir: &Path, db: &str) {
+        let server = serve(dir, db, &[]);
+        let base = &server.base;
+        let id = start_process(base, "External", numbers(20));
+        let claim = || {
+            let body = json!({ "queue": "queue:work", "workerId": "w", "maxTasks": 1 });
+            call(base, "POST", "/v1/tasks/claim", Some(body)).1["tasks"].as_array().unwrap().clone()
+        };
+        let in_flight = claim().remove(0);
+        let (status, body) = call(base, "POST", &format!("/v1/asyncprocesses/{id}/cancel"), None);
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["AsyncProcessStatus"][0]["status"], "Aborted");
+        assert!(claim().is_empty(), "no task starts after the answer");
+        let complete = json!({ "leaseToken": in_flight["leaseToken"], "successfully": [0, 1, 2, 3, 4] });
+        assert_eq!(
+            call(base, "POST", &format!("/v1/tasks/{}/complete", in_flight["taskId"]), Some(complete)).0,
+            409
+        );
+        let (status, body) = call(base, "POST", &format!("/v1/asyncprocesses/{id}/cancel"), None);
+        assert_eq!(status, 400, "a finished process cannot be cancelled: {body}");
+        assert_eq!(wait_final(base, &id, Duration::from_secs(5))["status"], "Aborted");
+    }
+}
+
+on_both_backends! {
+    fn starting_checks_its_input_and_honours_idempotency_keys(dir: &Path, db: &str) {
+        let server = serve(dir, db, &[("ASYNC_ENGINE__ENGINE__ENABLED", "false")]);
+        let base = &server.base;
+        for (body, mention) in [
+            (json!({ "asyncProcessName": "Nope", "referenceId": "r", "items": [] }), "Nope"),
+            (json!({ "asyncProcessName": "Noop", "items": [] }), "referenceId"),
+            (json!({ "asyncProcessName": "Noop", "referenceId": "r", "items": {} }), "items"),
+            (
+                json!({ "asyncProcessName": "Noop", "referenceId": "r", "items": [], "additionalData": [1] }),
+                "additionalData",
+            ),
+        ] {
+            let (status, answer) = call(base, "POST", "/v1/asyncprocesses", Some(body));
+            assert_eq!(status, 400);
+            assert!(answer["technicalMessage"].as_str().unwrap().contains(mention), "{answer}");
         }
-        server.child.kill().unwrap();
-        server.child.wait().unwrap();
-        kills += 1;
-        server = serve(dir.path(), &db, &env);
+        let client = reqwest::blocking::Client::new();
+        let post = || {
+            client
+                .post(format!("{base}/v1/asyncprocesses"))
+                .header("Idempotency-Key", "order-77")
+                .json(&json!({ "asyncProcessName": "Noop", "referenceId": "r", "items": [123456789012345678901234567890_u128.to_string()], "additionalData": {"a": 1} }))
+                .send()
+                .unwrap()
+        };
+        let first = post();
+        assert_eq!(first.status().as_u16(), 202);
+        let location = first.headers()["location"].to_str().unwrap().to_owned();
+        let first: Value = first.json().unwrap();
+        let id = first["AsyncProcessStatus"][0]["asyncProcessId"].as_str().unwrap();
+        assert_eq!(location, format!("/v1/asyncprocesses/{id}"));
+        assert_eq!(first["AsyncProcessStatus"][0]["status"], "WaitingToProcess", "no engine runs here");
+        let second: Value = post().json().unwrap();
+        assert_eq!(second["AsyncProcessStatus"][0]["asyncProcessId"], id);
+        let (_, listed) = call(base, "GET", "/v1/asyncprocesses?referenceId=r", None);
+        assert_eq!(listed["AsyncProcessStatus"].as_array().unwrap().len(), 1);
+        assert_eq!(listed["nextCursor"], Value::Null);
+        let (status, definitions) = call(base, "GET", "/v1/processdefinitions", None);
+        assert_eq!(status, 200);
+        assert_eq!(definitions["processDefinitions"][0]["steps"][0]["handler"], "builtin:noop");
     }
-    assert!(kills >= 2, "the process finished before the server could be killed twice");
-    let record = wait_final(&server.base, &id, Duration::from_secs(120));
-    assert_eq!(record["status"], "Success", "{}", record["message"]);
-    for step in record["itemsProcessed"].as_array().unwrap() {
-        assert_eq!(step["currentNumberOfItemsProccessed"], items);
-        assert_eq!(step["totalNumberOfItemsToBeProccessed"], items);
-        let listed: Vec<u64> =
-            step["successfully"].as_array().unwrap().iter().map(|i| i["n"].as_u64().unwrap()).collect();
-        let distinct: HashSet<u64> = listed.iter().copied().collect();
-        assert_eq!((listed.len(), distinct.len()), (items as usize, items as usize), "one outcome per item");
+}
+
+// SIGKILL the server again and again while a process runs; restart it each time. In the
+// end every item has exactly one outcome per step and the counts are exact.
+on_both_backends! {
+    fn killing_the_server_at_any_moment_loses_and_duplicates_nothing(dir: &Path, db: &str) {
+        let env = [("ASYNC_ENGINE__ENGINE__LEASE_SECS", "1"), ("ASYNC_ENGINE__ENGINE__WORKERS", "3")];
+        let items = 20_000_u64;
+        let mut server = serve(dir, db, &env);
+        let id = start_process(&server.base, "Crash", numbers(items));
+        let mut kills = 0;
+        for delay_ms in [120, 250, 60, 400, 180] {
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            let (_, body) = call(&server.base, "GET", &format!("/v1/asyncprocesses/{id}?verbose=false"), None);
+            if body["AsyncProcessStatus"][0]["status"] == "Success" {
+                break;
+            }
+            server.child.kill().unwrap();
+            server.child.wait().unwrap();
+            kills += 1;
+            server = serve(dir, db, &env);
+        }
+        assert!(kills >= 2, "the process finished before the server could be killed twice");
+        let record = wait_final(&server.base, &id, Duration::from_secs(120));
+        assert_eq!(record["status"], "Success", "{}", record["message"]);
+        for step in record["itemsProcessed"].as_array().unwrap() {
+            assert_eq!(step["currentNumberOfItemsProccessed"], items);
+            assert_eq!(step["totalNumberOfItemsToBeProccessed"], items);
+            let listed: Vec<u64> =
+                step["successfully"].as_array().unwrap().iter().map(|i| i["n"].as_u64().unwrap()).collect();
+            let distinct: HashSet<u64> = listed.iter().copied().collect();
+            assert_eq!((listed.len(), distinct.len()), (items as usize, items as usize), "one outcome per item");
+        }
     }
 }
 

@@ -84,8 +84,8 @@ fn start_with(db: impl AsRef<OsStr>, args: &[&str], env: &[(&str, &str)]) -> Run
     }
 }
 
-fn seed(db: &Path) {
-    let store = Store::open(db.to_str().unwrap(), 1).unwrap();
+fn seed(db: impl AsRef<OsStr>) {
+    let store = Store::open(db.as_ref().to_str().unwrap(), 1).unwrap();
     store.migrate().unwrap();
     for (n, record) in documented()["AsyncProcessStatus"].as_array().unwrap().iter().enumerate() {
         let snapshot = ProcessSnapshot::from_documented_record(record, n as i64).unwrap();
@@ -119,36 +119,62 @@ fn signal(running: &mut Running, which: &str) -> std::process::ExitStatus {
     panic!("the server did not stop within 10 s of {which}");
 }
 
+/// Defines an end-to-end test once per backend, `name::sqlite` and `name::postgres`, each
+/// given a scratch folder and the `database.url` of a fresh database (PostgreSQL ones only
+/// when `TEST_POSTGRES_URL` is set).
+macro_rules! on_both_backends {
+    ($(fn $name:ident($dir:ident: &Path, $db:ident: &str) $body:block)*) => {$(
+        mod $name {
+            use super::*;
+
+            fn run($dir: &Path, $db: &str) $body
+
+            #[test]
+            fn sqlite() {
+                let (dir, db) = crate::temp_db();
+                run(dir.path(), db.to_str().unwrap());
+            }
+
+            #[test]
+            fn postgres() {
+                if let Some(database) = async_engine_persistence::testing::postgres() {
+                    let dir = tempfile::tempdir().unwrap();
+                    run(dir.path(), &database.url);
+                }
+            }
+        }
+    )*};
+}
+pub(crate) use on_both_backends;
+
 fn temp_db() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("e2e.db");
     (dir, db)
 }
 
-#[test]
-fn serves_the_documented_example_and_keeps_it_across_a_restart() {
-    let (_dir, db) = temp_db();
-    seed(&db);
-    let mut expected = documented();
-    expected["code"] = 202.into();
+on_both_backends! {
+    fn serves_the_documented_example_and_keeps_it_across_a_restart(_dir: &Path, db: &str) {
+        seed(db);
+        let mut expected = documented();
+        expected["code"] = 202.into();
 
-    let mut server = start(&db, &[]);
-    assert_eq!(get(&server.base, "/v1/asyncprocesses/12324"), (202, expected.clone()));
-    let status = terminate(&mut server);
-    assert!(status.success(), "SIGTERM ends with exit 0, got {status}");
+        let mut server = start(db, &[]);
+        assert_eq!(get(&server.base, "/v1/asyncprocesses/12324"), (202, expected.clone()));
+        let status = terminate(&mut server);
+        assert!(status.success(), "SIGTERM ends with exit 0, got {status}");
 
-    let mut server = start(&db, &[]);
-    assert_eq!(get(&server.base, "/v1/asyncprocesses/12324"), (202, expected));
-    assert!(terminate(&mut server).success());
-}
+        let mut server = start(db, &[]);
+        assert_eq!(get(&server.base, "/v1/asyncprocesses/12324"), (202, expected));
+        assert!(terminate(&mut server).success());
+    }
 
-#[test]
-fn the_success_code_can_be_200() {
-    let (_dir, db) = temp_db();
-    seed(&db);
-    let server = start(&db, &[("ASYNC_ENGINE__API__SUCCESS_CODE", "200")]);
-    let (status, body) = get(&server.base, "/v1/asyncprocesses/9876543");
-    assert_eq!((status, body["code"].as_u64()), (200, Some(200)));
+    fn the_success_code_can_be_200(_dir: &Path, db: &str) {
+        seed(db);
+        let server = start(db, &[("ASYNC_ENGINE__API__SUCCESS_CODE", "200")]);
+        let (status, body) = get(&server.base, "/v1/asyncprocesses/9876543");
+        assert_eq!((status, body["code"].as_u64()), (200, Some(200)));
+    }
 }
 
 #[test]

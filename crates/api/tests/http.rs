@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_engine_api::{ApiConfig, AppState, serve};
 use async_engine_domain::{ProcessSnapshot, SnapshotWriter, TenantId};
 use async_engine_persistence::Store;
+use async_engine_persistence::testing::{self, TestDb};
 use serde_json::{Value, json};
 
 const FIXTURE: &str = include_str!("../../../fixtures/documented-example.json");
@@ -17,14 +18,12 @@ struct TestServer {
     base: String,
     store: Store,
     client: reqwest::blocking::Client,
-    _dir: tempfile::TempDir,
+    _db: TestDb,
 }
 
 impl TestServer {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("test.db").to_str().unwrap(), 4).unwrap();
-        store.migrate().unwrap();
+    fn start(db: TestDb) -> Self {
+        let store = db.store.clone();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let state = AppState {
@@ -44,7 +43,7 @@ impl TestServer {
             })
         });
         started.recv().unwrap();
-        Self { base, store, client: reqwest::blocking::Client::new(), _dir: dir }
+        Self { base, store, client: reqwest::blocking::Client::new(), _db: db }
     }
 
     fn seed_documented(&self) {
@@ -67,6 +66,30 @@ impl TestServer {
         let response = self.client.post(format!("{}{path}", self.base)).json(body).send().unwrap();
         (response.status().as_u16(), response.json().unwrap())
     }
+}
+
+/// Defines a test once per backend, `name::sqlite` and `name::postgres`, each against a
+/// server over a fresh database (PostgreSQL ones only when `TEST_POSTGRES_URL` is set).
+macro_rules! on_both_backends {
+    ($(fn $name:ident($server:ident: &TestServer) $body:block)*) => {$(
+        mod $name {
+            use super::*;
+
+            fn run($server: &TestServer) $body
+
+            #[test]
+            fn sqlite() {
+                run(&TestServer::start(testing::sqlite()));
+            }
+
+            #[test]
+            fn postgres() {
+                if let Some(db) = testing::postgres() {
+                    run(&TestServer::start(db));
+                }
+            }
+        }
+    )*};
 }
 
 fn documented() -> Vec<Value> {
@@ -131,170 +154,170 @@ fn simple(id: &str, reference: &str) -> Value {
     })
 }
 
-#[test]
-fn the_documented_example_by_reference_and_by_each_id() {
-    let server = TestServer::start();
-    server.seed_documented();
-    let records = documented();
-    assert_success(server.get("/v1/asyncprocesses/12324"), &records);
-    assert_success(server.get("/v1/asyncprocesses/9876543"), &records[..1]);
-    assert_success(server.get("/v1/asyncprocesses/64221481"), &records[1..]);
+on_both_backends! {
+    fn the_documented_example_by_reference_and_by_each_id(server: &TestServer) {
+        server.seed_documented();
+        let records = documented();
+        assert_success(server.get("/v1/asyncprocesses/12324"), &records);
+        assert_success(server.get("/v1/asyncprocesses/9876543"), &records[..1]);
+        assert_success(server.get("/v1/asyncprocesses/64221481"), &records[1..]);
+    }
 }
 
-#[test]
-fn every_combination_of_the_three_parameters() {
-    let server = TestServer::start();
-    server.seed_documented();
-    let records = documented();
-    for verbose in [true, false] {
-        for items_list in [true, false] {
-            for fail_message in [true, false] {
-                let path = format!(
-                    "/v1/asyncprocesses/12324?verbose={verbose}&itemsList={items_list}&failMessage={fail_message}"
-                );
-                let expected = shaped(&records, verbose, items_list, fail_message);
-                assert_success(server.get(&path), &expected);
-                let action = json!({ "referenceId": "12324", "verbose": verbose, "itemsList": items_list, "failMessage": fail_message });
-                assert_success(server.post("/v1/actions/getAsyncJobStatus", &action), &expected);
+on_both_backends! {
+    fn every_combination_of_the_three_parameters(server: &TestServer) {
+        server.seed_documented();
+        let records = documented();
+        for verbose in [true, false] {
+            for items_list in [true, false] {
+                for fail_message in [true, false] {
+                    let path = format!(
+                        "/v1/asyncprocesses/12324?verbose={verbose}&itemsList={items_list}&failMessage={fail_message}"
+                    );
+                    let expected = shaped(&records, verbose, items_list, fail_message);
+                    assert_success(server.get(&path), &expected);
+                    let action = json!({ "referenceId": "12324", "verbose": verbose, "itemsList": items_list, "failMessage": fail_message });
+                    assert_success(server.post("/v1/actions/getAsyncJobStatus", &action), &expected);
+                }
             }
         }
     }
 }
 
-#[test]
-fn a_reference_id_shared_by_several_processes_lists_them_oldest_first() {
-    let server = TestServer::start();
-    // Stored newest first, so insertion order alone would give the wrong answer.
-    server.import(&simple("c-third", "shared"), 30);
-    server.import(&simple("a-first", "shared"), 10);
-    server.import(&simple("b-second", "shared"), 20);
-    server.import(&simple("z-same-time", "shared"), 20);
-    server.import(&simple("other", "not-shared"), 15);
-    let (status, body) = server.get("/v1/asyncprocesses/shared?verbose=false");
-    assert_eq!(status, 202);
-    let ids: Vec<&str> = body["AsyncProcessStatus"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["asyncProcessId"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["a-first", "b-second", "z-same-time", "c-third"]);
-}
-
-#[test]
-fn an_async_process_id_wins_over_an_equal_reference_id() {
-    let server = TestServer::start();
-    server.import(&simple("X1", "ref-of-x1"), 1);
-    server.import(&simple("other", "X1"), 2);
-    let only = |answer: (u16, Value)| {
-        assert_eq!(answer.0, 202);
-        let records = answer.1["AsyncProcessStatus"].as_array().unwrap().clone();
-        assert_eq!(records.len(), 1);
-        records[0]["asyncProcessId"].as_str().unwrap().to_owned()
-    };
-    assert_eq!(only(server.get("/v1/asyncprocesses/X1")), "X1");
-    assert_eq!(only(server.get("/v1/asyncprocesses/X1?idType=referenceId")), "other");
-    assert_eq!(only(server.get("/v1/asyncprocesses/X1?idType=asyncProcessId")), "X1");
-    assert_eq!(only(server.post("/v1/actions/getAsyncJobStatus", &json!({"referenceId": "X1"}))), "other");
-    assert_input_error(server.get("/v1/asyncprocesses/ref-of-x1?idType=asyncProcessId"));
-}
-
-#[test]
-fn percent_encoded_ids_with_spaces_reserved_and_non_ascii_characters() {
-    let server = TestServer::start();
-    for (n, (reference, encoded)) in [
-        ("order 42 – Zürich", "order%2042%20%E2%80%93%20Z%C3%BCrich"),
-        ("a/b?c#d", "a%2Fb%3Fc%23d"),
-        ("100%", "100%25"),
-        ("plus+sign", "plus+sign"),
-        ("日本語", "%E6%97%A5%E6%9C%AC%E8%AA%9E"),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        server.import(&simple(&format!("p{n}"), reference), n as i64);
-        let (status, body) = server.get(&format!("/v1/asyncprocesses/{encoded}"));
-        assert_eq!(status, 202, "{reference}: {body}");
-        assert_eq!(body["AsyncProcessStatus"][0]["referenceId"], reference);
+on_both_backends! {
+    fn a_reference_id_shared_by_several_processes_lists_them_oldest_first(server: &TestServer) {
+        // Stored newest first, so insertion order alone would give the wrong answer.
+        server.import(&simple("c-third", "shared"), 30);
+        server.import(&simple("a-first", "shared"), 10);
+        server.import(&simple("b-second", "shared"), 20);
+        server.import(&simple("z-same-time", "shared"), 20);
+        server.import(&simple("other", "not-shared"), 15);
+        let (status, body) = server.get("/v1/asyncprocesses/shared?verbose=false");
+        assert_eq!(status, 202);
+        let ids: Vec<&str> = body["AsyncProcessStatus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["asyncProcessId"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["a-first", "b-second", "z-same-time", "c-third"]);
     }
 }
 
-#[test]
-fn input_errors() {
-    let server = TestServer::start();
-    server.seed_documented();
-    assert!(assert_input_error(server.get("/v1/asyncprocesses/12324?verbose=maybe")).contains("verbose"));
-    assert!(assert_input_error(server.get("/v1/asyncprocesses/12324?itemsList=")).contains("itemsList"));
-    assert!(assert_input_error(server.get("/v1/asyncprocesses/does-not-exist")).contains("does-not-exist"));
-    assert!(
-        assert_input_error(server.get(&format!("/v1/asyncprocesses/{}", "9".repeat(300)))).contains("255")
-    );
-    // 255 characters is a valid ID that simply does not exist.
-    assert!(
-        assert_input_error(server.get(&format!("/v1/asyncprocesses/{}", "9".repeat(255))))
-            .contains("no process")
-    );
-    assert_input_error(server.post("/v1/actions/getAsyncJobStatus", &json!({})));
-    assert_input_error(
-        server.post("/v1/actions/getAsyncJobStatus", &json!({"id": "12324", "verbose": "maybe"})),
-    );
-    let response = server
-        .client
-        .post(format!("{}/v1/actions/getAsyncJobStatus", server.base))
-        .header("content-type", "application/json")
-        .body("{\"id\": ")
-        .send()
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 400);
+on_both_backends! {
+    fn an_async_process_id_wins_over_an_equal_reference_id(server: &TestServer) {
+        server.import(&simple("X1", "ref-of-x1"), 1);
+        server.import(&simple("other", "X1"), 2);
+        let only = |answer: (u16, Value)| {
+            assert_eq!(answer.0, 202);
+            let records = answer.1["AsyncProcessStatus"].as_array().unwrap().clone();
+            assert_eq!(records.len(), 1);
+            records[0]["asyncProcessId"].as_str().unwrap().to_owned()
+        };
+        assert_eq!(only(server.get("/v1/asyncprocesses/X1")), "X1");
+        assert_eq!(only(server.get("/v1/asyncprocesses/X1?idType=referenceId")), "other");
+        assert_eq!(only(server.get("/v1/asyncprocesses/X1?idType=asyncProcessId")), "X1");
+        assert_eq!(only(server.post("/v1/actions/getAsyncJobStatus", &json!({"referenceId": "X1"}))), "other");
+        assert_input_error(server.get("/v1/asyncprocesses/ref-of-x1?idType=asyncProcessId"));
+    }
 }
 
-#[test]
-fn other_failures_keep_the_envelope() {
-    let server = TestServer::start();
-    let (status, body) = server.get("/v1/no-such-route");
-    assert_eq!((status, body["code"].as_u64()), (404, Some(404)));
-    let response = server.client.put(format!("{}/v1/asyncprocesses/12324", server.base)).send().unwrap();
-    assert_eq!(response.status().as_u16(), 405);
-    assert_eq!(response.json::<Value>().unwrap()["code"], 405);
-    let big = json!({ "id": "x".repeat(2 * 1024 * 1024) });
-    let (status, body) = server.post("/v1/actions/getAsyncJobStatus", &big);
-    assert_eq!((status, body["code"].as_u64()), (413, Some(413)));
+on_both_backends! {
+    fn percent_encoded_ids_with_spaces_reserved_and_non_ascii_characters(server: &TestServer) {
+        for (n, (reference, encoded)) in [
+            ("order 42 – Zürich", "order%2042%20%E2%80%93%20Z%C3%BCrich"),
+            ("a/b?c#d", "a%2Fb%3Fc%23d"),
+            ("100%", "100%25"),
+            ("plus+sign", "plus+sign"),
+            ("日本語", "%E6%97%A5%E6%9C%AC%E8%AA%9E"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            server.import(&simple(&format!("p{n}"), reference), n as i64);
+            let (status, body) = server.get(&format!("/v1/asyncprocesses/{encoded}"));
+            assert_eq!(status, 202, "{reference}: {body}");
+            assert_eq!(body["AsyncProcessStatus"][0]["referenceId"], reference);
+        }
+    }
 }
 
-#[test]
-fn another_tenants_process_answers_like_a_missing_one() {
-    let server = TestServer::start();
-    let snapshot = ProcessSnapshot::from_documented_record(&simple("hidden", "hidden-ref"), 1).unwrap();
-    server.store.import(&TenantId::new("other-tenant").unwrap(), &snapshot).unwrap();
-    let hidden = assert_input_error(server.get("/v1/asyncprocesses/hidden"));
-    let missing = assert_input_error(server.get("/v1/asyncprocesses/absent"));
-    assert_eq!(hidden.replace("hidden", "X"), missing.replace("absent", "X"));
+on_both_backends! {
+    fn input_errors(server: &TestServer) {
+        server.seed_documented();
+        assert!(assert_input_error(server.get("/v1/asyncprocesses/12324?verbose=maybe")).contains("verbose"));
+        assert!(assert_input_error(server.get("/v1/asyncprocesses/12324?itemsList=")).contains("itemsList"));
+        assert!(assert_input_error(server.get("/v1/asyncprocesses/does-not-exist")).contains("does-not-exist"));
+        assert!(
+            assert_input_error(server.get(&format!("/v1/asyncprocesses/{}", "9".repeat(300)))).contains("255")
+        );
+        // 255 characters is a valid ID that simply does not exist.
+        assert!(
+            assert_input_error(server.get(&format!("/v1/asyncprocesses/{}", "9".repeat(255))))
+                .contains("no process")
+        );
+        assert_input_error(server.post("/v1/actions/getAsyncJobStatus", &json!({})));
+        assert_input_error(
+            server.post("/v1/actions/getAsyncJobStatus", &json!({"id": "12324", "verbose": "maybe"})),
+        );
+        let response = server
+            .client
+            .post(format!("{}/v1/actions/getAsyncJobStatus", server.base))
+            .header("content-type", "application/json")
+            .body("{\"id\": ")
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 400);
+    }
 }
 
-#[test]
-fn step_counters_of_a_large_process_need_no_item_rows() {
-    let server = TestServer::start();
-    let items: Vec<Value> = (0..20_000).map(|i| json!({ "n": i })).collect();
-    let record = json!({
-        "referenceId": "big", "asyncProcessName": "Big", "asyncProcessId": "big-1",
-        "status": "InProgress", "message": "In progress", "stepName": "Only",
-        "currentStepNumber": 0, "totalNumberOfSteps": 1,
-        "itemsProcessed": [{ "stepNumber": 0, "stepName": "Only", "status": "InProgress",
-            "currentNumberOfItemsProccessed": 15_000, "totalNumberOfItemsToBeProccessed": 20_000,
-            "message": "In progress", "successfully": items[..14_000], "failed": [
-                { "items": items[14_000..15_000], "code": 7, "statusMessage": "Seven" }
-            ] }],
-        "items": items
-    });
-    server.import(&record, 1);
-    let (status, body) = server.get("/v1/asyncprocesses/big-1?itemsList=false");
-    assert_eq!(status, 202);
-    let step = &body["AsyncProcessStatus"][0]["itemsProcessed"][0];
-    assert_eq!(step["currentNumberOfItemsProccessed"], 15_000);
-    assert_eq!(step["totalNumberOfItemsToBeProccessed"], 20_000);
-    let (_, body) = server.get("/v1/asyncprocesses/big-1");
-    let step = &body["AsyncProcessStatus"][0]["itemsProcessed"][0];
-    assert_eq!(step["successfully"].as_array().unwrap().len(), 14_000);
-    assert_eq!(step["successfully"][13_999], json!({ "n": 13_999 }));
-    assert_eq!(step["failed"][0]["items"][999], json!({ "n": 14_999 }));
+on_both_backends! {
+    fn other_failures_keep_the_envelope(server: &TestServer) {
+        let (status, body) = server.get("/v1/no-such-route");
+        assert_eq!((status, body["code"].as_u64()), (404, Some(404)));
+        let response = server.client.put(format!("{}/v1/asyncprocesses/12324", server.base)).send().unwrap();
+        assert_eq!(response.status().as_u16(), 405);
+        assert_eq!(response.json::<Value>().unwrap()["code"], 405);
+        let big = json!({ "id": "x".repeat(2 * 1024 * 1024) });
+        let (status, body) = server.post("/v1/actions/getAsyncJobStatus", &big);
+        assert_eq!((status, body["code"].as_u64()), (413, Some(413)));
+    }
+}
+
+on_both_backends! {
+    fn another_tenants_process_answers_like_a_missing_one(server: &TestServer) {
+        let snapshot = ProcessSnapshot::from_documented_record(&simple("hidden", "hidden-ref"), 1).unwrap();
+        server.store.import(&TenantId::new("other-tenant").unwrap(), &snapshot).unwrap();
+        let hidden = assert_input_error(server.get("/v1/asyncprocesses/hidden"));
+        let missing = assert_input_error(server.get("/v1/asyncprocesses/absent"));
+        assert_eq!(hidden.replace("hidden", "X"), missing.replace("absent", "X"));
+    }
+}
+
+on_both_backends! {
+    fn step_counters_of_a_large_process_need_no_item_rows(server: &TestServer) {
+        let items: Vec<Value> = (0..20_000).map(|i| json!({ "n": i })).collect();
+        let record = json!({
+            "referenceId": "big", "asyncProcessName": "Big", "asyncProcessId": "big-1",
+            "status": "InProgress", "message": "In progress", "stepName": "Only",
+            "currentStepNumber": 0, "totalNumberOfSteps": 1,
+            "itemsProcessed": [{ "stepNumber": 0, "stepName": "Only", "status": "InProgress",
+                "currentNumberOfItemsProccessed": 15_000, "totalNumberOfItemsToBeProccessed": 20_000,
+                "message": "In progress", "successfully": items[..14_000], "failed": [
+                    { "items": items[14_000..15_000], "code": 7, "statusMessage": "Seven" }
+                ] }],
+            "items": items
+        });
+        server.import(&record, 1);
+        let (status, body) = server.get("/v1/asyncprocesses/big-1?itemsList=false");
+        assert_eq!(status, 202);
+        let step = &body["AsyncProcessStatus"][0]["itemsProcessed"][0];
+        assert_eq!(step["currentNumberOfItemsProccessed"], 15_000);
+        assert_eq!(step["totalNumberOfItemsToBeProccessed"], 20_000);
+        let (_, body) = server.get("/v1/asyncprocesses/big-1");
+        let step = &body["AsyncProcessStatus"][0]["itemsProcessed"][0];
+        assert_eq!(step["successfully"].as_array().unwrap().len(), 14_000);
+        assert_eq!(step["successfully"][13_999], json!({ "n": 13_999 }));
+        assert_eq!(step["failed"][0]["items"][999], json!({ "n": 14_999 }));
+    }
 }
