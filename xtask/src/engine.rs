@@ -123,8 +123,10 @@ impl Scratch {
     fn create(server: &str) -> anyhow::Result<Self> {
         let name = format!("ae_measure_{}", std::process::id());
         let mut admin = PgConnection::establish(server).context("--postgres")?;
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE); CREATE DATABASE {name}"))?;
+        // Two calls: PostgreSQL runs a multi-statement string as one transaction, which
+        // these statements refuse.
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
+        admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
         let (base, _) = server.rsplit_once('/').context("--postgres: no database in the URL")?;
         Ok(Self { server: server.to_owned(), url: format!("{base}/{name}"), name })
     }
