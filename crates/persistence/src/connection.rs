@@ -45,6 +45,22 @@ pub fn write_transaction<T>(
     }
 }
 
+/// Runs `work` in a read-only transaction that sees one snapshot throughout: a status answer
+/// reads the process, then its steps, then its items, and must not mix two commits. SQLite's
+/// transactions are snapshots already; PostgreSQL's default (READ COMMITTED) takes a new one
+/// per statement, so it is asked for REPEATABLE READ.
+pub fn read_transaction<T>(
+    conn: &mut DbConnection,
+    work: impl FnOnce(&mut DbConnection) -> Result<T, Error>,
+) -> Result<T, Error> {
+    conn.transaction(|conn| {
+        if let DbConnection::Pg(pg) = conn {
+            diesel::sql_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(pg)?;
+        }
+        work(conn)
+    })
+}
+
 #[derive(QueryableByName)]
 struct Locked {
     #[diesel(sql_type = Bool)]

@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::connection::{DbConnection, lock_process, per_backend, try_lock_process, write_transaction};
+use crate::connection::{
+    DbConnection, lock_process, per_backend, read_transaction, try_lock_process, write_transaction,
+};
 use async_engine_domain::lifecycle::{self, AfterStep, Command};
 use async_engine_domain::status::{process_message, process_status};
 use async_engine_domain::work::GAVE_UP_CODE;
@@ -936,7 +938,7 @@ pub fn list(conn: &mut DbConnection, query: &ListQuery) -> Result<Result<Page, L
         Some(Some(position)) => Some(position),
         None => None,
     };
-    conn.transaction(|conn| {
+    read_transaction(conn, |conn| {
         let mut select = processes::table.filter(processes::tenant.eq(query.tenant.as_str())).into_boxed();
         if let Some(status) = query.status {
             select = select.filter(processes::status.eq(status.as_str()));

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::connection::{DbConnection, per_backend, write_transaction};
+use crate::connection::{DbConnection, per_backend, read_transaction, write_transaction};
 use async_engine_domain::{
     Detail, FailureGroup, IdKind, ImportResult, ProcessSnapshot, ProcessStatus, RawJson, RepositoryError,
     SnapshotWriter, Status, StatusQuery, StatusReader, StepItems, StepReport, TenantId,
@@ -23,7 +23,7 @@ pub(crate) const INSERT_BATCH: usize = 5_000;
 /// Resolves and reads a status query inside one read transaction, so every record is a
 /// consistent picture even while the engine writes.
 pub fn find_status(conn: &mut DbConnection, query: &StatusQuery) -> Result<Vec<ProcessStatus>, Error> {
-    conn.transaction(|conn| {
+    read_transaction(conn, |conn| {
         let tenant = query.tenant.as_str();
         let id = query.id.as_str();
         let rows = match query.kind {
