@@ -45,7 +45,11 @@ steps = [ { name = "First", handler = "builtin:noop", chunk_size = 25 },
 fn serve(dir: &Path, db: impl AsRef<OsStr>, env: &[(&str, &str)]) -> Running {
     let file = dir.join("definitions.toml");
     std::fs::write(&file, DEFINITIONS).unwrap();
-    let mut all = vec![("ASYNC_ENGINE__ENGINE__IDLE_POLL_MS", "50")];
+    // These tests check every outcome through full listings, past the default governor limit.
+    let mut all = vec![
+        ("ASYNC_ENGINE__ENGINE__IDLE_POLL_MS", "50"),
+        ("ASYNC_ENGINE__LIMITS__MAX_ITEMS_PER_RESPONSE", "1000000"),
+    ];
     all.extend_from_slice(env);
     start_with(db, &["serve", "--config", file.to_str().unwrap()], &all)
 }

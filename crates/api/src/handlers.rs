@@ -9,7 +9,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::middleware::{ErrorHandlerResponse, Next};
 use actix_web::{HttpRequest, HttpResponse, web};
-use async_engine_domain::{IdKind, StatusQuery, TenantId};
+use async_engine_domain::{Detail, IdKind, StatusQuery, TenantId};
 use futures_util::StreamExt;
 
 use crate::envelope::{Envelope, Record};
@@ -75,6 +75,9 @@ async fn respond(state: &AppState, request: StatusRequest) -> Result<HttpRespons
         kind: request.kind,
         detail: request.detail(),
     };
+    if query.detail == Detail::Items {
+        check_governor_limit(state, &query).await?;
+    }
     let reader = state.status.clone();
     let records = blocking(move || reader.find_status(&query)).await??;
     if records.is_empty() {
@@ -92,6 +95,23 @@ async fn respond(state: &AppState, request: StatusRequest) -> Result<HttpRespons
         technical_message: None,
         records: records.iter().map(|r| Record::new(r, request.shape)).collect(),
     }))
+}
+
+/// Refuses, before any item is read, an answer that would list more items than
+/// `limits.max_items_per_response`: the step counters (a read of a few rows) tell how many.
+async fn check_governor_limit(state: &AppState, query: &StatusQuery) -> Result<(), ApiError> {
+    let limit = state.config.max_items_per_response;
+    let counting = StatusQuery { detail: Detail::Steps, ..query.clone() };
+    let reader = state.status.clone();
+    let summary = blocking(move || reader.find_status(&counting)).await??;
+    let listed: u64 = summary.iter().flat_map(|r| r.steps.iter().flatten()).map(|s| s.processed).sum();
+    if listed > limit {
+        return Err(ApiError::input(format!(
+            "the answer would list {listed} items, over the limit of {limit} \
+             (limits.max_items_per_response); ask with itemsList=false or verbose=false"
+        )));
+    }
+    Ok(())
 }
 
 /// Reads a request body of at most `limit` bytes, refusing a larger one before reading it
@@ -287,6 +307,14 @@ mod tests {
         ];
         for (query, detail, kind) in cases {
             let mut reader = MockStatusReader::new();
+            if detail == Detail::Items {
+                // The governor limit counts items from the steps first.
+                reader
+                    .expect_find_status()
+                    .withf(|q| q.detail == Detail::Steps)
+                    .times(1)
+                    .returning(|_| Ok(vec![sample()]));
+            }
             reader
                 .expect_find_status()
                 .withf(move |q| {
@@ -363,6 +391,33 @@ mod tests {
         let (status, body) = call(reader, ApiConfig::default(), request).await;
         assert_eq!(status, 202);
         assert_eq!(body["AsyncProcessStatus"][0]["asyncProcessId"], "p1");
+    }
+
+    #[actix_web::test]
+    async fn an_answer_over_the_governor_limit_is_refused_before_items_are_read() {
+        let mut reader = MockStatusReader::new();
+        // Only the counting read happens; the sample lists 2 processed items per record.
+        reader
+            .expect_find_status()
+            .withf(|q| q.detail == Detail::Steps)
+            .times(1)
+            .returning(|_| Ok(vec![sample(), sample()]));
+        let config = ApiConfig { max_items_per_response: 3, ..ApiConfig::default() };
+        let (status, body) = call(reader, config, TestRequest::get().uri("/v1/asyncprocesses/r1")).await;
+        assert_input_error(status, &body, "would list 4 items, over the limit of 3");
+        assert!(body["technicalMessage"].as_str().unwrap().contains("itemsList=false"));
+        // At the limit, or without item lists, the answer is given.
+        let config = ApiConfig { max_items_per_response: 4, ..ApiConfig::default() };
+        let (status, _) = call(
+            returning(vec![sample(), sample()]),
+            config,
+            TestRequest::get().uri("/v1/asyncprocesses/r1"),
+        )
+        .await;
+        assert_eq!(status, 202);
+        let config = ApiConfig { max_items_per_response: 1, ..ApiConfig::default() };
+        let request = TestRequest::get().uri("/v1/asyncprocesses/r1?itemsList=false");
+        assert_eq!(call(returning(vec![sample(), sample()]), config, request).await.0, 202);
     }
 
     #[actix_web::test]

@@ -55,11 +55,18 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Lease of an external worker's claim that names none.
     pub default_lease_secs: u64,
+    /// The governor limit: a status answer may list at most this many items (contract §6).
+    pub max_items_per_response: u64,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { success_code: SuccessCode::Accepted, max_body_bytes: 1024 * 1024, default_lease_secs: 60 }
+        Self {
+            success_code: SuccessCode::Accepted,
+            max_body_bytes: 1024 * 1024,
+            default_lease_secs: 60,
+            max_items_per_response: 10_000,
+        }
     }
 }
 

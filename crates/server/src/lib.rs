@@ -59,6 +59,7 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
             success_code,
             max_body_bytes: settings.limits.max_body_bytes,
             default_lease_secs: settings.engine.lease_secs,
+            max_items_per_response: settings.limits.max_items_per_response,
         },
     };
     let address = (settings.server.host.as_str(), settings.server.port);

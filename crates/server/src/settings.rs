@@ -102,6 +102,7 @@ pub struct ApiSettings {
 #[serde(deny_unknown_fields)]
 pub struct LimitSettings {
     pub max_body_bytes: usize,
+    pub max_items_per_response: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +167,12 @@ impl Settings {
         }
         if !(256..=1 << 30).contains(&self.limits.max_body_bytes) {
             bail!("limits.max_body_bytes: {} is out of range 256..=1073741824", self.limits.max_body_bytes);
+        }
+        if !(1..=10_000_000).contains(&self.limits.max_items_per_response) {
+            bail!(
+                "limits.max_items_per_response: {} is out of range 1..=10000000",
+                self.limits.max_items_per_response
+            );
         }
         if !(1..=256).contains(&self.engine.workers) {
             bail!("engine.workers: {} is out of range 1..=256", self.engine.workers);
