@@ -407,9 +407,10 @@ fn describe(
     token: String,
     expires: i64,
 ) -> Result<ClaimedTask, Error> {
-    let process: ProcessRow =
-        processes::table.find(task.process_id).select(ProcessRow::as_select()).first(conn)?;
-    let tenant: String = processes::table.find(task.process_id).select(processes::tenant).first(conn)?;
+    let (tenant, process): (String, ProcessRow) = processes::table
+        .find(task.process_id)
+        .select((processes::tenant, ProcessRow::as_select()))
+        .first(conn)?;
     let step_name: String = steps::table
         .filter(steps::process_id.eq(task.process_id))
         .filter(steps::step_number.eq(task.step_number))
@@ -993,60 +994,52 @@ impl ProcessStore for Store {
     }
 
     fn cancel(&self, tenant: &TenantId, id: &str, now_micros: i64) -> Result<ProcessStatus, CommandError> {
-        let mut conn = self.conn().map_err(RepositoryError::from)?;
-        cancel(&mut conn, tenant, id, now_micros).map_err(RepositoryError::from)?
+        self.with(|conn| cancel(conn, tenant, id, now_micros))
     }
 
     fn retry(&self, tenant: &TenantId, id: &str, now_micros: i64) -> Result<ProcessStatus, CommandError> {
-        let mut conn = self.conn().map_err(RepositoryError::from)?;
-        retry(&mut conn, tenant, id, now_micros).map_err(RepositoryError::from)?
+        self.with(|conn| retry(conn, tenant, id, now_micros))
     }
 
     fn list(&self, query: &ListQuery) -> Result<Page, ListError> {
-        let mut conn = self.conn().map_err(RepositoryError::from)?;
-        list(&mut conn, query).map_err(RepositoryError::from)?
+        self.with(|conn| list(conn, query))
     }
 }
 
 impl TaskStore for Store {
     fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedTask>, RepositoryError> {
-        let mut conn = self.conn()?;
-        Ok(claim(&mut conn, request)?)
+        self.with(|conn| claim(conn, request).map(Ok))
     }
 
     fn complete(
         &self,
         task_id: i64,
-        lease_token: &str,
+        token: &str,
         report: &TaskReport,
         now_micros: i64,
     ) -> Result<(), TaskError> {
-        let mut conn = self.conn().map_err(RepositoryError::from)?;
-        complete(&mut conn, task_id, lease_token, report, now_micros).map_err(RepositoryError::from)?
+        self.with(|conn| complete(conn, task_id, token, report, now_micros))
     }
 
     fn heartbeat(
         &self,
         task_id: i64,
-        lease_token: &str,
+        token: &str,
         lease_micros: i64,
         now_micros: i64,
     ) -> Result<i64, TaskError> {
-        let mut conn = self.conn().map_err(RepositoryError::from)?;
-        heartbeat(&mut conn, task_id, lease_token, lease_micros, now_micros).map_err(RepositoryError::from)?
+        self.with(|conn| heartbeat(conn, task_id, token, lease_micros, now_micros))
     }
 
     fn fail(
         &self,
         task_id: i64,
-        lease_token: &str,
+        token: &str,
         message: &str,
         retryable: bool,
         now_micros: i64,
     ) -> Result<(), TaskError> {
-        let mut conn = self.conn().map_err(RepositoryError::from)?;
-        fail(&mut conn, task_id, lease_token, message, retryable, now_micros)
-            .map_err(RepositoryError::from)?
+        self.with(|conn| fail(conn, task_id, token, message, retryable, now_micros))
     }
 }
 

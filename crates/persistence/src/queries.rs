@@ -298,15 +298,13 @@ pub fn import(
 
 impl StatusReader for Store {
     fn find_status(&self, query: &StatusQuery) -> Result<Vec<ProcessStatus>, RepositoryError> {
-        let mut conn = self.conn()?;
-        Ok(find_status(&mut conn, query)?)
+        self.with(|conn| find_status(conn, query).map(Ok))
     }
 }
 
 impl SnapshotWriter for Store {
     fn import(&self, tenant: &TenantId, snapshot: &ProcessSnapshot) -> Result<ImportResult, RepositoryError> {
-        let mut conn = self.conn()?;
-        Ok(import(&mut conn, tenant, snapshot)?)
+        self.with(|conn| import(conn, tenant, snapshot).map(Ok))
     }
 }
 

@@ -10,6 +10,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use crate::connection::{DbConnection, with_migration_lock};
 use crate::error::Error;
+use async_engine_domain::RepositoryError;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
@@ -129,6 +130,16 @@ impl Store {
 
     pub(crate) fn conn(&self) -> Result<Conn, Error> {
         Ok(self.pool.get()?)
+    }
+
+    /// Runs one transaction function on a pooled connection; a storage failure becomes the
+    /// trait's own error through `RepositoryError`, a refusal passes through as it is.
+    pub(crate) fn with<T, E: From<RepositoryError>>(
+        &self,
+        work: impl FnOnce(&mut DbConnection) -> Result<Result<T, E>, Error>,
+    ) -> Result<T, E> {
+        let mut conn = self.conn().map_err(RepositoryError::from)?;
+        work(&mut conn).map_err(RepositoryError::from)?
     }
 
     /// Applies every pending migration and returns their names. On SQLite the file is switched
