@@ -106,6 +106,8 @@ pub struct StepDefinition {
 pub struct ProcessDefinition {
     pub name: String,
     pub steps: Vec<StepDefinition>,
+    /// The `callbackUrl` of processes started without one (contract §5).
+    pub callback_url: Option<String>,
 }
 
 pub const MAX_CHUNK_SIZE: u32 = 10_000;
@@ -207,25 +209,32 @@ mod tests {
         let good = ProcessDefinition {
             name: "P".into(),
             steps: vec![step("A", "builtin:noop"), step("B", "queue:x")],
+            callback_url: None,
         };
         assert!(validate_all(std::slice::from_ref(&good), &known).is_ok());
         let cases = [
-            (ProcessDefinition { name: "P".into(), steps: vec![] }, "no steps"),
+            (ProcessDefinition { name: "P".into(), steps: vec![], callback_url: None }, "no steps"),
             (
                 ProcessDefinition {
                     name: "P".into(),
                     steps: vec![step("A", "builtin:noop"), step("A", "builtin:noop")],
+                    callback_url: None,
                 },
                 "used twice",
             ),
             (
-                ProcessDefinition { name: "P".into(), steps: vec![step("A", "builtin:nope")] },
+                ProcessDefinition {
+                    name: "P".into(),
+                    steps: vec![step("A", "builtin:nope")],
+                    callback_url: None,
+                },
                 "no built-in handler 'nope'",
             ),
             (
                 ProcessDefinition {
                     name: "P".into(),
                     steps: vec![StepDefinition { chunk_size: 0, ..step("A", "builtin:noop") }],
+                    callback_url: None,
                 },
                 "chunk_size",
             ),
@@ -233,6 +242,7 @@ mod tests {
                 ProcessDefinition {
                     name: "P".into(),
                     steps: vec![StepDefinition { max_attempts: 0, ..step("A", "builtin:noop") }],
+                    callback_url: None,
                 },
                 "max_attempts",
             ),

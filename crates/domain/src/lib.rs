@@ -5,6 +5,7 @@ pub mod definition;
 pub mod ids;
 pub mod json;
 pub mod lifecycle;
+pub mod notify;
 pub mod process;
 pub mod repository;
 pub mod snapshot;
@@ -14,6 +15,7 @@ pub mod work;
 pub use definition::{FailurePolicy, Handler, ProcessDefinition, StepDefinition};
 pub use ids::{IdError, LookupId, ProcessId, ReferenceId, TenantId};
 pub use json::RawJson;
+pub use notify::{Attempt, DeliveryRecord, DeliveryStore, DueDelivery};
 pub use process::{FailureGroup, ProcessStatus, StepItems, StepReport};
 pub use repository::{
     Detail, IdKind, ImportResult, RepositoryError, SnapshotWriter, StatusQuery, StatusReader,
@@ -21,6 +23,6 @@ pub use repository::{
 pub use snapshot::{FailureSnapshot, ProcessSnapshot, SnapshotError, StepSnapshot};
 pub use status::{ProcessEnd, Status, StepState, UnknownStatus};
 pub use work::{
-    ClaimRequest, ClaimedTask, CommandError, ListError, ListQuery, NewProcess, Page, ProcessStore, Started,
-    TaskError, TaskReport, TaskStore,
+    ClaimRequest, ClaimedTask, CommandError, ItemsError, ItemsPage, ItemsQuery, ListError, ListQuery,
+    ListedItem, NewProcess, OutcomeFilter, Page, ProcessStore, Started, TaskError, TaskReport, TaskStore,
 };

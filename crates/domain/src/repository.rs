@@ -5,7 +5,7 @@ use crate::process::ProcessStatus;
 use crate::snapshot::ProcessSnapshot;
 
 /// Which reading of a looked-up ID to use (contract §3, `idType`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum IdKind {
     /// asyncProcessId first, then referenceId.
     #[default]
@@ -52,6 +52,10 @@ pub trait StatusReader: Send + Sync {
     /// process with that referenceId, oldest first; empty when nothing matches. Everything
     /// returned comes from one consistent read.
     fn find_status(&self, query: &StatusQuery) -> Result<Vec<ProcessStatus>, RepositoryError>;
+    /// A cheap mark of what `find_status` would answer for the same lookup: it differs
+    /// whenever any answer could (a process changed, or one more matches). Waiting readers
+    /// compare marks instead of whole answers.
+    fn change_marks(&self, query: &StatusQuery) -> Result<Vec<(i64, i64)>, RepositoryError>;
 }
 
 /// What [`SnapshotWriter::import`] did.

@@ -25,6 +25,8 @@ pub struct NewProcess {
     pub additional_data: RawJson,
     /// A repeated key of the same tenant returns the first process instead of a new one.
     pub idempotency_key: Option<String>,
+    /// Where to announce the finish (contract §5), already checked against the allowed hosts.
+    pub callback_url: Option<String>,
     pub now_micros: i64,
 }
 
@@ -125,6 +127,54 @@ pub enum ListError {
     Storage(#[from] RepositoryError),
 }
 
+/// Which recorded outcomes the items call lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeFilter {
+    Any,
+    Successful,
+    Failed,
+}
+
+/// A page of one step's items, in recording order (contract §6, the items call).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemsQuery {
+    pub tenant: TenantId,
+    pub async_process_id: String,
+    pub step_number: u32,
+    pub outcome: OutcomeFilter,
+    pub limit: u32,
+    /// Opaque position from a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+/// One item with its outcome at the step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedItem {
+    /// The item's position in the process's `items` array.
+    pub index: u64,
+    pub item: RawJson,
+    /// `(code, statusMessage)` of a failure; `None` for a success.
+    pub failure: Option<(i64, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemsPage {
+    pub items: Vec<ListedItem>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ItemsError {
+    #[error("no process has the asyncProcessId '{0}'")]
+    NotFound(String),
+    #[error("the process has no step {step}; its steps are numbered 0 to {last}")]
+    NoSuchStep { step: u32, last: u32 },
+    #[error("cursor is not one this server gave out")]
+    BadCursor,
+    #[error(transparent)]
+    Storage(#[from] RepositoryError),
+}
+
 /// Starting and steering processes.
 #[cfg_attr(feature = "mocks", mockall::automock)]
 pub trait ProcessStore: Send + Sync {
@@ -132,6 +182,9 @@ pub trait ProcessStore: Send + Sync {
     fn cancel(&self, tenant: &TenantId, id: &str, now_micros: i64) -> Result<ProcessStatus, CommandError>;
     fn retry(&self, tenant: &TenantId, id: &str, now_micros: i64) -> Result<ProcessStatus, CommandError>;
     fn list(&self, query: &ListQuery) -> Result<Page, ListError>;
+    /// Pages through one step's recorded outcomes, oldest first; memory stays flat whatever
+    /// the size of the step.
+    fn items(&self, query: &ItemsQuery) -> Result<ItemsPage, ItemsError>;
 }
 
 /// Leasing tasks and recording their outcomes, exactly once.

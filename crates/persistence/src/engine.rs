@@ -11,9 +11,9 @@ use async_engine_domain::lifecycle::{self, AfterStep, Command};
 use async_engine_domain::status::{process_message, process_status};
 use async_engine_domain::work::GAVE_UP_CODE;
 use async_engine_domain::{
-    ClaimRequest, ClaimedTask, CommandError, Detail, FailurePolicy, ListError, ListQuery, NewProcess, Page,
-    ProcessEnd, ProcessStatus, ProcessStore, RawJson, RepositoryError, Started, Status, StepDefinition,
-    StepState, TaskError, TaskReport, TaskStore, TenantId,
+    ClaimRequest, ClaimedTask, CommandError, Detail, FailurePolicy, ItemsError, ItemsPage, ItemsQuery,
+    ListError, ListQuery, NewProcess, Page, ProcessEnd, ProcessStatus, ProcessStore, RawJson,
+    RepositoryError, Started, Status, StepDefinition, StepState, TaskError, TaskReport, TaskStore, TenantId,
 };
 use diesel::prelude::*;
 
@@ -49,6 +49,7 @@ struct NewRunnable<'a> {
     updated_at: i64,
     runnable: bool,
     idempotency_key: Option<&'a str>,
+    callback_url: Option<&'a str>,
 }
 
 #[derive(Insertable)]
@@ -92,6 +93,7 @@ struct RunRow {
     current_step: i32,
     runnable: bool,
     end_reason: Option<String>,
+    callback_url: Option<String>,
 }
 
 #[derive(Debug, Queryable, Selectable)]
@@ -168,7 +170,7 @@ fn find_run(conn: &mut DbConnection, tenant: &TenantId, id: &str) -> Result<Opti
 }
 
 /// The record a command answers with: the process and its steps' counters.
-fn report(conn: &mut DbConnection, tenant: &str, id: &str) -> Result<ProcessStatus, Error> {
+pub(crate) fn report(conn: &mut DbConnection, tenant: &str, id: &str) -> Result<ProcessStatus, Error> {
     let row: ProcessRow = by_process_id(conn, tenant, id)?
         .into_iter()
         .next()
@@ -241,6 +243,7 @@ pub fn start(conn: &mut DbConnection, new: &NewProcess) -> Result<Started, Error
                 updated_at: new.now_micros,
                 runnable: true,
                 idempotency_key: new.idempotency_key.as_deref(),
+                callback_url: new.callback_url.as_deref(),
             })
             .returning(processes::id)
             .get_result(conn)?;
@@ -799,13 +802,23 @@ fn refresh(conn: &mut DbConnection, process_id: i64, now: i64) -> Result<(), Err
         }
     }
     let names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
+    let status = process_status(&states, end);
     diesel::update(processes::table.find(process_id))
         .set((
-            processes::status.eq(process_status(&states, end).as_str()),
+            processes::status.eq(status.as_str()),
             processes::message.eq(process_message(&states, &names, end)),
             processes::updated_at.eq(now),
+            processes::version.eq(processes::version + 1),
         ))
         .execute(conn)?;
+    // Only the move into a final status is announced; a retry that finishes again is a new
+    // finish with a delivery of its own.
+    if let Some(url) = &process.callback_url
+        && status.is_final()
+        && !status_of(&process)?.is_final()
+    {
+        crate::outbox::enqueue(conn, process_id, url, status, now)?;
+    }
     Ok(())
 }
 
@@ -1004,6 +1017,10 @@ impl ProcessStore for Store {
     fn list(&self, query: &ListQuery) -> Result<Page, ListError> {
         self.with(|conn| list(conn, query))
     }
+
+    fn items(&self, query: &ItemsQuery) -> Result<ItemsPage, ItemsError> {
+        self.with(|conn| crate::queries::items_page(conn, query))
+    }
 }
 
 impl TaskStore for Store {
@@ -1044,7 +1061,7 @@ impl TaskStore for Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use async_engine_domain::{
         Handler, LookupId, ProcessDefinition, ProcessId, ReferenceId, StatusQuery, StatusReader,
     };
@@ -1070,10 +1087,22 @@ mod tests {
                     on_item_failure: policy,
                 })
                 .collect(),
+            callback_url: None,
         }
     }
 
     fn begin(store: &Store, id: &str, policies: &[FailurePolicy], items: usize, chunk: u32) -> ProcessStatus {
+        begin_with(store, id, policies, items, chunk, None)
+    }
+
+    pub(crate) fn begin_with(
+        store: &Store,
+        id: &str,
+        policies: &[FailurePolicy],
+        items: usize,
+        chunk: u32,
+        callback_url: Option<&str>,
+    ) -> ProcessStatus {
         let new = NewProcess {
             tenant: TenantId::default_tenant(),
             async_process_id: ProcessId::new(id).unwrap(),
@@ -1082,6 +1111,7 @@ mod tests {
             items: (0..items).map(|i| RawJson::from_value(&json!({ "n": i }))).collect(),
             additional_data: RawJson::empty_object(),
             idempotency_key: None,
+            callback_url: callback_url.map(str::to_owned),
             now_micros: 0,
         };
         match store.start(&new).unwrap() {
@@ -1090,7 +1120,7 @@ mod tests {
         }
     }
 
-    fn claim(store: &Store, queue: &str, worker: &str, max: u32, now: i64) -> Vec<ClaimedTask> {
+    pub(crate) fn claim(store: &Store, queue: &str, worker: &str, max: u32, now: i64) -> Vec<ClaimedTask> {
         store
             .claim(&ClaimRequest {
                 queues: vec![queue.into()],
@@ -1103,7 +1133,12 @@ mod tests {
     }
 
     /// Completes a task: items whose index is in `failing` fail with code 7.
-    fn finish(store: &Store, task: &ClaimedTask, failing: &[u64], now: i64) -> Result<(), TaskError> {
+    pub(crate) fn finish(
+        store: &Store,
+        task: &ClaimedTask,
+        failing: &[u64],
+        now: i64,
+    ) -> Result<(), TaskError> {
         let (bad, good): (Vec<u64>, Vec<u64>) =
             task.items.iter().map(|(i, _)| *i).partition(|i| failing.contains(i));
         let failures = if bad.is_empty() {
@@ -1115,7 +1150,7 @@ mod tests {
     }
 
     /// Runs every due task of `queue` to completion.
-    fn drain(store: &Store, queue: &str, failing: &[u64], now: i64) -> usize {
+    pub(crate) fn drain(store: &Store, queue: &str, failing: &[u64], now: i64) -> usize {
         let mut done = 0;
         loop {
             let tasks = claim(store, queue, "w", 10, now);
@@ -1129,7 +1164,7 @@ mod tests {
         }
     }
 
-    fn status(store: &Store, id: &str) -> ProcessStatus {
+    pub(crate) fn status(store: &Store, id: &str) -> ProcessStatus {
         let query = StatusQuery {
             tenant: TenantId::default_tenant(),
             id: LookupId::new(id).unwrap(),
@@ -1406,6 +1441,7 @@ mod tests {
                 items: vec![RawJson::from_value(&json!(1))],
                 additional_data: RawJson::empty_object(),
                 idempotency_key: Some("key-1".into()),
+                callback_url: None,
                 now_micros: 0,
             };
             assert!(matches!(store.start(&new).unwrap(), Started::Created(_)));

@@ -16,6 +16,7 @@ pub struct ProcessRow {
     pub current_step: i32,
     pub total_steps: i32,
     pub additional_data: String,
+    pub version: i64,
 }
 
 #[derive(Insertable)]

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 
 use crate::connection::{DbConnection, per_backend, read_transaction, write_transaction};
 use async_engine_domain::{
-    Detail, FailureGroup, IdKind, ImportResult, ProcessSnapshot, ProcessStatus, RawJson, RepositoryError,
-    SnapshotWriter, Status, StatusQuery, StatusReader, StepItems, StepReport, TenantId,
+    Detail, FailureGroup, IdKind, ImportResult, ItemsError, ItemsPage, ItemsQuery, ListedItem, OutcomeFilter,
+    ProcessSnapshot, ProcessStatus, RawJson, RepositoryError, SnapshotWriter, Status, StatusQuery,
+    StatusReader, StepItems, StepReport, TenantId,
 };
 use diesel::prelude::*;
 
@@ -24,17 +25,110 @@ pub(crate) const INSERT_BATCH: usize = 5_000;
 /// consistent picture even while the engine writes.
 pub fn find_status(conn: &mut DbConnection, query: &StatusQuery) -> Result<Vec<ProcessStatus>, Error> {
     read_transaction(conn, |conn| {
-        let tenant = query.tenant.as_str();
-        let id = query.id.as_str();
-        let rows = match query.kind {
-            IdKind::AsyncProcessId => by_process_id(conn, tenant, id)?,
-            IdKind::ReferenceId => by_reference_id(conn, tenant, id)?,
-            IdKind::Either => {
-                let rows = by_process_id(conn, tenant, id)?;
-                if rows.is_empty() { by_reference_id(conn, tenant, id)? } else { rows }
-            }
+        resolve(conn, query)?.into_iter().map(|row| assemble(conn, row, query.detail)).collect()
+    })
+}
+
+/// The processes a lookup names (contract §3): the asyncProcessId first, then the referenceId.
+fn resolve(conn: &mut DbConnection, query: &StatusQuery) -> QueryResult<Vec<ProcessRow>> {
+    let tenant = query.tenant.as_str();
+    let id = query.id.as_str();
+    match query.kind {
+        IdKind::AsyncProcessId => by_process_id(conn, tenant, id),
+        IdKind::ReferenceId => by_reference_id(conn, tenant, id),
+        IdKind::Either => {
+            let rows = by_process_id(conn, tenant, id)?;
+            if rows.is_empty() { by_reference_id(conn, tenant, id) } else { Ok(rows) }
+        }
+    }
+}
+
+/// `(row id, version)` of each process a lookup names: one read of `processes`, however
+/// large the processes are.
+pub fn change_marks(conn: &mut DbConnection, query: &StatusQuery) -> Result<Vec<(i64, i64)>, Error> {
+    Ok(resolve(conn, query)?.into_iter().map(|row| (row.id, row.version)).collect())
+}
+
+#[derive(Queryable)]
+struct ListedRow {
+    seq: i64,
+    index: i64,
+    value: String,
+    code: Option<i64>,
+    message: Option<String>,
+}
+
+/// One page of a step's recorded outcomes in recording order. The cursor is the last `seq`
+/// given out: outcomes recorded later get higher ones, so paging while the step runs lists
+/// each outcome once, and a page costs the same at the millionth item as at the first.
+pub fn items_page(
+    conn: &mut DbConnection,
+    query: &ItemsQuery,
+) -> Result<Result<ItemsPage, ItemsError>, Error> {
+    let after = match query.cursor.as_deref().map(str::parse::<i64>) {
+        None => -1,
+        Some(Ok(seq)) if seq >= 0 => seq,
+        Some(_) => return Ok(Err(ItemsError::BadCursor)),
+    };
+    read_transaction(conn, |conn| {
+        let process: Option<(i64, i32)> = processes::table
+            .filter(processes::tenant.eq(query.tenant.as_str()))
+            .filter(processes::async_process_id.eq(&query.async_process_id))
+            .select((processes::id, processes::total_steps))
+            .first(conn)
+            .optional()?;
+        let Some((process_id, total_steps)) = process else {
+            return Ok(Err(ItemsError::NotFound(query.async_process_id.clone())));
         };
-        rows.into_iter().map(|row| assemble(conn, row, query.detail)).collect()
+        let step = to_i32(query.step_number)?;
+        if step >= total_steps {
+            let last = u32::try_from(total_steps - 1).unwrap_or(0);
+            return Ok(Err(ItemsError::NoSuchStep { step: query.step_number, last }));
+        }
+        let mut select = outcomes::table
+            .inner_join(items::table.on(
+                items::process_id.eq(outcomes::process_id).and(items::item_index.eq(outcomes::item_index)),
+            ))
+            .left_join(failure_groups::table.on(outcomes::failure_group.eq(failure_groups::id.nullable())))
+            .filter(outcomes::process_id.eq(process_id))
+            .filter(outcomes::step_number.eq(step))
+            .filter(outcomes::seq.gt(after))
+            .into_boxed();
+        match query.outcome {
+            OutcomeFilter::Any => {}
+            OutcomeFilter::Successful => select = select.filter(outcomes::failure_group.is_null()),
+            OutcomeFilter::Failed => select = select.filter(outcomes::failure_group.is_not_null()),
+        }
+        let limit = i64::from(query.limit.max(1));
+        let rows: Vec<ListedRow> = select
+            .order(outcomes::seq.asc())
+            .limit(limit + 1)
+            .select((
+                outcomes::seq,
+                outcomes::item_index,
+                items::value,
+                failure_groups::code.nullable(),
+                failure_groups::status_message.nullable(),
+            ))
+            .load(conn)?;
+        let more = to_i64(rows.len())? > limit;
+        let mut listed = Vec::with_capacity(rows.len());
+        let mut last = None;
+        for ListedRow { seq, index, value, code, message } in
+            rows.into_iter().take(usize::try_from(limit).unwrap_or(0))
+        {
+            let item = RawJson::from_text(value).map_err(|e| {
+                Error::Corrupt(format!("process {}: item {index}: {e}", query.async_process_id))
+            })?;
+            listed.push(ListedItem {
+                index: u64::try_from(index).map_err(|_| Error::Corrupt(format!("item index {index}")))?,
+                item,
+                failure: code.map(|code| (code, message.unwrap_or_default())),
+            });
+            last = Some(seq);
+        }
+        let next_cursor = if more { last.map(|seq| seq.to_string()) } else { None };
+        Ok(Ok(ItemsPage { items: listed, next_cursor }))
     })
 }
 
@@ -300,6 +394,10 @@ impl StatusReader for Store {
     fn find_status(&self, query: &StatusQuery) -> Result<Vec<ProcessStatus>, RepositoryError> {
         self.with(|conn| find_status(conn, query).map(Ok))
     }
+
+    fn change_marks(&self, query: &StatusQuery) -> Result<Vec<(i64, i64)>, RepositoryError> {
+        self.with(|conn| change_marks(conn, query).map(Ok))
+    }
 }
 
 impl SnapshotWriter for Store {
@@ -491,6 +589,87 @@ mod tests {
             assert!(matches!(error, RepositoryError::Failed(ref text) if text.contains("Bogus")), "{error}");
             store.conn().unwrap().batch_execute("UPDATE processes SET current_step = 7").unwrap();
             assert!(store.find_status(&query("p1", Detail::Process)).is_err());
+        }
+    }
+
+    fn page(
+        store: &Store,
+        id: &str,
+        outcome: OutcomeFilter,
+        limit: u32,
+        cursor: Option<String>,
+    ) -> ItemsPage {
+        use async_engine_domain::ProcessStore;
+        let query = ItemsQuery {
+            tenant: TenantId::default_tenant(),
+            async_process_id: id.into(),
+            step_number: 0,
+            outcome,
+            limit,
+            cursor,
+        };
+        store.items(&query).unwrap()
+    }
+
+    on_both_backends! {
+        fn the_items_call_pages_each_outcome_once_in_recording_order(store: &Store) {
+            use crate::engine::tests::{begin_with, drain};
+            begin_with(store, "p", &[async_engine_domain::FailurePolicy::Skip], 25, 4, None);
+            drain(store, "queue:q0", &[3, 11, 12], 0);
+            let mut seen = Vec::new();
+            let mut cursor = None;
+            loop {
+                let got = page(store, "p", OutcomeFilter::Any, 7, cursor);
+                assert!(got.items.len() <= 7);
+                seen.extend(got.items);
+                cursor = got.next_cursor;
+                if cursor.is_none() {
+                    break;
+                }
+            }
+            let mut indices: Vec<u64> = seen.iter().map(|i| i.index).collect();
+            indices.sort_unstable();
+            assert_eq!(indices, (0..25).collect::<Vec<u64>>(), "every item exactly once");
+            let failed = page(store, "p", OutcomeFilter::Failed, 100, None);
+            let failed: Vec<(u64, Option<(i64, String)>)> =
+                failed.items.into_iter().map(|i| (i.index, i.failure)).collect();
+            let seven = Some((7, "Seven".to_owned()));
+            assert_eq!(failed, [(3, seven.clone()), (11, seven.clone()), (12, seven)]);
+            let successes = page(store, "p", OutcomeFilter::Successful, 100, None);
+            assert_eq!(successes.items.len(), 22);
+            assert_eq!(successes.items[0].item.to_value(), json!({ "n": 0 }));
+            assert!(successes.next_cursor.is_none());
+            let query = |cursor: &str, step: u32, id: &str| ItemsQuery {
+                tenant: TenantId::default_tenant(),
+                async_process_id: id.into(),
+                step_number: step,
+                outcome: OutcomeFilter::Any,
+                limit: 5,
+                cursor: Some(cursor.into()),
+            };
+            use async_engine_domain::ProcessStore;
+            assert_eq!(store.items(&query("x", 0, "p")), Err(ItemsError::BadCursor));
+            assert_eq!(store.items(&query("-4", 0, "p")), Err(ItemsError::BadCursor));
+            assert_eq!(store.items(&query("0", 1, "p")), Err(ItemsError::NoSuchStep { step: 1, last: 0 }));
+            assert_eq!(store.items(&query("0", 0, "q")), Err(ItemsError::NotFound("q".into())));
+        }
+
+        fn change_marks_move_with_every_visible_change_and_with_new_matches(store: &Store) {
+            use crate::engine::tests::{begin_with, claim, finish};
+            let marks = |id: &str| store.change_marks(&query(id, Detail::Steps)).unwrap();
+            begin_with(store, "p", &[async_engine_domain::FailurePolicy::Skip], 4, 2, None);
+            let started = marks("p");
+            assert_eq!(started.len(), 1);
+            let tasks = claim(store, "queue:q0", "w", 1, 0);
+            let claimed = marks("p");
+            assert_ne!(claimed, started, "InProgress is a change");
+            finish(store, &tasks[0], &[], 0).unwrap();
+            assert_ne!(marks("p"), claimed, "counters moved");
+            let settled = marks("ref");
+            assert_eq!(settled, marks("ref"), "a read changes nothing");
+            begin_with(store, "p2", &[async_engine_domain::FailurePolicy::Skip], 1, 2, None);
+            assert_eq!(marks("ref").len(), 2, "one more process has the reference ID");
+            assert!(marks("nothing").is_empty());
         }
     }
 }

@@ -19,6 +19,8 @@ diesel::table! {
         runnable -> Bool,
         end_reason -> Nullable<Text>,
         idempotency_key -> Nullable<Text>,
+        version -> BigInt,
+        callback_url -> Nullable<Text>,
     }
 }
 
@@ -89,4 +91,32 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(processes, steps, items, failure_groups, outcomes, tasks);
+diesel::table! {
+    deliveries (id) {
+        id -> BigInt,
+        process_id -> BigInt,
+        delivery_id -> Text,
+        url -> Text,
+        finished_status -> Text,
+        state -> Text,
+        attempts -> Integer,
+        next_attempt_at -> BigInt,
+        body -> Nullable<Text>,
+        last_status_code -> Nullable<Integer>,
+        last_error -> Nullable<Text>,
+        created_at -> BigInt,
+        delivered_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::joinable!(deliveries -> processes (process_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    processes,
+    steps,
+    items,
+    failure_groups,
+    outcomes,
+    tasks,
+    deliveries
+);
