@@ -17,7 +17,7 @@ pub struct Envelope<'a> {
 }
 
 /// What the three documented parameters leave in each record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Shape {
     pub verbose: bool,
     pub items_list: bool,

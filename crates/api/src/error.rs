@@ -2,6 +2,7 @@
 //! envelope's `statusMessage`. Internal details are logged here and never sent.
 
 use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderValue, RETRY_AFTER};
 use actix_web::{HttpResponse, ResponseError};
 use async_engine_domain::RepositoryError;
 
@@ -21,6 +22,13 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The same status asked for again sooner than `limits.min_status_interval_secs`.
+    #[error(
+        "this process's status was asked for less than {interval_secs} s ago \
+         (limits.min_status_interval_secs); ask again in {retry_after_secs} s, or wait for a \
+         change with waitSeconds or the events stream"
+    )]
+    TooManyRequests { interval_secs: u64, retry_after_secs: u64 },
     /// Anything that is not the caller's fault; the text goes to the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -38,6 +46,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
             ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),
+            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal Error"),
         }
     }
@@ -67,7 +76,11 @@ impl ResponseError for ApiError {
             }
             other => other.to_string(),
         };
-        envelope_response(status, status_message, &shown)
+        let mut response = envelope_response(status, status_message, &shown);
+        if let ApiError::TooManyRequests { retry_after_secs, .. } = self {
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+        response
     }
 }
 
@@ -115,6 +128,7 @@ mod tests {
             ),
             (ApiError::Conflict("stale".into()), 409, "Conflict"),
             (ApiError::PayloadTooLarge { limit: 10 }, 413, "Payload Too Large"),
+            (ApiError::TooManyRequests { interval_secs: 60, retry_after_secs: 5 }, 429, "Too Many Requests"),
         ];
         for (error, code, text) in kinds {
             let (status, body) = body(error).await;

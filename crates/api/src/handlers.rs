@@ -6,15 +6,18 @@ use std::time::Instant;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
-use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use actix_web::middleware::{ErrorHandlerResponse, Next};
+use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use async_engine_domain::{Detail, IdKind, StatusQuery, TenantId};
 use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
 
 use crate::envelope::{Envelope, Record};
 use crate::error::{ApiError, envelope_response};
 use crate::params::{self, StatusRequest};
+use crate::watch::{self, WatchKey};
 use crate::{AppState, processes, tasks};
 
 const STATUS_PREFIX: &str = "/v1/asyncprocesses/";
@@ -27,6 +30,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(processes::start)),
     )
     .service(resource(&format!("{STATUS_PREFIX}{{id}}")).route(web::get().to(get_status)))
+    .service(resource("/v1/asyncprocesses/{id}/events").route(web::get().to(events)))
+    .service(
+        resource("/v1/asyncprocesses/{id}/steps/{stepNumber}/items").route(web::get().to(processes::items)),
+    )
+    .service(resource("/v1/asyncprocesses/{id}/deliveries").route(web::get().to(processes::deliveries)))
     .service(resource("/v1/asyncprocesses/{id}/cancel").route(web::post().to(processes::cancel)))
     .service(resource("/v1/asyncprocesses/{id}/retry").route(web::post().to(processes::retry)))
     .service(resource("/v1/actions/getAsyncJobStatus").route(web::post().to(action_status)))
@@ -47,14 +55,32 @@ pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stat
     web::block(work).await.map_err(|e| ApiError::Internal(format!("storage work did not finish: {e}")))
 }
 
-/// `GET /v1/asyncprocesses/{id}`
+/// `GET /v1/asyncprocesses/{id}`, plain, conditional (`If-None-Match`) or waiting
+/// (`waitSeconds`, contract §6).
 async fn get_status(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     // The raw segment, not actix's match: actix has already decoded it, lossily for bytes
     // that are not UTF-8, and we decode exactly once ourselves.
     let raw = req.uri().path().strip_prefix(STATUS_PREFIX).unwrap_or_default();
     let id = params::parse_path_id(raw)?;
     let request = params::parse_status_query(id, req.query_string())?;
-    respond(&state, request).await
+    let wait = params::parse_wait(req.query_string())?;
+    let held = if_none_match(&req);
+    match wait {
+        Some(wait) if !held.is_empty() => {
+            watch::long_poll(&state, WatchKey { tenant: tenant(), request }, &held, wait).await
+        }
+        _ => respond(&req, &state, request).await,
+    }
+}
+
+/// `GET /v1/asyncprocesses/{id}/events`
+async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let raw = req.match_info().get("id").unwrap_or_default();
+    let id = params::parse_path_id(raw)?;
+    let mut request = params::parse_status_query(id, req.query_string())?;
+    // Events carry the steps' counters, never item lists: a stream of a large process stays small.
+    request.shape.items_list = false;
+    watch::event_stream(&state, WatchKey { tenant: tenant(), request }).await
 }
 
 /// `POST /v1/actions/getAsyncJobStatus`: the page's `getAsyncJobStatus` action.
@@ -65,21 +91,98 @@ async fn action_status(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload, state.config.max_body_bytes).await?;
     let request = params::parse_action_body(&body)?;
-    respond(&state, request).await
+    respond(&req, &state, request).await
 }
 
-async fn respond(state: &AppState, request: StatusRequest) -> Result<HttpResponse, ApiError> {
+async fn respond(
+    req: &HttpRequest,
+    state: &AppState,
+    request: StatusRequest,
+) -> Result<HttpResponse, ApiError> {
+    state.limiter.check(&client(req), request.id.as_str())?;
+    let reading = state.clone();
+    let answer = blocking(move || read_answer(&reading, &tenant(), &request)).await??;
+    if answer.matches(&if_none_match(req)) {
+        return Ok(answer.not_modified());
+    }
+    Ok(answer.response())
+}
+
+/// Who a caller is for the per-client limits: its address until API keys name callers.
+fn client(req: &HttpRequest) -> String {
+    req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default()
+}
+
+/// The entity tags of `If-None-Match`, weak or strong alike (a weak comparison, RFC 9110).
+fn if_none_match(req: &HttpRequest) -> Vec<String> {
+    req.headers()
+        .get_all(IF_NONE_MATCH)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|tag| tag.trim().trim_start_matches("W/").to_owned())
+        .filter(|tag| !tag.is_empty())
+        .collect()
+}
+
+/// A status answer ready to send: the same lookup at the same state gives the same bytes, so
+/// the same ETag, on every node.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Bytes,
+    /// `None` on an error answer.
+    pub etag: Option<String>,
+    /// Every process in the answer is in a final status: nothing will change any more.
+    pub finished: bool,
+}
+
+impl Answer {
+    pub fn input_error(text: &str) -> Self {
+        let body = serde_json::to_vec(&Envelope {
+            code: 400,
+            status_message: "Input Error",
+            technical_message: Some(text),
+            records: Vec::new(),
+        })
+        .unwrap_or_default();
+        Answer { status: StatusCode::BAD_REQUEST, body: body.into(), etag: None, finished: false }
+    }
+
+    /// The client holds this representation already (`*` holds any).
+    pub fn matches(&self, held: &[String]) -> bool {
+        self.etag.as_ref().is_some_and(|etag| held.iter().any(|tag| tag == etag || tag == "*"))
+    }
+
+    pub fn response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        response.content_type("application/json");
+        if let Some(etag) = &self.etag {
+            response.insert_header((ETAG, etag.as_str()));
+        }
+        response.body(self.body.clone())
+    }
+
+    pub fn not_modified(&self) -> HttpResponse {
+        let mut response = HttpResponse::NotModified();
+        if let Some(etag) = &self.etag {
+            response.insert_header((ETAG, etag.as_str()));
+        }
+        response.finish()
+    }
+}
+
+/// Reads and renders one status answer; storage work, so it runs on the blocking pool.
+pub fn read_answer(state: &AppState, tenant: &TenantId, request: &StatusRequest) -> Result<Answer, ApiError> {
     let query = StatusQuery {
-        tenant: tenant(),
+        tenant: tenant.clone(),
         id: request.id.clone(),
         kind: request.kind,
         detail: request.detail(),
     };
     if query.detail == Detail::Items {
-        check_governor_limit(state, &query).await?;
+        check_governor_limit(state, &query)?;
     }
-    let reader = state.status.clone();
-    let records = blocking(move || reader.find_status(&query)).await??;
+    let records = state.status.find_status(&query)?;
     if records.is_empty() {
         let what = match request.kind {
             IdKind::Either => "asyncProcessId or referenceId",
@@ -89,26 +192,31 @@ async fn respond(state: &AppState, request: StatusRequest) -> Result<HttpRespons
         return Err(ApiError::input(format!("no process has the {what} '{}'", request.id)));
     }
     let code = state.config.success_code.status();
-    Ok(HttpResponse::build(code).json(Envelope {
+    let body = serde_json::to_vec(&Envelope {
         code: code.as_u16(),
         status_message: "Success",
         technical_message: None,
         records: records.iter().map(|r| Record::new(r, request.shape)).collect(),
-    }))
+    })
+    .map_err(|e| ApiError::Internal(format!("the answer could not be written: {e}")))?;
+    let digest = Sha256::digest(&body);
+    let etag = format!("\"{}\"", hex::encode(&digest[..16]));
+    let finished = records.iter().all(|r| r.status.is_final());
+    Ok(Answer { status: code, body: body.into(), etag: Some(etag), finished })
 }
 
 /// Refuses, before any item is read, an answer that would list more items than
 /// `limits.max_items_per_response`: the step counters (a read of a few rows) tell how many.
-async fn check_governor_limit(state: &AppState, query: &StatusQuery) -> Result<(), ApiError> {
+fn check_governor_limit(state: &AppState, query: &StatusQuery) -> Result<(), ApiError> {
     let limit = state.config.max_items_per_response;
     let counting = StatusQuery { detail: Detail::Steps, ..query.clone() };
-    let reader = state.status.clone();
-    let summary = blocking(move || reader.find_status(&counting)).await??;
+    let summary = state.status.find_status(&counting)?;
     let listed: u64 = summary.iter().flat_map(|r| r.steps.iter().flatten()).map(|s| s.processed).sum();
     if listed > limit {
         return Err(ApiError::input(format!(
             "the answer would list {listed} items, over the limit of {limit} \
-             (limits.max_items_per_response); ask with itemsList=false or verbose=false"
+             (limits.max_items_per_response); ask with itemsList=false or verbose=false, or page \
+             through a step's items with GET /v1/asyncprocesses/{{asyncProcessId}}/steps/{{stepNumber}}/items"
         )));
     }
     Ok(())

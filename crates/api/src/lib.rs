@@ -1,15 +1,18 @@
 //! The HTTP face of Async Engine: routes, the documented envelope on every answer, and the
 //! mapping of errors to codes. The only crate that knows HTTP.
 
+pub mod callback;
 mod clock;
 pub mod envelope;
 pub mod error;
 mod handlers;
+mod limits;
 pub mod params;
 mod processes;
 mod tasks;
 #[cfg(test)]
 mod test_support;
+mod watch;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -20,7 +23,14 @@ use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
-use async_engine_domain::{ProcessDefinition, ProcessStore, StatusReader, TaskStore};
+use async_engine_domain::{
+    DeliveryStore, ProcessDefinition, ProcessStatus, ProcessStore, StatusReader, TaskStore,
+};
+
+pub use crate::callback::CallbackPolicy;
+use crate::envelope::{Envelope, Record, Shape};
+pub use crate::limits::StatusLimiter;
+pub use crate::watch::Watcher;
 
 /// The answer code of a successful status call: 202 as documented, or 200 by configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +67,10 @@ pub struct ApiConfig {
     pub default_lease_secs: u64,
     /// The governor limit: a status answer may list at most this many items (contract §6).
     pub max_items_per_response: u64,
+    /// How often waiting readers' lookups are checked for changes (one small read each).
+    pub watch_interval: Duration,
+    /// `limits.min_status_interval_secs`: 0 is off.
+    pub min_status_interval_secs: u64,
 }
 
 impl Default for ApiConfig {
@@ -66,6 +80,8 @@ impl Default for ApiConfig {
             max_body_bytes: 1024 * 1024,
             default_lease_secs: 60,
             max_items_per_response: 10_000,
+            watch_interval: Duration::from_millis(250),
+            min_status_interval_secs: 0,
         }
     }
 }
@@ -76,10 +92,58 @@ pub struct AppState {
     pub status: Arc<dyn StatusReader>,
     pub processes: Arc<dyn ProcessStore>,
     pub tasks: Arc<dyn TaskStore>,
+    pub deliveries: Arc<dyn DeliveryStore>,
     pub definitions: Arc<Vec<ProcessDefinition>>,
+    /// Which callback URLs processes may name.
+    pub callbacks: Arc<CallbackPolicy>,
+    /// Long-polls and event streams, shared per lookup.
+    pub watcher: Watcher,
+    /// `limits.min_status_interval_secs`.
+    pub limiter: Arc<StatusLimiter>,
     /// Called when new tasks may be due, to wake this node's idle engine workers.
     pub on_new_work: Arc<dyn Fn() + Send + Sync>,
     pub config: ApiConfig,
+}
+
+impl AppState {
+    /// Every store from one repository, with the watcher and limiter the configuration asks for.
+    pub fn new<S>(
+        store: S,
+        definitions: Vec<ProcessDefinition>,
+        callbacks: CallbackPolicy,
+        on_new_work: Arc<dyn Fn() + Send + Sync>,
+        config: ApiConfig,
+    ) -> Self
+    where
+        S: StatusReader + ProcessStore + TaskStore + DeliveryStore + Clone + 'static,
+    {
+        Self {
+            status: Arc::new(store.clone()),
+            processes: Arc::new(store.clone()),
+            tasks: Arc::new(store.clone()),
+            deliveries: Arc::new(store),
+            definitions: Arc::new(definitions),
+            callbacks: Arc::new(callbacks),
+            watcher: Watcher::new(config.watch_interval),
+            limiter: Arc::new(StatusLimiter::new(config.min_status_interval_secs)),
+            on_new_work,
+            config,
+        }
+    }
+}
+
+/// The body of a FinishProcess notification (contract §5): the envelope of the one process,
+/// as a status call with `itemsList=false` would answer it.
+pub fn notification_body(process: &ProcessStatus, success_code: SuccessCode) -> String {
+    let code = success_code.status();
+    let shape = Shape { verbose: true, items_list: false, fail_message: true };
+    serde_json::to_string(&Envelope {
+        code: code.as_u16(),
+        status_message: "Success",
+        technical_message: None,
+        records: vec![Record::new(process, shape)],
+    })
+    .unwrap_or_default()
 }
 
 /// The whole application: routes, fallbacks and middleware. Tests serve exactly this.

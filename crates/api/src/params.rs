@@ -8,7 +8,7 @@ use crate::envelope::Shape;
 use crate::error::ApiError;
 
 /// A status request, whichever way it arrived.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StatusRequest {
     pub id: LookupId,
     pub kind: IdKind,
@@ -78,6 +78,27 @@ pub fn parse_status_query(id: LookupId, query: &str) -> Result<StatusRequest, Ap
         seen.push(name.into_owned());
     }
     Ok(request)
+}
+
+/// The longest `waitSeconds` (contract §6).
+pub const MAX_WAIT_SECS: u64 = 60;
+
+/// `waitSeconds=N` of a status read: 1 to 60 seconds, at most once.
+pub fn parse_wait(query: &str) -> Result<Option<std::time::Duration>, ApiError> {
+    let mut values = form_urlencoded::parse(query.as_bytes()).filter(|(name, _)| name == "waitSeconds");
+    let Some((_, value)) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::input("waitSeconds is given more than once"));
+    }
+    let seconds = value.parse::<u64>().ok().filter(|s| (1..=MAX_WAIT_SECS).contains(s)).ok_or_else(|| {
+        ApiError::input(format!(
+            "waitSeconds must be a whole number from 1 to {MAX_WAIT_SECS}, not '{}'",
+            shorten(&value)
+        ))
+    })?;
+    Ok(Some(std::time::Duration::from_secs(seconds)))
 }
 
 /// The body of `POST /v1/actions/getAsyncJobStatus` (contract §3.4): exactly one of `id`,

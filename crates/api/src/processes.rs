@@ -5,14 +5,14 @@ use std::collections::HashMap;
 use actix_web::http::header::LOCATION;
 use actix_web::{HttpRequest, HttpResponse, web};
 use async_engine_domain::{
-    CommandError, ListError, ListQuery, NewProcess, ProcessId, ProcessStatus, RawJson, ReferenceId, Started,
-    Status,
+    CommandError, ItemsError, ItemsQuery, ListError, ListQuery, NewProcess, OutcomeFilter, ProcessId,
+    ProcessStatus, RawJson, ReferenceId, Started, Status,
 };
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::AppState;
-use crate::clock::now_micros;
+use crate::clock::{now_micros, rfc3339};
 use crate::envelope::{Envelope, Record, Shape};
 use crate::error::ApiError;
 use crate::handlers::{blocking, read_body, tenant};
@@ -22,6 +22,7 @@ use crate::params::{self, parse_path_id};
 const SUMMARY: Shape = Shape { verbose: true, items_list: false, fail_message: true };
 const MAX_LIST_LIMIT: u32 = 1_000;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
+const DEFAULT_ITEMS_LIMIT: u32 = 1_000;
 
 fn accepted(records: &[ProcessStatus], shape: Shape) -> HttpResponse {
     HttpResponse::Accepted().json(Envelope {
@@ -37,6 +38,7 @@ struct StartRequest {
     reference_id: ReferenceId,
     items: Vec<RawJson>,
     additional_data: RawJson,
+    callback_url: Option<String>,
 }
 
 /// Reads the start body field by field, keeping items as the caller wrote them.
@@ -58,16 +60,17 @@ fn parse_start(body: &[u8]) -> Result<StartRequest, ApiError> {
         Some(raw) if raw.get().starts_with('{') => RawJson::from_raw(raw.clone()),
         Some(_) => return Err(ApiError::input("additionalData must be a JSON object")),
     };
-    if fields.get("callbackUrl").is_some_and(|raw| raw.get() != "null") {
-        return Err(ApiError::input(
-            "callbackUrl: FinishProcess notifications are not available in this version",
-        ));
-    }
+    let callback_url = match fields.get("callbackUrl") {
+        None => None,
+        Some(raw) if raw.get() == "null" => None,
+        Some(_) => Some(text("callbackUrl")?),
+    };
     Ok(StartRequest {
         name,
         reference_id,
         items: items.into_iter().map(RawJson::from_raw).collect(),
         additional_data,
+        callback_url,
     })
 }
 
@@ -99,6 +102,11 @@ pub async fn start(
             known.join(", ")
         ))
     })?;
+    // Checked now, not at delivery: a host the operators did not allow is the caller's mistake.
+    let callback_url = match request.callback_url.or_else(|| definition.callback_url.clone()) {
+        None => None,
+        Some(url) => Some(state.callbacks.check(&url).map_err(ApiError::Input)?.to_string()),
+    };
     let id = ProcessId::new(uuid::Uuid::now_v7().simple().to_string())
         .map_err(|e| ApiError::Internal(format!("generated ID refused: {e}")))?;
     let new = NewProcess {
@@ -109,6 +117,7 @@ pub async fn start(
         items: request.items,
         additional_data: request.additional_data,
         idempotency_key,
+        callback_url,
         now_micros: now_micros(),
     };
     let store = state.processes.clone();
@@ -207,6 +216,122 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         },
         next_cursor: page.next_cursor,
     }))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ItemsOut<'a> {
+    items: Vec<ItemOut<'a>>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ItemOut<'a> {
+    index: u64,
+    item: &'a RawJson,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_message: Option<&'a str>,
+}
+
+/// `GET /v1/asyncprocesses/{id}/steps/{stepNumber}/items?outcome=&limit=&cursor=` (contract §6)
+pub async fn items(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let id = command_target(&req)?;
+    let step = req
+        .match_info()
+        .get("stepNumber")
+        .and_then(|n| n.parse::<u32>().ok())
+        .ok_or_else(|| ApiError::input("stepNumber must be a whole number: 0 for the first step"))?;
+    let max = u32::try_from(state.config.max_items_per_response).unwrap_or(u32::MAX).max(1);
+    let mut query = ItemsQuery {
+        tenant: tenant(),
+        async_process_id: id,
+        step_number: step,
+        outcome: OutcomeFilter::Any,
+        limit: DEFAULT_ITEMS_LIMIT.min(max),
+        cursor: None,
+    };
+    for (name, value) in form_urlencoded::parse(req.query_string().as_bytes()) {
+        match name.as_ref() {
+            "outcome" => {
+                query.outcome = match value.as_ref() {
+                    "successful" => OutcomeFilter::Successful,
+                    "failed" => OutcomeFilter::Failed,
+                    _ => return Err(ApiError::input("outcome must be successful or failed")),
+                }
+            }
+            "cursor" => query.cursor = Some(params::bounded("cursor", &value)?),
+            "limit" => {
+                query.limit =
+                    value.parse().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
+                        ApiError::input(format!("limit must be a whole number from 1 to {max}"))
+                    })?
+            }
+            _ => {}
+        }
+    }
+    let store = state.processes.clone();
+    let page = blocking(move || store.items(&query)).await?.map_err(|e| match e {
+        ItemsError::Storage(error) => error.into(),
+        refused => ApiError::Input(refused.to_string()),
+    })?;
+    Ok(HttpResponse::Ok().json(ItemsOut {
+        items: page
+            .items
+            .iter()
+            .map(|listed| ItemOut {
+                index: listed.index,
+                item: &listed.item,
+                code: listed.failure.as_ref().map(|f| f.0),
+                status_message: listed.failure.as_ref().map(|f| f.1.as_str()),
+            })
+            .collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeliveryOut {
+    delivery_id: String,
+    url: String,
+    finished_status: String,
+    state: String,
+    attempts: u32,
+    next_attempt_at: Option<String>,
+    last_status_code: Option<u16>,
+    last_error: Option<String>,
+    created_at: String,
+    delivered_at: Option<String>,
+}
+
+/// `GET /v1/asyncprocesses/{id}/deliveries`: the FinishProcess notifications of a process and
+/// how each attempt went, for operators.
+pub async fn deliveries(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let id = command_target(&req)?;
+    let store = state.deliveries.clone();
+    let lookup = id.clone();
+    let records = blocking(move || store.deliveries(&tenant(), &lookup))
+        .await??
+        .ok_or_else(|| ApiError::Input(CommandError::NotFound(id).to_string()))?;
+    let deliveries: Vec<DeliveryOut> = records
+        .into_iter()
+        .map(|d| DeliveryOut {
+            delivery_id: d.delivery_id,
+            url: d.url,
+            finished_status: d.finished_status,
+            state: d.state,
+            attempts: d.attempts,
+            next_attempt_at: d.next_attempt_at_micros.map(rfc3339),
+            last_status_code: d.last_status_code,
+            last_error: d.last_error,
+            created_at: rfc3339(d.created_at_micros),
+            delivered_at: d.delivered_at_micros.map(rfc3339),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "deliveries": deliveries })))
 }
 
 #[derive(Serialize)]

@@ -2,14 +2,16 @@
 //! runner that checks every answer is JSON.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::test::{TestRequest, call_service, init_service, read_body_json};
+use async_engine_domain::notify::MockDeliveryStore;
 use async_engine_domain::repository::MockStatusReader;
 use async_engine_domain::work::{MockProcessStore, MockTaskStore};
 use async_engine_domain::{FailurePolicy, Handler, ProcessDefinition, StepDefinition};
 use serde_json::Value;
 
-use crate::{ApiConfig, AppState, app};
+use crate::{ApiConfig, AppState, CallbackPolicy, StatusLimiter, Watcher, app};
 
 /// Mocks with no expectations (any call fails the test) and one definition, "P".
 pub fn state() -> AppState {
@@ -17,6 +19,7 @@ pub fn state() -> AppState {
         status: Arc::new(MockStatusReader::new()),
         processes: Arc::new(MockProcessStore::new()),
         tasks: Arc::new(MockTaskStore::new()),
+        deliveries: Arc::new(MockDeliveryStore::new()),
         definitions: Arc::new(vec![ProcessDefinition {
             name: "P".into(),
             steps: vec![StepDefinition {
@@ -27,7 +30,11 @@ pub fn state() -> AppState {
                 timeout_secs: 60,
                 on_item_failure: FailurePolicy::Skip,
             }],
+            callback_url: None,
         }]),
+        callbacks: Arc::new(CallbackPolicy::new(&["hooks.example.com".to_owned()]).unwrap()),
+        watcher: Watcher::new(Duration::from_millis(20)),
+        limiter: Arc::new(StatusLimiter::new(0)),
         on_new_work: Arc::new(|| {}),
         config: ApiConfig::default(),
     }

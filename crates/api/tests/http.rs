@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use async_engine_api::{ApiConfig, AppState, serve};
+use async_engine_api::{ApiConfig, AppState, CallbackPolicy, serve};
 use async_engine_domain::{ProcessSnapshot, SnapshotWriter, TenantId};
 use async_engine_persistence::Store;
 use async_engine_persistence::testing::{self, TestDb};
@@ -26,14 +26,13 @@ impl TestServer {
         let store = db.store.clone();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let state = AppState {
-            status: Arc::new(store.clone()),
-            processes: Arc::new(store.clone()),
-            tasks: Arc::new(store.clone()),
-            definitions: Arc::new(Vec::new()),
-            on_new_work: Arc::new(|| {}),
-            config: ApiConfig::default(),
-        };
+        let state = AppState::new(
+            store.clone(),
+            Vec::new(),
+            CallbackPolicy::default(),
+            Arc::new(|| {}),
+            ApiConfig::default(),
+        );
         let (ready, started) = mpsc::channel();
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
