@@ -52,6 +52,7 @@ pub fn run(
         items: (0..items).map(|i| RawJson::from_value(&serde_json::json!({ "n": i }))).collect(),
         additional_data: RawJson::empty_object(),
         idempotency_key: None,
+        callback_url: None,
         now_micros: now_micros(),
     };
     store.start(&new)?;

@@ -3,6 +3,7 @@
 //! not HTTP and not SQL; exactly-once recording is the store's transaction, not ours.
 
 pub mod builtin;
+pub mod notify;
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use async_engine_api::{ApiConfig, AppState, SuccessCode};
+use async_engine_api::{ApiConfig, AppState, SuccessCode, notification_body};
+use async_engine_domain::ProcessStatus;
+use async_engine_engine::notify::{NotifierConfig, start_notifier};
 use async_engine_engine::{EngineConfig, Handlers, Waker};
 use async_engine_persistence::Store;
 
@@ -49,19 +51,20 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
         SuccessCode::from_u16(settings.api.success_code).context("api.success_code: use 202 or 200")?;
     let waker = Waker::default();
     let wake = waker.clone();
-    let state = AppState {
-        status: Arc::new(store.clone()),
-        processes: Arc::new(store.clone()),
-        tasks: Arc::new(store.clone()),
-        definitions: Arc::new(settings.definitions()?),
-        on_new_work: Arc::new(move || wake.wake()),
-        config: ApiConfig {
+    let state = AppState::new(
+        store.clone(),
+        settings.definitions()?,
+        settings.callbacks()?,
+        Arc::new(move || wake.wake()),
+        ApiConfig {
             success_code,
             max_body_bytes: settings.limits.max_body_bytes,
             default_lease_secs: settings.engine.lease_secs,
             max_items_per_response: settings.limits.max_items_per_response,
+            watch_interval: Duration::from_millis(settings.api.watch_interval_ms),
+            min_status_interval_secs: settings.limits.min_status_interval_secs,
         },
-    };
+    );
     let address = (settings.server.host.as_str(), settings.server.port);
     let listener = TcpListener::bind(address).with_context(|| {
         format!("server.host/server.port: cannot listen on {}:{}", settings.server.host, settings.server.port)
@@ -83,6 +86,20 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
         tracing::info!("engine.enabled is false: built-in steps wait for a node that runs the engine");
         None
     };
+    let notifier = settings.notifications.enabled.then(|| {
+        let n = &settings.notifications;
+        let config = NotifierConfig {
+            max_attempts: n.max_attempts,
+            timeout: Duration::from_secs(n.timeout_secs),
+            initial_backoff: Duration::from_millis(n.initial_backoff_ms),
+            max_backoff: Duration::from_secs(n.max_backoff_secs),
+            signing_secret: Some(n.signing_secret.clone()).filter(|s| !s.is_empty()),
+            poll: Duration::from_millis(n.poll_ms),
+            concurrency: n.concurrency,
+        };
+        let render = Arc::new(move |process: &ProcessStatus| notification_body(process, success_code));
+        start_notifier(Arc::new(store.clone()), render, config)
+    });
     tracing::info!(database = %store.describe(), "listening on http://{local}");
     let shutdown = Duration::from_secs(settings.server.shutdown_timeout_secs);
     actix_web::rt::System::new().block_on(async move {
@@ -98,6 +115,10 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
     if let Some(engine) = engine {
         // Workers finish the task in hand and record it; nothing is left half-done.
         engine.stop();
+    }
+    if let Some(notifier) = notifier {
+        // Attempts in flight finish and are recorded; the rest wait in the outbox.
+        notifier.stop();
     }
     tracing::info!("stopped");
     Ok(())

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::{Context, anyhow, bail};
+use async_engine_api::CallbackPolicy;
 use async_engine_domain::definition::validate_all;
 use async_engine_domain::{ProcessDefinition, StepDefinition};
 use async_engine_engine::Handlers;
@@ -23,6 +24,7 @@ pub struct Settings {
     pub engine: EngineSettings,
     pub api: ApiSettings,
     pub limits: LimitSettings,
+    pub notifications: NotificationSettings,
     pub log: LogSettings,
     /// Process definitions (`[[processes]]` with `[[processes.steps]]`).
     #[serde(default)]
@@ -59,6 +61,9 @@ pub struct EngineSettings {
 #[serde(deny_unknown_fields)]
 pub struct ProcessSettings {
     pub name: String,
+    /// The `callbackUrl` of processes started without one.
+    #[serde(default)]
+    pub callback_url: Option<String>,
     pub steps: Vec<StepSettings>,
 }
 
@@ -96,6 +101,7 @@ mod defaults {
 #[serde(deny_unknown_fields)]
 pub struct ApiSettings {
     pub success_code: u16,
+    pub watch_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -103,6 +109,21 @@ pub struct ApiSettings {
 pub struct LimitSettings {
     pub max_body_bytes: usize,
     pub max_items_per_response: u64,
+    pub min_status_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationSettings {
+    pub enabled: bool,
+    pub allowed_hosts: Vec<String>,
+    pub signing_secret: String,
+    pub max_attempts: u32,
+    pub timeout_secs: u64,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_secs: u64,
+    pub poll_ms: u64,
+    pub concurrency: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -186,6 +207,29 @@ impl Settings {
         if !(1..=100).contains(&self.engine.batch) {
             bail!("engine.batch: {} is out of range 1..=100", self.engine.batch);
         }
+        if !(10..=10_000).contains(&self.api.watch_interval_ms) {
+            bail!("api.watch_interval_ms: {} is out of range 10..=10000", self.api.watch_interval_ms);
+        }
+        if self.limits.min_status_interval_secs > 86_400 {
+            bail!(
+                "limits.min_status_interval_secs: {} is over a day (86400)",
+                self.limits.min_status_interval_secs
+            );
+        }
+        let n = &self.notifications;
+        self.callbacks()?;
+        for (key, value, range) in [
+            ("max_attempts", u64::from(n.max_attempts), 1..=100),
+            ("timeout_secs", n.timeout_secs, 1..=300),
+            ("initial_backoff_ms", n.initial_backoff_ms, 10..=3_600_000),
+            ("max_backoff_secs", n.max_backoff_secs, 1..=604_800),
+            ("poll_ms", n.poll_ms, 10..=60_000),
+            ("concurrency", u64::from(n.concurrency), 1..=64),
+        ] {
+            if !range.contains(&value) {
+                bail!("notifications.{key}: {value} is out of range {}..={}", range.start(), range.end());
+            }
+        }
         self.definitions()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             bail!("log.level: '{}' is not a valid filter (try info, debug or warn)", self.log.level);
@@ -195,6 +239,12 @@ impl Settings {
 }
 
 impl Settings {
+    /// `notifications.allowed_hosts` as the API checks callback URLs against them.
+    pub fn callbacks(&self) -> anyhow::Result<CallbackPolicy> {
+        CallbackPolicy::new(&self.notifications.allowed_hosts)
+            .map_err(|e| anyhow!("notifications.allowed_hosts: {e}"))
+    }
+
     /// The `[[processes]]` as validated definitions; errors name the entry at fault.
     pub fn definitions(&self) -> anyhow::Result<Vec<ProcessDefinition>> {
         let handlers = Handlers::builtin();
@@ -222,7 +272,16 @@ impl Settings {
                         })
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?;
-                Ok(ProcessDefinition { name: process.name.clone(), steps })
+                let callback_url = match &process.callback_url {
+                    None => None,
+                    Some(url) => Some(
+                        self.callbacks()?
+                            .check(url)
+                            .map_err(|e| anyhow!("processes[{p}].callback_url: {e}"))?
+                            .to_string(),
+                    ),
+                };
+                Ok(ProcessDefinition { name: process.name.clone(), steps, callback_url })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         validate_all(&definitions, &|name| handlers.contains(name)).map_err(|e| anyhow!("processes: {e}"))?;
