@@ -42,7 +42,7 @@ steps = [ { name = "First", handler = "builtin:noop", chunk_size = 25 },
           { name = "Second", handler = "builtin:noop", chunk_size = 25 } ]
 "#;
 
-fn serve(dir: &Path, db: impl AsRef<OsStr>, env: &[(&str, &str)]) -> Running {
+pub(crate) fn serve(dir: &Path, db: impl AsRef<OsStr>, env: &[(&str, &str)]) -> Running {
     let file = dir.join("definitions.toml");
     std::fs::write(&file, DEFINITIONS).unwrap();
     // These tests check every outcome through full listings, past the default governor limit.
@@ -54,7 +54,7 @@ fn serve(dir: &Path, db: impl AsRef<OsStr>, env: &[(&str, &str)]) -> Running {
     start_with(db, &["serve", "--config", file.to_str().unwrap()], &all)
 }
 
-fn call(base: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+pub(crate) fn call(base: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let client = reqwest::blocking::Client::new();
     let request = match method {
         "GET" => client.get(format!("{base}{path}")),
@@ -76,7 +76,7 @@ fn start_process(base: &str, name: &str, items: Vec<Value>) -> String {
 }
 
 /// Polls until the process is final; returns its full record.
-fn wait_final(base: &str, id: &str, within: Duration) -> Value {
+pub(crate) fn wait_final(base: &str, id: &str, within: Duration) -> Value {
     let deadline = Instant::now() + within;
     loop {
         let (_, body) = call(base, "GET", &format!("/v1/asyncprocesses/{id}?itemsList=false"), None);

@@ -8,6 +8,7 @@
 )]
 
 mod engine;
+mod notifications;
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};

@@ -161,6 +161,9 @@ impl Settings {
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
+                // Lists from the environment are comma-separated.
+                .list_separator(",")
+                .with_list_parse_key("notifications.allowed_hosts")
                 .source(Some(ours)),
         );
         let settings: Settings =
@@ -354,11 +357,36 @@ mod tests {
             (&[("ASYNC_ENGINE__ENGINE__ENABLED", "perhaps")], "enabled"),
             (&[("ASYNC_ENGINE__SERVER__PROT", "1")], "prot"),
             (&[("ASYNC_ENGINE__ENGINE__WORKERS", "0")], "engine.workers"),
+            (
+                &[("ASYNC_ENGINE__NOTIFICATIONS__ALLOWED_HOSTS", "http://a.test")],
+                "notifications.allowed_hosts",
+            ),
+            (&[("ASYNC_ENGINE__NOTIFICATIONS__MAX_ATTEMPTS", "0")], "notifications.max_attempts"),
+            (&[("ASYNC_ENGINE__API__WATCH_INTERVAL_MS", "1")], "api.watch_interval_ms"),
         ] {
             let text = error(pairs);
             assert!(text.contains(key), "{pairs:?}: {text}");
             assert!(!text.contains('\n'), "one line: {text}");
         }
+    }
+
+    #[test]
+    fn allowed_hosts_come_comma_separated_from_the_environment_and_govern_default_callbacks() {
+        let settings =
+            Settings::load(None, &env(&[("ASYNC_ENGINE__NOTIFICATIONS__ALLOWED_HOSTS", "a.test,*.b.test")]))
+                .unwrap();
+        assert_eq!(settings.notifications.allowed_hosts, ["a.test", "*.b.test"]);
+        assert!(settings.callbacks().unwrap().check("https://x.b.test/hook").is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hooks.toml");
+        std::fs::write(
+            &file,
+            "[[processes]]\nname = \"P\"\ncallback_url = \"https://c.test/\"\n\
+             steps = [ { name = \"S\", handler = \"builtin:noop\" } ]\n",
+        )
+        .unwrap();
+        let text = format!("{:#}", Settings::load(Some(&file), &[]).unwrap_err());
+        assert!(text.contains("processes[0].callback_url") && text.contains("allowed_hosts"), "{text}");
     }
 
     #[test]
