@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use async_engine_api::{ApiConfig, AppState, CallbackPolicy, serve};
-use async_engine_domain::{ProcessSnapshot, SnapshotWriter, TenantId};
+use async_engine_domain::{ProcessDefinition, ProcessSnapshot, SnapshotWriter, TenantId};
 use async_engine_persistence::Store;
 use async_engine_persistence::testing::{self, TestDb};
 use serde_json::{Value, json};
@@ -23,16 +23,15 @@ struct TestServer {
 
 impl TestServer {
     fn start(db: TestDb) -> Self {
+        Self::start_with(db, Vec::new(), ApiConfig::default())
+    }
+
+    fn start_with(db: TestDb, definitions: Vec<ProcessDefinition>, config: ApiConfig) -> Self {
         let store = db.store.clone();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let state = AppState::new(
-            store.clone(),
-            Vec::new(),
-            CallbackPolicy::default(),
-            Arc::new(|| {}),
-            ApiConfig::default(),
-        );
+        let state =
+            AppState::new(store.clone(), definitions, CallbackPolicy::default(), Arc::new(|| {}), config);
         let (ready, started) = mpsc::channel();
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
@@ -89,7 +88,31 @@ macro_rules! on_both_backends {
             }
         }
     )*};
+    // Tests that start their own server (other definitions or configuration).
+    ($(fn $name:ident($db:ident: TestDb) $body:block)*) => {$(
+        mod $name {
+            use super::*;
+
+            fn run($db: TestDb) $body
+
+            #[test]
+            fn sqlite() {
+                run(testing::sqlite());
+            }
+
+            #[test]
+            fn postgres() {
+                if let Some(db) = testing::postgres() {
+                    run(db);
+                }
+            }
+        }
+    )*};
 }
+
+// After the macro, which it uses. In a folder, so that cargo does not take it for a test binary.
+#[path = "http/waiting.rs"]
+mod waiting;
 
 fn documented() -> Vec<Value> {
     let envelope: Value = serde_json::from_str(FIXTURE).unwrap();
