@@ -1,10 +1,12 @@
 //! Developer chores: `cargo xtask seed` stores the documented example (and generated demo
 //! processes); `cargo xtask measure-lookup` times status reads on a large process;
-//! `cargo xtask measure-engine` measures the engine's throughput.
+//! `cargo xtask measure-engine` measures the engine's throughput; `cargo xtask
+//! measure-waiting` counts the database reads of clients waiting on a running process.
 
 mod demo;
 mod engine;
 mod measure;
+mod waiting;
 
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -72,6 +74,16 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         nodes: usize,
     },
+    /// Count the database reads per second of clients waiting on one running process: a
+    /// handful of plain pollers against growing numbers of long-polls.
+    MeasureWaiting {
+        /// Long-polling clients per case.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+        clients: Vec<usize>,
+        /// Seconds counted per case.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -100,6 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::MeasureEngine { items, workers, chunk, postgres, nodes } => {
             engine::run(items, workers, chunk, postgres, nodes)
         }
+        Command::MeasureWaiting { clients, seconds } => waiting::run(clients, seconds),
     }
 }
 

@@ -82,18 +82,18 @@ impl Watcher {
         self.watches.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Watches a lookup. The receiver's first value is at least as new as the database was
-    /// when this was called: a new watch reads it now, a shared one waits for a fresh tick.
+    /// Watches a lookup; `true` with a watch this call started, whose first value was read
+    /// now. A shared watch's current value may be up to one tick old: callers that must not
+    /// show a client anything older than it has seen wait for [`Watcher::fresh_tick`].
     /// A lookup that does not answer (an unknown ID) is the error, and starts no watch.
     pub async fn watch(
         &self,
         state: &AppState,
         key: WatchKey,
-    ) -> Result<watch::Receiver<Arc<Answer>>, ApiError> {
+    ) -> Result<(watch::Receiver<Arc<Answer>>, bool), ApiError> {
         let shared = self.lock().entries.get(&key).map(|entry| entry.sender.subscribe());
         if let Some(receiver) = shared {
-            self.fresh_tick().await;
-            return Ok(receiver);
+            return Ok((receiver, false));
         }
         let reading = (state.clone(), key.clone());
         let (marks, answer) = blocking(move || {
@@ -105,12 +105,13 @@ impl Watcher {
         .await??;
         let mut watches = self.lock();
         let receiver = match watches.entries.get(&key) {
-            // Another client started the same watch meanwhile; its answer is as new.
-            Some(entry) => entry.sender.subscribe(),
+            // Another client started the same watch meanwhile, with a read that may have
+            // begun before ours.
+            Some(entry) => (entry.sender.subscribe(), false),
             None => {
                 let (sender, receiver) = watch::channel(Arc::new(answer));
                 watches.entries.insert(key, Entry { sender, marks, unwatched_ticks: 0 });
-                receiver
+                (receiver, true)
             }
         };
         if !watches.ticking {
@@ -123,7 +124,7 @@ impl Watcher {
     }
 
     /// Waits until a tick that began after this call has finished.
-    async fn fresh_tick(&self) {
+    pub async fn fresh_tick(&self) {
         let mut ticks = self.ticks.subscribe();
         let target = *ticks.borrow_and_update() + 2;
         while *ticks.borrow_and_update() < target {
@@ -216,14 +217,22 @@ pub async fn long_poll(
     wait: Duration,
 ) -> Result<HttpResponse, ApiError> {
     let deadline = Instant::now() + wait;
-    let mut receiver = state.watcher.watch(state, key).await?;
+    let (mut receiver, mut fresh) = state.watcher.watch(state, key).await?;
     loop {
         let current = receiver.borrow_and_update().clone();
         if !current.matches(held) {
-            return Ok(current.response());
+            if fresh {
+                return Ok(current.response());
+            }
+            // The client may have read a newer answer than the shared one (plain reads are
+            // not cached): never answer it with an older one.
+            state.watcher.fresh_tick().await;
+            fresh = true;
+            continue;
         }
         match timeout_at(deadline, receiver.changed()).await {
-            Ok(Ok(())) => {}
+            // Newer than the answer the client holds, which the watch held a moment ago.
+            Ok(Ok(())) => fresh = true,
             Ok(Err(_)) | Err(_) => return Ok(current.not_modified()),
         }
     }
@@ -232,7 +241,11 @@ pub async fn long_poll(
 /// `GET /v1/asyncprocesses/{id}/events` (contract §6): a `status` event now and at each change,
 /// closed after a finished state; an `error` event if the lookup stops answering.
 pub async fn event_stream(state: &AppState, key: WatchKey) -> Result<HttpResponse, ApiError> {
-    let mut receiver = state.watcher.watch(state, key).await?;
+    let (mut receiver, fresh) = state.watcher.watch(state, key).await?;
+    if !fresh {
+        // The first event must be no older than what the client may have read just before.
+        state.watcher.fresh_tick().await;
+    }
     let first = receiver.borrow_and_update().clone();
     let events = stream::unfold((receiver, Some(first), false), |(mut receiver, next, closed)| async move {
         if closed {
