@@ -141,6 +141,14 @@ fn wait_state(base: &str, id: &str, state: &str) -> Value {
     }
 }
 
+/// One sample of the server's /metrics.
+fn metric(base: &str, name: &str) -> f64 {
+    let text = reqwest::blocking::get(format!("{base}/metrics")).unwrap().text().unwrap();
+    let line =
+        text.lines().find(|line| line.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 on_both_backends! {
     fn a_finished_process_is_announced_once_with_a_valid_signature(dir: &Path, db: &str) {
         let receiver = Receiver::start(0);
@@ -159,6 +167,7 @@ on_both_backends! {
         assert_eq!(seen["deliveryId"], delivery.delivery.as_str());
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(receiver.received.lock().unwrap().len(), 1, "delivered once");
+        assert_eq!(metric(&server.base, "async_engine_notification_attempts_total{outcome=\"delivered\"}"), 1.0);
     }
 
     fn a_receiver_that_fails_twice_gets_the_third_attempt(dir: &Path, db: &str) {
@@ -171,6 +180,7 @@ on_both_backends! {
         assert!(attempts.iter().all(|r| r.delivery == attempts[0].delivery && r.body == attempts[0].body));
         let seen = wait_state(&server.base, &id, "delivered");
         assert_eq!((seen["attempts"].as_u64(), seen["lastStatusCode"].as_u64()), (Some(3), Some(204)));
+        assert_eq!(metric(&server.base, "async_engine_notification_attempts_total{outcome=\"retry\"}"), 2.0);
     }
 
     fn a_delivery_not_sent_before_a_kill_is_sent_after_the_restart(dir: &Path, db: &str) {

@@ -42,7 +42,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(resource("/v1/tasks/claim").route(web::post().to(tasks::claim)))
     .service(resource("/v1/tasks/{taskId}/complete").route(web::post().to(tasks::complete)))
     .service(resource("/v1/tasks/{taskId}/heartbeat").route(web::post().to(tasks::heartbeat)))
-    .service(resource("/v1/tasks/{taskId}/fail").route(web::post().to(tasks::fail)));
+    .service(resource("/v1/tasks/{taskId}/fail").route(web::post().to(tasks::fail)))
+    .service(resource("/metrics").route(web::get().to(crate::metrics::render)));
 }
 
 /// Every caller is in the default tenant until API keys carry one.
@@ -99,7 +100,10 @@ async fn respond(
     state: &AppState,
     request: StatusRequest,
 ) -> Result<HttpResponse, ApiError> {
-    state.limiter.check(&client(req), request.id.as_str())?;
+    if let Err(refused) = state.limiter.check(&client(req), request.id.as_str()) {
+        metrics::counter!("async_engine_status_reads_limited_total").increment(1);
+        return Err(refused);
+    }
     let reading = state.clone();
     let answer = blocking(move || read_answer(&reading, &tenant(), &request)).await??;
     if answer.matches(&if_none_match(req)) {

@@ -7,6 +7,7 @@ pub mod envelope;
 pub mod error;
 mod handlers;
 mod limits;
+pub mod metrics;
 pub mod params;
 mod processes;
 mod tasks;

@@ -147,6 +147,9 @@ impl Watcher {
                     }
                     entry.unwatched_ticks <= GRACE_TICKS
                 });
+                let waiting: usize = watches.entries.values().map(|e| e.sender.receiver_count()).sum();
+                metrics::gauge!("async_engine_watched_lookups").set(watches.entries.len() as f64);
+                metrics::gauge!("async_engine_waiting_clients").set(waiting as f64);
                 if watches.entries.is_empty() {
                     watches.ticking = false;
                     return;

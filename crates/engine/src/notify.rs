@@ -131,6 +131,7 @@ fn attempt(
     if let Some(secret) = &config.signing_secret {
         request = request.header(SIGNATURE_HEADER, signature(secret, body.as_bytes()));
     }
+    let sending = std::time::Instant::now();
     let (status_code, error) = match request.body(body.clone()).send() {
         Ok(response) if response.status().is_success() => (Some(response.status().as_u16()), None),
         Ok(response) => {
@@ -156,6 +157,13 @@ fn attempt(
         _ => None,
     };
     let (process, attempt) = (&due.process.async_process_id, due.attempt);
+    let outcome = match (&error, retry_at) {
+        (None, _) => "delivered",
+        (Some(_), Some(_)) => "retry",
+        (Some(_), None) => "gave_up",
+    };
+    metrics::counter!("async_engine_notification_attempts_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("async_engine_notification_attempt_seconds").record(sending.elapsed().as_secs_f64());
     match (&error, retry_at) {
         (None, _) => {
             tracing::info!(delivery = %due.delivery_id, process, attempt, url = %due.url, "notification delivered")

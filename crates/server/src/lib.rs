@@ -49,6 +49,8 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
     }
     let success_code =
         SuccessCode::from_u16(settings.api.success_code).context("api.success_code: use 202 or 200")?;
+    // Before the engine and the sender start recording.
+    async_engine_api::metrics::handle();
     let waker = Waker::default();
     let wake = waker.clone();
     let state = AppState::new(
