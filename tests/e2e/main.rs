@@ -210,6 +210,33 @@ fn json_logs_are_one_object_per_line() {
 }
 
 #[test]
+fn open_event_streams_and_long_polls_do_not_hold_up_a_stop() {
+    use std::io::Read;
+    let (_dir, db) = temp_db();
+    seed(&db);
+    let mut server = start(&db, &[]);
+    // 9876543 is InProgress and never changes: its stream would stay open for ever.
+    let mut stream =
+        reqwest::blocking::get(format!("{}/v1/asyncprocesses/9876543/events", server.base)).unwrap();
+    let mut first = [0_u8; 64];
+    let read = stream.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..read]).starts_with("event: status"));
+    let url = format!("{}/v1/asyncprocesses/9876543?waitSeconds=60", server.base);
+    let poll = std::thread::spawn(move || {
+        let client = reqwest::blocking::Client::new();
+        client.get(url).header("If-None-Match", "*").send().unwrap().status().as_u16()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let stopping = std::time::Instant::now();
+    assert!(terminate(&mut server).success());
+    // Well within server.shutdown_timeout_secs (30), which held waits would use up.
+    assert!(stopping.elapsed() < Duration::from_secs(5), "stopped after {:?}", stopping.elapsed());
+    assert_eq!(poll.join().unwrap(), 304);
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+}
+
+#[test]
 fn sigint_stops_as_gracefully_as_sigterm() {
     let (_dir, db) = temp_db();
     seed(&db);

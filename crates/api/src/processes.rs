@@ -307,6 +307,11 @@ struct DeliveryOut {
     delivered_at: Option<String>,
 }
 
+#[derive(Serialize)]
+struct DeliveriesOut {
+    deliveries: Vec<DeliveryOut>,
+}
+
 /// `GET /v1/asyncprocesses/{id}/deliveries`: the FinishProcess notifications of a process and
 /// how each attempt went, for operators.
 pub async fn deliveries(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -331,7 +336,7 @@ pub async fn deliveries(req: HttpRequest, state: web::Data<AppState>) -> Result<
             delivered_at: d.delivered_at_micros.map(rfc3339),
         })
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "deliveries": deliveries })))
+    Ok(HttpResponse::Ok().json(DeliveriesOut { deliveries }))
 }
 
 #[derive(Serialize)]

@@ -123,6 +123,12 @@ impl Watcher {
         Ok(receiver)
     }
 
+    /// Ends every wait at shutdown: long-polls answer 304 at once and event streams close,
+    /// instead of holding the server's graceful stop for their whole length.
+    pub fn close(&self) {
+        self.lock().entries.clear();
+    }
+
     /// Waits until a tick that began after this call has finished.
     pub async fn fresh_tick(&self) {
         let mut ticks = self.ticks.subscribe();

@@ -104,12 +104,14 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
     });
     tracing::info!(database = %store.describe(), "listening on http://{local}");
     let shutdown = Duration::from_secs(settings.server.shutdown_timeout_secs);
+    let watcher = state.watcher.clone();
     actix_web::rt::System::new().block_on(async move {
         let server = async_engine_api::serve(listener, state, shutdown)?;
         let handle = server.handle();
         actix_web::rt::spawn(async move {
             telemetry::stop_signal().await;
             tracing::info!("stopping: finishing requests in flight");
+            watcher.close();
             handle.stop(true).await;
         });
         server.await
