@@ -164,6 +164,15 @@ pub async fn retry(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
     Ok(accepted(&[record], SUMMARY))
 }
 
+/// `limit` of a paged call: 1 to `max`.
+fn page_limit(value: &str, max: u32) -> Result<u32, ApiError> {
+    value
+        .parse()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| ApiError::input(format!("limit must be a whole number from 1 to {max}")))
+}
+
 #[derive(Serialize)]
 struct ListEnvelope<'a> {
     #[serde(flatten)]
@@ -191,12 +200,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
             "asyncProcessName" => query.name = Some(params::bounded("asyncProcessName", &value)?),
             "referenceId" => query.reference_id = Some(params::bounded("referenceId", &value)?),
             "cursor" => query.cursor = Some(params::bounded("cursor", &value)?),
-            "limit" => {
-                query.limit =
-                    value.parse().ok().filter(|n| (1..=MAX_LIST_LIMIT).contains(n)).ok_or_else(|| {
-                        ApiError::input(format!("limit must be a whole number from 1 to {MAX_LIST_LIMIT}"))
-                    })?
-            }
+            "limit" => query.limit = page_limit(&value, MAX_LIST_LIMIT)?,
             _ => {}
         }
     }
@@ -263,12 +267,7 @@ pub async fn items(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
                 }
             }
             "cursor" => query.cursor = Some(params::bounded("cursor", &value)?),
-            "limit" => {
-                query.limit =
-                    value.parse().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
-                        ApiError::input(format!("limit must be a whole number from 1 to {max}"))
-                    })?
-            }
+            "limit" => query.limit = page_limit(&value, max)?,
             _ => {}
         }
     }
