@@ -214,3 +214,19 @@ fn a_callback_host_that_is_not_allowed_is_refused_at_start() {
     let (_, list) = call(&server.base, "GET", "/v1/asyncprocesses", None);
     assert_eq!(list["AsyncProcessStatus"], json!([]), "nothing was started");
 }
+
+#[test]
+fn a_host_removed_from_the_allowed_list_gets_nothing_more() {
+    let (dir, db) = crate::temp_db();
+    let receiver = Receiver::start(0);
+    let mut server = serve(dir.path(), &db, &notifying(&[("ASYNC_ENGINE__NOTIFICATIONS__ENABLED", "false")]));
+    let id = start_with_callback(&server.base, &receiver.url);
+    wait_final(&server.base, &id, Duration::from_secs(20));
+    assert!(crate::terminate(&mut server).success());
+    // The operators narrowed the list while the delivery waited in the outbox.
+    let server =
+        serve(dir.path(), &db, &notifying(&[("ASYNC_ENGINE__NOTIFICATIONS__ALLOWED_HOSTS", "hooks.test")]));
+    let refused = wait_state(&server.base, &id, "failed");
+    assert!(refused["lastError"].as_str().unwrap().contains("allowed_hosts"), "{refused}");
+    assert!(receiver.received.lock().unwrap().is_empty());
+}

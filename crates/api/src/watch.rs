@@ -127,6 +127,8 @@ impl Watcher {
     /// instead of holding the server's graceful stop for their whole length.
     pub fn close(&self) {
         self.lock().entries.clear();
+        // Readers waiting for a fresh tick would wait for one that never comes.
+        self.ticks.send_modify(|tick| *tick += 2);
     }
 
     /// Waits until a tick that began after this call has finished.
@@ -141,6 +143,8 @@ impl Watcher {
     }
 
     async fn tick_while_watched(self, state: AppState) {
+        // Should this task ever unwind, the next watch starts a new ticker.
+        let _restart = RestartOnPanic(self.clone());
         loop {
             actix_web::rt::time::sleep(self.interval).await;
             let work: Vec<(WatchKey, Marks)> = {
@@ -158,6 +162,8 @@ impl Watcher {
                 metrics::gauge!("async_engine_waiting_clients").set(waiting as f64);
                 if watches.entries.is_empty() {
                     watches.ticking = false;
+                    drop(watches);
+                    self.ticks.send_modify(|tick| *tick += 1);
                     return;
                 }
                 watches.entries.iter().map(|(key, entry)| (key.clone(), entry.marks.clone())).collect()
@@ -186,6 +192,16 @@ impl Watcher {
                 Err(error) => tracing::error!(%error, "the status watcher could not check for changes"),
             }
             self.ticks.send_modify(|tick| *tick += 1);
+        }
+    }
+}
+
+struct RestartOnPanic(Watcher);
+
+impl Drop for RestartOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.lock().ticking = false;
         }
     }
 }
@@ -235,7 +251,9 @@ pub async fn long_poll(
             }
             // The client may have read a newer answer than the shared one (plain reads are
             // not cached): never answer it with an older one.
-            state.watcher.fresh_tick().await;
+            if timeout_at(deadline, state.watcher.fresh_tick()).await.is_err() {
+                return Ok(current.not_modified());
+            }
             fresh = true;
             continue;
         }
@@ -289,11 +307,32 @@ fn event(answer: &Answer) -> Bytes {
         text.push_str(etag);
         text.push('\n');
     }
-    for line in String::from_utf8_lossy(&answer.body).split('\n') {
+    // SSE ends a line at CR, LF or CRLF alike.
+    let body = String::from_utf8_lossy(&answer.body).replace("\r\n", "\n").replace('\r', "\n");
+    for line in body.split('\n') {
         text.push_str("data: ");
-        text.push_str(line.strip_suffix('\r').unwrap_or(line));
+        text.push_str(line);
         text.push('\n');
     }
     text.push('\n');
     Bytes::from(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_keeps_every_line_break_of_the_body_inside_its_data() {
+        let answer = Answer {
+            status: actix_web::http::StatusCode::OK,
+            body: Bytes::from_static(b"{\"a\":\r\n1,\r\"b\":\n2}"),
+            etag: Some("\"t\"".into()),
+            finished: false,
+        };
+        let text = String::from_utf8(event(&answer).to_vec()).unwrap();
+        assert_eq!(text, "event: status\nid: \"t\"\ndata: {\"a\":\ndata: 1,\ndata: \"b\":\ndata: 2}\n\n");
+        let error = Answer::input_error("gone");
+        assert!(String::from_utf8(event(&error).to_vec()).unwrap().starts_with("event: error\ndata: {"));
+    }
 }

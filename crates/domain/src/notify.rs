@@ -45,7 +45,8 @@ pub struct DeliveryRecord {
     pub url: String,
     /// The status the process finished in when the delivery was made.
     pub finished_status: String,
-    /// `pending`, `delivered` or `failed` (gave up).
+    /// `pending`, `delivered`, `failed` (gave up) or `superseded` (the process was retried
+    /// before any attempt; its next finish is announced instead).
     pub state: String,
     pub attempts: u32,
     pub next_attempt_at_micros: Option<i64>,
@@ -66,6 +67,8 @@ pub trait DeliveryStore: Send + Sync {
         lease_micros: i64,
         now_micros: i64,
     ) -> Result<Vec<DueDelivery>, RepositoryError>;
+    /// Stores the body of a first attempt before it is sent; false when the lease was lost.
+    fn fix_body(&self, delivery: i64, attempt: u32, body: &str) -> Result<bool, RepositoryError>;
     fn record_attempt(&self, attempt: &Attempt) -> Result<(), RepositoryError>;
     /// The deliveries of one process, oldest first; `None` when the tenant has no such process.
     fn deliveries(

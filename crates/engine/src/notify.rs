@@ -16,6 +16,10 @@ use crate::{Running, Waker, now_micros};
 
 /// Renders the body of a first attempt: the status envelope of the one process.
 pub type Render = Arc<dyn Fn(&ProcessStatus) -> String + Send + Sync>;
+/// Whether a callback URL may be called now (`notifications.allowed_hosts` as this node has
+/// it); the error says why not. Checked at every attempt, so that narrowing the list stops
+/// deliveries already queued.
+pub type Allowed = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 #[derive(Debug, Clone)]
 pub struct NotifierConfig {
@@ -45,14 +49,19 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 }
 
 /// Starts the sender thread; stop it with [`Running::stop`].
-pub fn start_notifier(store: Arc<dyn DeliveryStore>, render: Render, config: NotifierConfig) -> Running {
+pub fn start_notifier(
+    store: Arc<dyn DeliveryStore>,
+    render: Render,
+    allowed: Allowed,
+    config: NotifierConfig,
+) -> Running {
     let stop = Arc::new(AtomicBool::new(false));
     let waker = Waker::default();
     let thread = {
         let (stop, waker) = (stop.clone(), waker.clone());
         std::thread::Builder::new()
             .name("notifier".into())
-            .spawn(move || run(&*store, &render, &config, &stop, &waker))
+            .spawn(move || run(&*store, &render, &allowed, &config, &stop, &waker))
     };
     let threads = match thread {
         Ok(thread) => vec![thread],
@@ -67,6 +76,7 @@ pub fn start_notifier(store: Arc<dyn DeliveryStore>, render: Render, config: Not
 fn run(
     store: &dyn DeliveryStore,
     render: &Render,
+    allowed: &Allowed,
     config: &NotifierConfig,
     stop: &AtomicBool,
     waker: &Waker,
@@ -104,7 +114,9 @@ fn run(
             for delivery in due {
                 let client = &client;
                 scope.spawn(move || {
-                    let attempt = attempt(client, render, config, delivery);
+                    let Some(attempt) = attempt(store, client, render, allowed, config, delivery) else {
+                        return;
+                    };
                     if let Err(error) = store.record_attempt(&attempt) {
                         // The lease runs out and the delivery is made again: at least once.
                         tracing::error!(%error, delivery = attempt.delivery, "could not record a notification attempt");
@@ -115,14 +127,45 @@ fn run(
     }
 }
 
-/// Sends one delivery and says how it went.
+/// Sends one delivery and says how it went; `None` when it was not sent because its lease
+/// was lost (another sender has it) or its body could not be stored (it is tried again).
 fn attempt(
+    store: &dyn DeliveryStore,
     client: &reqwest::blocking::Client,
     render: &Render,
+    allowed: &Allowed,
     config: &NotifierConfig,
     due: DueDelivery,
-) -> Attempt {
-    let body = due.body.unwrap_or_else(|| render(&due.process));
+) -> Option<Attempt> {
+    let body = match due.body {
+        Some(body) => body,
+        None => {
+            let body = render(&due.process);
+            match store.fix_body(due.id, due.attempt, &body) {
+                Ok(true) => body,
+                Ok(false) => return None,
+                Err(error) => {
+                    tracing::error!(%error, delivery = %due.delivery_id, "could not store a notification body");
+                    return None;
+                }
+            }
+        }
+    };
+    let host = url_host(&due.url);
+    let (process, attempt) = (due.process.async_process_id.as_str(), due.attempt);
+    if let Err(reason) = allowed(&due.url) {
+        tracing::error!(delivery = %due.delivery_id, process, attempt, host, reason, "notification not sent");
+        metrics::counter!("async_engine_notification_attempts_total", "outcome" => "refused").increment(1);
+        return Some(Attempt {
+            delivery: due.id,
+            attempt,
+            body,
+            status_code: None,
+            error: Some(format!("not sent: {reason}")),
+            retry_at_micros: None,
+            now_micros: now_micros(),
+        });
+    }
     let mut request = client
         .post(&due.url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -141,7 +184,10 @@ fn attempt(
         Err(error) if error.is_timeout() => {
             (None, Some(format!("no answer within {} s", config.timeout.as_secs_f64())))
         }
-        Err(error) => (None, Some(format!("could not reach the receiver: {}", error_chain(&error)))),
+        // Without the URL: its path or query may hold the receiver's own secret.
+        Err(error) => {
+            (None, Some(format!("could not reach the receiver: {}", error_chain(&error.without_url()))))
+        }
     };
     let now = now_micros();
     let retry_at = match &error {
@@ -156,7 +202,6 @@ fn attempt(
         }
         _ => None,
     };
-    let (process, attempt) = (&due.process.async_process_id, due.attempt);
     let outcome = match (&error, retry_at) {
         (None, _) => "delivered",
         (Some(_), Some(_)) => "retry",
@@ -166,24 +211,29 @@ fn attempt(
     metrics::histogram!("async_engine_notification_attempt_seconds").record(sending.elapsed().as_secs_f64());
     match (&error, retry_at) {
         (None, _) => {
-            tracing::info!(delivery = %due.delivery_id, process, attempt, url = %due.url, "notification delivered")
+            tracing::info!(delivery = %due.delivery_id, process, attempt, host, "notification delivered")
         }
         (Some(error), Some(_)) => {
-            tracing::warn!(delivery = %due.delivery_id, process, attempt, url = %due.url, error, "notification attempt failed; will retry");
+            tracing::warn!(delivery = %due.delivery_id, process, attempt, host, error, "notification attempt failed; will retry");
         }
         (Some(error), None) => {
-            tracing::error!(delivery = %due.delivery_id, process, attempt, url = %due.url, error, "notification given up");
+            tracing::error!(delivery = %due.delivery_id, process, attempt, host, error, "notification given up");
         }
     }
-    Attempt {
+    Some(Attempt {
         delivery: due.id,
-        attempt: due.attempt,
+        attempt,
         body,
         status_code,
         error,
         retry_at_micros: retry_at,
         now_micros: now,
-    }
+    })
+}
+
+/// The host of a callback URL, for logs: the rest may carry the receiver's secrets.
+fn url_host(url: &str) -> String {
+    reqwest::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default()
 }
 
 /// The error and its causes: reqwest's own text alone ("error sending request") says little.

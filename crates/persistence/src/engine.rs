@@ -874,6 +874,7 @@ pub fn retry(
             Ok(row) => row,
             Err(refused) => return Ok(Err(refused)),
         };
+        crate::outbox::supersede_unsent(conn, row.id)?;
         let failed: Vec<(i32, i64)> = outcomes::table
             .filter(outcomes::process_id.eq(row.id))
             .filter(outcomes::failure_group.is_not_null())

@@ -16,6 +16,7 @@ use crate::store::Store;
 const PENDING: &str = "pending";
 const DELIVERED: &str = "delivered";
 const FAILED: &str = "failed";
+const SUPERSEDED: &str = "superseded";
 
 #[derive(Insertable)]
 #[diesel(table_name = deliveries)]
@@ -81,14 +82,20 @@ pub fn claim(conn: &mut DbConnection, limit: u32, lease: i64, now: i64) -> Resul
             .load(conn)?;
         let mut claimed = Vec::with_capacity(due.len());
         for (row, tenant, async_process_id) in due {
-            // Only if no other node took it since the read (PostgreSQL reads do not block).
-            let taken =
-                diesel::update(deliveries::table.find(row.id).filter(deliveries::attempts.eq(row.attempts)))
-                    .set((
-                        deliveries::attempts.eq(row.attempts + 1),
-                        deliveries::next_attempt_at.eq(now.saturating_add(lease)),
-                    ))
-                    .execute(conn)?;
+            // Only if it is as it was read: on PostgreSQL another node may have claimed it, or
+            // a late sender recorded it, since (reads do not block there).
+            let taken = diesel::update(
+                deliveries::table
+                    .find(row.id)
+                    .filter(deliveries::attempts.eq(row.attempts))
+                    .filter(deliveries::state.eq(PENDING))
+                    .filter(deliveries::next_attempt_at.eq(row.next_attempt_at)),
+            )
+            .set((
+                deliveries::attempts.eq(row.attempts + 1),
+                deliveries::next_attempt_at.eq(now.saturating_add(lease)),
+            ))
+            .execute(conn)?;
             if taken == 0 {
                 continue;
             }
@@ -103,6 +110,36 @@ pub fn claim(conn: &mut DbConnection, limit: u32, lease: i64, now: i64) -> Resul
         }
         Ok(claimed)
     })
+}
+
+/// Fixes the body before the first attempt is sent, so that every attempt, even one that
+/// follows a crash, sends (and signs) the same bytes. False when the lease was lost meanwhile.
+pub fn fix_body(conn: &mut DbConnection, delivery: i64, attempt: u32, body: &str) -> Result<bool, Error> {
+    let number = i32::try_from(attempt).unwrap_or(i32::MAX);
+    let fixed = diesel::update(
+        deliveries::table
+            .find(delivery)
+            .filter(deliveries::attempts.eq(number))
+            .filter(deliveries::state.eq(PENDING))
+            .filter(deliveries::body.is_null()),
+    )
+    .set(deliveries::body.eq(body))
+    .execute(conn)?;
+    Ok(fixed == 1)
+}
+
+/// A retry takes a process out of its final status: announcements of that finish not yet
+/// attempted would describe a state that is gone, so they give way to the next finish's.
+pub(crate) fn supersede_unsent(conn: &mut DbConnection, process_id: i64) -> Result<(), Error> {
+    diesel::update(
+        deliveries::table
+            .filter(deliveries::process_id.eq(process_id))
+            .filter(deliveries::state.eq(PENDING))
+            .filter(deliveries::body.is_null()),
+    )
+    .set(deliveries::state.eq(SUPERSEDED))
+    .execute(conn)?;
+    Ok(())
 }
 
 pub fn record(conn: &mut DbConnection, attempt: &Attempt) -> Result<(), Error> {
@@ -178,6 +215,10 @@ impl DeliveryStore for Store {
         now_micros: i64,
     ) -> Result<Vec<DueDelivery>, RepositoryError> {
         self.with(|conn| claim(conn, limit, lease_micros, now_micros).map(Ok))
+    }
+
+    fn fix_body(&self, delivery: i64, attempt: u32, body: &str) -> Result<bool, RepositoryError> {
+        self.with(|conn| fix_body(conn, delivery, attempt, body).map(Ok))
     }
 
     fn record_attempt(&self, attempt: &Attempt) -> Result<(), RepositoryError> {
@@ -265,13 +306,35 @@ mod tests {
             assert_eq!(record.next_attempt_at_micros, None);
         }
 
+        fn the_body_is_fixed_before_the_first_attempt_is_sent(store: &Store) {
+            begin_with(store, "p", &[FailurePolicy::Skip], 0, 10, Some(URL));
+            let first = store.claim_deliveries(10, LEASE, 0).unwrap().remove(0);
+            assert!(store.fix_body(first.id, first.attempt, "first bytes").unwrap());
+            assert!(!store.fix_body(first.id, first.attempt, "other bytes").unwrap(), "fixed once");
+            // The sender died before recording: the next attempt sends the same bytes.
+            let again = store.claim_deliveries(10, LEASE, LEASE).unwrap().remove(0);
+            assert_eq!(again.body.as_deref(), Some("first bytes"));
+            assert!(!store.fix_body(first.id, first.attempt, "late").unwrap(), "a lost lease fixes nothing");
+        }
+
         fn a_retried_process_that_finishes_again_is_announced_again(store: &Store) {
             begin_with(store, "p", &[FailurePolicy::Skip], 2, 10, Some(URL));
             drain(store, "queue:q0", &[1], 0);
+            // Retried before any attempt: the Failed announcement would describe a state that
+            // is gone, and gives way to the next finish's.
             store.retry(&TenantId::default_tenant(), "p", 1).unwrap();
             drain(store, "queue:q0", &[], 2);
-            let finished: Vec<String> = records(store, "p").into_iter().map(|r| r.finished_status).collect();
-            assert_eq!(finished, ["Failed", "Success"]);
+            let seen: Vec<(String, String)> =
+                records(store, "p").into_iter().map(|r| (r.finished_status, r.state)).collect();
+            assert_eq!(seen, [("Failed".into(), "superseded".into()), ("Success".into(), "pending".into())]);
+            // One already under way is kept: its receiver may have it.
+            begin_with(store, "q", &[FailurePolicy::Skip], 2, 10, Some(URL));
+            drain(store, "queue:q0", &[0], 3);
+            for due in store.claim_deliveries(10, LEASE, 4).unwrap() {
+                assert!(store.fix_body(due.id, due.attempt, "sent").unwrap());
+            }
+            store.retry(&TenantId::default_tenant(), "q", 5).unwrap();
+            assert_eq!(records(store, "q")[0].state, "pending");
         }
     }
 }

@@ -80,7 +80,8 @@ pub fn items_page(
         let Some((process_id, total_steps)) = process else {
             return Ok(Err(ItemsError::NotFound(query.async_process_id.clone())));
         };
-        let step = to_i32(query.step_number)?;
+        // A step number past i32 names no step (a caller's mistake, not corrupt data).
+        let step = i32::try_from(query.step_number).unwrap_or(i32::MAX);
         if step >= total_steps {
             let last = u32::try_from(total_steps - 1).unwrap_or(0);
             return Ok(Err(ItemsError::NoSuchStep { step: query.step_number, last }));

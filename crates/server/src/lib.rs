@@ -88,6 +88,7 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
         tracing::info!("engine.enabled is false: built-in steps wait for a node that runs the engine");
         None
     };
+    let callbacks = settings.callbacks()?;
     let notifier = settings.notifications.enabled.then(|| {
         let n = &settings.notifications;
         let config = NotifierConfig {
@@ -100,7 +101,8 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
             concurrency: n.concurrency,
         };
         let render = Arc::new(move |process: &ProcessStatus| notification_body(process, success_code));
-        start_notifier(Arc::new(store.clone()), render, config)
+        let allowed = Arc::new(move |url: &str| callbacks.check(url).map(drop));
+        start_notifier(Arc::new(store.clone()), render, allowed, config)
     });
     tracing::info!(database = %store.describe(), "listening on http://{local}");
     let shutdown = Duration::from_secs(settings.server.shutdown_timeout_secs);

@@ -253,6 +253,7 @@ on_both_backends! {
         assert!(body["technicalMessage"].as_str().unwrap().contains("/steps/{stepNumber}/items"), "{body}");
         for (query, mention) in [
             ("steps/1/items", "no step 1"),
+            ("steps/2147483648/items", "no step 2147483648"),
             ("steps/x/items", "stepNumber"),
             ("steps/0/items?outcome=maybe", "outcome"),
             ("steps/0/items?limit=10001", "limit"),
