@@ -9,6 +9,7 @@
 
 mod engine;
 mod notifications;
+mod security;
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use async_engine_api::{ApiConfig, AppState, CallbackPolicy, StatusLimiter, Watcher};
+use async_engine_api::{ApiConfig, AppState, Auth, CallbackPolicy, StatusLimiter, Watcher};
 use async_engine_domain::{
     ClaimRequest, FailurePolicy, Handler, NewProcess, ProcessDefinition, ProcessId, ProcessStatus,
     ProcessStore, RawJson, ReferenceId, RepositoryError, StatusQuery, StatusReader, StepDefinition,
@@ -83,6 +83,7 @@ pub fn run(clients: Vec<usize>, seconds: u64) -> anyhow::Result<()> {
         callbacks: Arc::new(CallbackPolicy::default()),
         watcher: Watcher::new(config.watch_interval),
         limiter: Arc::new(StatusLimiter::new(0)),
+        auth: Arc::new(Auth::disabled()),
         on_new_work: Arc::new(|| {}),
         config,
     };
@@ -147,6 +148,7 @@ pub fn run(clients: Vec<usize>, seconds: u64) -> anyhow::Result<()> {
 fn drive(store: &Store, stop: &AtomicBool) -> anyhow::Result<()> {
     while !stop.load(Ordering::Relaxed) {
         let request = ClaimRequest {
+            tenant: None,
             queues: vec!["queue:measure".into()],
             worker_id: "driver".into(),
             max_tasks: 1,

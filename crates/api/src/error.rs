@@ -2,7 +2,7 @@
 //! envelope's `statusMessage`. Internal details are logged here and never sent.
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{HeaderValue, RETRY_AFTER};
+use actix_web::http::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use actix_web::{HttpResponse, ResponseError};
 use async_engine_domain::RepositoryError;
 
@@ -17,6 +17,12 @@ pub enum ApiError {
     NotFound { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
+    /// No bearer token, or one that is not a key of this server.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The key lacks the scope the call needs.
+    #[error("{0}")]
+    Forbidden(String),
     /// A stale or unknown task lease: nothing was recorded.
     #[error("{0}")]
     Conflict(String),
@@ -44,6 +50,8 @@ impl ApiError {
             ApiError::Input(_) => (StatusCode::BAD_REQUEST, "Input Error"),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "Not Found"),
             ApiError::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
             ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),
             ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests"),
@@ -77,8 +85,14 @@ impl ResponseError for ApiError {
             other => other.to_string(),
         };
         let mut response = envelope_response(status, status_message, &shown);
-        if let ApiError::TooManyRequests { retry_after_secs, .. } = self {
-            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        match self {
+            ApiError::TooManyRequests { retry_after_secs, .. } => {
+                response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            ApiError::Unauthorized(_) => {
+                response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         response
     }
@@ -126,6 +140,8 @@ mod tests {
                 405,
                 "Method Not Allowed",
             ),
+            (ApiError::Unauthorized("who".into()), 401, "Unauthorized"),
+            (ApiError::Forbidden("no".into()), 403, "Forbidden"),
             (ApiError::Conflict("stale".into()), 409, "Conflict"),
             (ApiError::PayloadTooLarge { limit: 10 }, 413, "Payload Too Large"),
             (ApiError::TooManyRequests { interval_secs: 60, retry_after_secs: 5 }, 429, "Too Many Requests"),

@@ -14,6 +14,7 @@ use async_engine_domain::{Detail, IdKind, StatusQuery, TenantId};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
+use crate::auth::{Caller, Scope};
 use crate::envelope::{Envelope, Record};
 use crate::error::{ApiError, envelope_response};
 use crate::params::{self, StatusRequest};
@@ -46,11 +47,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(resource("/metrics").route(web::get().to(crate::metrics::render)));
 }
 
-/// Every caller is in the default tenant until API keys carry one.
-pub fn tenant() -> TenantId {
-    TenantId::default_tenant()
-}
-
 /// Runs storage work on actix's blocking pool: diesel is synchronous.
 pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
     web::block(work).await.map_err(|e| ApiError::Internal(format!("storage work did not finish: {e}")))
@@ -59,6 +55,7 @@ pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stat
 /// `GET /v1/asyncprocesses/{id}`, plain, conditional (`If-None-Match`) or waiting
 /// (`waitSeconds`, contract §6).
 async fn get_status(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let caller = state.auth.authorize(&req, Scope::StatusRead)?;
     // The raw segment, not actix's match: actix has already decoded it, lossily for bytes
     // that are not UTF-8, and we decode exactly once ourselves.
     let raw = req.uri().path().strip_prefix(STATUS_PREFIX).unwrap_or_default();
@@ -68,20 +65,21 @@ async fn get_status(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
     let held = if_none_match(&req);
     match wait {
         Some(wait) if !held.is_empty() => {
-            watch::long_poll(&state, WatchKey { tenant: tenant(), request }, &held, wait).await
+            watch::long_poll(&state, WatchKey { tenant: caller.tenant, request }, &held, wait).await
         }
-        _ => respond(&req, &state, request).await,
+        _ => respond(&req, &state, &caller, request).await,
     }
 }
 
 /// `GET /v1/asyncprocesses/{id}/events`
 async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let caller = state.auth.authorize(&req, Scope::StatusRead)?;
     let raw = req.match_info().get("id").unwrap_or_default();
     let id = params::parse_path_id(raw)?;
     let mut request = params::parse_status_query(id, req.query_string())?;
     // Events carry the steps' counters, never item lists: a stream of a large process stays small.
     request.shape.items_list = false;
-    watch::event_stream(&state, WatchKey { tenant: tenant(), request }).await
+    watch::event_stream(&state, WatchKey { tenant: caller.tenant, request }).await
 }
 
 /// `POST /v1/actions/getAsyncJobStatus`: the page's `getAsyncJobStatus` action.
@@ -90,31 +88,37 @@ async fn action_status(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let caller = state.auth.authorize(&req, Scope::StatusRead)?;
     let body = read_body(&req, payload, state.config.max_body_bytes).await?;
     let request = params::parse_action_body(&body)?;
-    respond(&req, &state, request).await
+    respond(&req, &state, &caller, request).await
 }
 
 async fn respond(
     req: &HttpRequest,
     state: &AppState,
+    caller: &Caller,
     request: StatusRequest,
 ) -> Result<HttpResponse, ApiError> {
-    if let Err(refused) = state.limiter.check(&client(req), request.id.as_str()) {
+    if let Err(refused) = state.limiter.check(&client(req, caller), request.id.as_str()) {
         metrics::counter!("async_engine_status_reads_limited_total").increment(1);
         return Err(refused);
     }
     let reading = state.clone();
-    let answer = blocking(move || read_answer(&reading, &tenant(), &request)).await??;
+    let tenant = caller.tenant.clone();
+    let answer = blocking(move || read_answer(&reading, &tenant, &request)).await??;
     if answer.matches(&if_none_match(req)) {
         return Ok(answer.not_modified());
     }
     Ok(answer.response())
 }
 
-/// Who a caller is for the per-client limits: its address until API keys name callers.
-fn client(req: &HttpRequest) -> String {
-    req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default()
+/// Who a caller is for the per-client limits (contract §6): its API key, else its address.
+fn client(req: &HttpRequest, caller: &Caller) -> String {
+    match &caller.key {
+        Some(key) => format!("key:{key}"),
+        None => req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default(),
+    }
 }
 
 /// The entity tags of `If-None-Match`, weak or strong alike (a weak comparison, RFC 9110).

@@ -1,6 +1,7 @@
 //! The HTTP face of Async Engine: routes, the documented envelope on every answer, and the
 //! mapping of errors to codes. The only crate that knows HTTP.
 
+pub mod auth;
 pub mod callback;
 mod clock;
 pub mod envelope;
@@ -28,6 +29,7 @@ use async_engine_domain::{
     DeliveryStore, ProcessDefinition, ProcessStatus, ProcessStore, StatusReader, TaskStore,
 };
 
+pub use crate::auth::{ApiKey, Auth, Scope};
 pub use crate::callback::CallbackPolicy;
 use crate::envelope::{Envelope, Record, Shape};
 pub use crate::limits::StatusLimiter;
@@ -101,6 +103,8 @@ pub struct AppState {
     pub watcher: Watcher,
     /// `limits.min_status_interval_secs`.
     pub limiter: Arc<StatusLimiter>,
+    /// API keys, or none (every caller anonymous).
+    pub auth: Arc<Auth>,
     /// Called when new tasks may be due, to wake this node's idle engine workers.
     pub on_new_work: Arc<dyn Fn() + Send + Sync>,
     pub config: ApiConfig,
@@ -112,6 +116,7 @@ impl AppState {
         store: S,
         definitions: Vec<ProcessDefinition>,
         callbacks: CallbackPolicy,
+        auth: Auth,
         on_new_work: Arc<dyn Fn() + Send + Sync>,
         config: ApiConfig,
     ) -> Self
@@ -127,6 +132,7 @@ impl AppState {
             callbacks: Arc::new(callbacks),
             watcher: Watcher::new(config.watch_interval),
             limiter: Arc::new(StatusLimiter::new(config.min_status_interval_secs)),
+            auth: Arc::new(auth),
             on_new_work,
             config,
         }

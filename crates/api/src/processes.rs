@@ -12,10 +12,11 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::AppState;
+use crate::auth::Scope;
 use crate::clock::{now_micros, rfc3339};
 use crate::envelope::{Envelope, Record, Shape};
 use crate::error::ApiError;
-use crate::handlers::{blocking, read_body, tenant};
+use crate::handlers::{blocking, read_body};
 use crate::params::{self, parse_path_id};
 
 /// Records of commands and lists show steps' counters, not their items.
@@ -80,6 +81,7 @@ pub async fn start(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let caller = state.auth.authorize(&req, Scope::ProcessesWrite)?;
     let body = read_body(&req, payload, state.config.max_body_bytes).await?;
     let request = parse_start(&body)?;
     let idempotency_key = match req.headers().get("Idempotency-Key") {
@@ -110,7 +112,7 @@ pub async fn start(
     let id = ProcessId::new(uuid::Uuid::now_v7().simple().to_string())
         .map_err(|e| ApiError::Internal(format!("generated ID refused: {e}")))?;
     let new = NewProcess {
-        tenant: tenant(),
+        tenant: caller.tenant,
         async_process_id: id,
         reference_id: request.reference_id,
         definition,
@@ -148,18 +150,19 @@ fn command_target(req: &HttpRequest) -> Result<String, ApiError> {
 
 /// `POST /v1/asyncprocesses/{id}/cancel`
 pub async fn cancel(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let tenant = state.auth.authorize(&req, Scope::ProcessesWrite)?.tenant;
     let id = command_target(&req)?;
     let store = state.processes.clone();
-    let record =
-        blocking(move || store.cancel(&tenant(), &id, now_micros())).await?.map_err(command_error)?;
+    let record = blocking(move || store.cancel(&tenant, &id, now_micros())).await?.map_err(command_error)?;
     Ok(accepted(&[record], SUMMARY))
 }
 
 /// `POST /v1/asyncprocesses/{id}/retry`
 pub async fn retry(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let tenant = state.auth.authorize(&req, Scope::ProcessesWrite)?.tenant;
     let id = command_target(&req)?;
     let store = state.processes.clone();
-    let record = blocking(move || store.retry(&tenant(), &id, now_micros())).await?.map_err(command_error)?;
+    let record = blocking(move || store.retry(&tenant, &id, now_micros())).await?.map_err(command_error)?;
     (state.on_new_work)();
     Ok(accepted(&[record], SUMMARY))
 }
@@ -183,14 +186,9 @@ struct ListEnvelope<'a> {
 
 /// `GET /v1/asyncprocesses?status=&asyncProcessName=&referenceId=&limit=&cursor=`
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let mut query = ListQuery {
-        tenant: tenant(),
-        status: None,
-        name: None,
-        reference_id: None,
-        limit: 100,
-        cursor: None,
-    };
+    let tenant = state.auth.authorize(&req, Scope::StatusRead)?.tenant;
+    let mut query =
+        ListQuery { tenant, status: None, name: None, reference_id: None, limit: 100, cursor: None };
     for (name, value) in form_urlencoded::parse(req.query_string().as_bytes()) {
         match name.as_ref() {
             "status" => {
@@ -242,6 +240,7 @@ struct ItemOut<'a> {
 
 /// `GET /v1/asyncprocesses/{id}/steps/{stepNumber}/items?outcome=&limit=&cursor=` (contract §6)
 pub async fn items(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let tenant = state.auth.authorize(&req, Scope::StatusRead)?.tenant;
     let id = command_target(&req)?;
     let step = req
         .match_info()
@@ -250,7 +249,7 @@ pub async fn items(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
         .ok_or_else(|| ApiError::input("stepNumber must be a whole number: 0 for the first step"))?;
     let max = u32::try_from(state.config.max_items_per_response).unwrap_or(u32::MAX).max(1);
     let mut query = ItemsQuery {
-        tenant: tenant(),
+        tenant,
         async_process_id: id,
         step_number: step,
         outcome: OutcomeFilter::Any,
@@ -314,10 +313,11 @@ struct DeliveriesOut {
 /// `GET /v1/asyncprocesses/{id}/deliveries`: the FinishProcess notifications of a process and
 /// how each attempt went, for operators.
 pub async fn deliveries(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let tenant = state.auth.authorize(&req, Scope::StatusRead)?.tenant;
     let id = command_target(&req)?;
     let store = state.deliveries.clone();
     let lookup = id.clone();
-    let records = blocking(move || store.deliveries(&tenant(), &lookup))
+    let records = blocking(move || store.deliveries(&tenant, &lookup))
         .await??
         .ok_or_else(|| ApiError::Input(CommandError::NotFound(id).to_string()))?;
     let deliveries: Vec<DeliveryOut> = records
@@ -358,7 +358,8 @@ struct StepOut<'a> {
 }
 
 /// `GET /v1/processdefinitions`
-pub async fn definitions(state: web::Data<AppState>) -> HttpResponse {
+pub async fn definitions(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.auth.authorize(&req, Scope::StatusRead)?;
     let out: Vec<DefinitionOut> = state
         .definitions
         .iter()
@@ -380,7 +381,7 @@ pub async fn definitions(state: web::Data<AppState>) -> HttpResponse {
                 .collect(),
         })
         .collect();
-    HttpResponse::Ok().json(serde_json::json!({ "processDefinitions": out }))
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "processDefinitions": out })))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::AppState;
+use crate::auth::Scope;
 use crate::clock::{now_micros, rfc3339};
 use crate::error::ApiError;
 use crate::handlers::{blocking, read_body};
@@ -66,6 +67,7 @@ pub async fn claim(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let tenant = state.auth.authorize(&req, Scope::TasksWork)?.tenant;
     let body: ClaimBody = parse(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
     let name = body.queue.strip_prefix("queue:").unwrap_or(&body.queue);
     if name.is_empty()
@@ -92,6 +94,7 @@ pub async fn claim(
     loop {
         let request = ClaimRequest {
             queues: vec![queue.clone()],
+            tenant: Some(tenant.clone()),
             worker_id: body.worker_id.clone(),
             max_tasks,
             lease_micros: i64::try_from(lease * 1_000_000).unwrap_or(i64::MAX),
@@ -173,6 +176,9 @@ pub async fn complete(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    // The lease token is the capability: only the worker that claimed the task (within its
+    // tenant) knows it.
+    state.auth.authorize(&req, Scope::TasksWork)?;
     let id = task_id(&req)?;
     let body: CompleteBody = parse(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
     for group in &body.failed {
@@ -209,6 +215,7 @@ pub async fn heartbeat(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    state.auth.authorize(&req, Scope::TasksWork)?;
     let id = task_id(&req)?;
     let body: HeartbeatBody = parse(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
     let lease = body.lease_seconds.unwrap_or(state.config.default_lease_secs);
@@ -238,6 +245,7 @@ pub async fn fail(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    state.auth.authorize(&req, Scope::TasksWork)?;
     let id = task_id(&req)?;
     let body: FailBody = parse(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
     check_text("statusMessage", &body.status_message, 1_000)?;

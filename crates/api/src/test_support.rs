@@ -11,7 +11,7 @@ use async_engine_domain::work::{MockProcessStore, MockTaskStore};
 use async_engine_domain::{FailurePolicy, Handler, ProcessDefinition, StepDefinition};
 use serde_json::Value;
 
-use crate::{ApiConfig, AppState, CallbackPolicy, StatusLimiter, Watcher, app};
+use crate::{ApiConfig, AppState, Auth, CallbackPolicy, StatusLimiter, Watcher, app};
 
 /// Mocks with no expectations (any call fails the test) and one definition, "P".
 pub fn state() -> AppState {
@@ -35,6 +35,7 @@ pub fn state() -> AppState {
         callbacks: Arc::new(CallbackPolicy::new(&["hooks.example.com".to_owned()]).unwrap()),
         watcher: Watcher::new(Duration::from_millis(20)),
         limiter: Arc::new(StatusLimiter::new(0)),
+        auth: Arc::new(Auth::disabled()),
         on_new_work: Arc::new(|| {}),
         config: ApiConfig::default(),
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use async_engine_api::{ApiConfig, AppState, CallbackPolicy, serve};
+use async_engine_api::{ApiConfig, AppState, Auth, CallbackPolicy, serve};
 use async_engine_domain::{ProcessDefinition, ProcessSnapshot, SnapshotWriter, TenantId};
 use async_engine_persistence::Store;
 use async_engine_persistence::testing::{self, TestDb};
@@ -27,11 +27,21 @@ impl TestServer {
     }
 
     fn start_with(db: TestDb, definitions: Vec<ProcessDefinition>, config: ApiConfig) -> Self {
+        Self::start_full(db, definitions, config, Auth::disabled())
+    }
+
+    fn start_full(db: TestDb, definitions: Vec<ProcessDefinition>, config: ApiConfig, auth: Auth) -> Self {
         let store = db.store.clone();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let state =
-            AppState::new(store.clone(), definitions, CallbackPolicy::default(), Arc::new(|| {}), config);
+        let state = AppState::new(
+            store.clone(),
+            definitions,
+            CallbackPolicy::default(),
+            auth,
+            Arc::new(|| {}),
+            config,
+        );
         let (ready, started) = mpsc::channel();
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
@@ -111,6 +121,8 @@ macro_rules! on_both_backends {
 }
 
 // After the macro, which it uses. In a folder, so that cargo does not take it for a test binary.
+#[path = "http/auth.rs"]
+mod auth;
 #[path = "http/waiting.rs"]
 mod waiting;
 

@@ -42,6 +42,9 @@ pub enum Started {
 pub struct ClaimRequest {
     /// Queue names as handlers print them (`builtin:noop`, `queue:pricing`).
     pub queues: Vec<String>,
+    /// Only tasks of this tenant's processes (external workers); `None` for the engine, which
+    /// runs built-in steps for every tenant.
+    pub tenant: Option<TenantId>,
     pub worker_id: String,
     pub max_tasks: u32,
     pub lease_micros: i64,

@@ -169,6 +169,7 @@ impl Worker {
             // Read before claiming, so a wake-up between an empty claim and the wait is not lost.
             let seen = self.waker.generation();
             let request = ClaimRequest {
+                tenant: None,
                 queues: queues.clone(),
                 worker_id: self.id.clone(),
                 max_tasks: self.config.batch.max(1),

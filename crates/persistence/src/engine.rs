@@ -296,12 +296,20 @@ fn new_step(
 /// tasks whose time has come. Two queries, so that each walks the `(queue, state, ...)` index.
 fn due_tasks(conn: &mut DbConnection, request: &ClaimRequest, limit: i64) -> Result<Vec<TaskRow>, Error> {
     let now = request.now_micros;
+    // Every tenant (the engine), or only the worker's: one statement shape for both, so the
+    // row locks below stay on `tasks` alone (a subquery, not a join).
+    let any_tenant = request.tenant.is_none();
+    let tenant = request.tenant.as_ref().map_or("", |t| t.as_str());
     macro_rules! due {
         ($state:expr, $ready:expr, $limit:expr) => {
             tasks::table
                 .filter(tasks::queue.eq_any(&request.queues))
                 .filter(tasks::state.eq($state))
                 .filter($ready)
+                .filter(
+                    any_tenant.into_sql::<diesel::sql_types::Bool>().or(tasks::process_id
+                        .eq_any(processes::table.filter(processes::tenant.eq(tenant)).select(processes::id))),
+                )
                 .order(tasks::id.asc())
                 .limit($limit)
                 .select(TaskRow::as_select())
@@ -1125,6 +1133,7 @@ pub(crate) mod tests {
         store
             .claim(&ClaimRequest {
                 queues: vec![queue.into()],
+                tenant: None,
                 worker_id: worker.into(),
                 max_tasks: max,
                 lease_micros: 10 * SECOND,

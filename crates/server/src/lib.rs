@@ -30,9 +30,30 @@ pub fn migrate(settings: &Settings) -> anyhow::Result<Vec<String>> {
     store.migrate().context("applying migrations")
 }
 
+/// `async-engine token`: a new random API token, and the `[[auth.keys]]` entry that admits
+/// it (its SHA-256 only: the token itself is shown once, here, and stored nowhere).
+pub fn token(name: &str, tenant: &str, scopes: &[String]) -> anyhow::Result<(String, String)> {
+    async_engine_domain::TenantId::new(tenant).context("--tenant")?;
+    for scope in scopes {
+        scope.parse::<async_engine_api::Scope>().map_err(anyhow::Error::msg).context("--scopes")?;
+    }
+    let mut bytes = [0_u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness from the system: {e}"))?;
+    let token = format!("ae_{}", hex::encode(bytes));
+    let scopes: Vec<String> = scopes.iter().map(|s| format!("{s:?}")).collect();
+    let entry = format!(
+        "[[auth.keys]]\nname = {name:?}\ntenant = {tenant:?}\ntoken_sha256 = \"{}\"\nscopes = [{}]\n",
+        async_engine_api::auth::digest_hex(&token),
+        scopes.join(", ")
+    );
+    Ok((token, entry))
+}
+
 /// `async-engine serve`: serves the API until SIGTERM or SIGINT, then stops gracefully.
 pub fn serve(settings: &Settings) -> anyhow::Result<()> {
     telemetry::init(&settings.log)?;
+    // Before anything is touched: a refused start changes nothing.
+    settings.check_exposure()?;
     let store = open_store(settings)?;
     if settings.database.migrate_on_start {
         for name in store.migrate().context("applying migrations")? {
@@ -57,6 +78,7 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
         store.clone(),
         settings.definitions()?,
         settings.callbacks()?,
+        settings.auth()?,
         Arc::new(move || wake.wake()),
         ApiConfig {
             success_code,

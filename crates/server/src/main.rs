@@ -26,6 +26,27 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Print a new API token and the [[auth.keys]] entry (with its SHA-256) that admits it.
+    Token {
+        /// The key's name, as logs and limits know the caller.
+        #[arg(long, default_value = "key")]
+        name: String,
+        /// The tenant whose processes the key sees and touches.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Comma-separated: status:read, processes:write, tasks:work, admin.
+        #[arg(long, value_delimiter = ',', default_value = "status:read")]
+        scopes: Vec<String>,
+    },
+}
+
+/// What a command prints for scripts goes to standard output; messages go to standard error.
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -41,8 +62,17 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Token { name, tenant, scopes } = &cli.command {
+        // Needs no configuration: it may be run anywhere, before one exists.
+        let (token, entry) = async_engine::token(name, tenant, scopes)?;
+        eprintln!("async-engine: the token (give it to the caller; it is shown only now):");
+        write_stdout(&format!("{token}\n"))?;
+        eprintln!("async-engine: the key to add to the server's configuration:");
+        return write_stdout(&entry);
+    }
     let settings = Settings::from_env(cli.config.as_deref())?;
     match cli.command {
+        Command::Token { .. } => Ok(()),
         Command::Serve => async_engine::serve(&settings),
         Command::Migrate => {
             let applied = async_engine::migrate(&settings)?;

@@ -6,9 +6,10 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::{Context, anyhow, bail};
-use async_engine_api::CallbackPolicy;
+use async_engine_api::auth::parse_digest;
+use async_engine_api::{ApiKey, Auth, CallbackPolicy, Scope};
 use async_engine_domain::definition::validate_all;
-use async_engine_domain::{ProcessDefinition, StepDefinition};
+use async_engine_domain::{ProcessDefinition, StepDefinition, TenantId};
 use async_engine_engine::Handlers;
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
@@ -25,6 +26,7 @@ pub struct Settings {
     pub api: ApiSettings,
     pub limits: LimitSettings,
     pub notifications: NotificationSettings,
+    pub auth: AuthSettings,
     pub log: LogSettings,
     /// Process definitions (`[[processes]]` with `[[processes.steps]]`).
     #[serde(default)]
@@ -124,6 +126,24 @@ pub struct NotificationSettings {
     pub max_backoff_secs: u64,
     pub poll_ms: u64,
     pub concurrency: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub enabled: bool,
+    pub allow_anonymous_remote: bool,
+    #[serde(default)]
+    pub keys: Vec<KeySettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySettings {
+    pub name: String,
+    pub tenant: String,
+    pub token_sha256: String,
+    pub scopes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +253,7 @@ impl Settings {
                 bail!("notifications.{key}: {value} is out of range {}..={}", range.start(), range.end());
             }
         }
+        self.auth()?;
         self.definitions()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             bail!("log.level: '{}' is not a valid filter (try info, debug or warn)", self.log.level);
@@ -242,6 +263,59 @@ impl Settings {
 }
 
 impl Settings {
+    /// `auth.*` as the API checks callers: keys validated, each named in errors.
+    pub fn auth(&self) -> anyhow::Result<Auth> {
+        if !self.auth.enabled {
+            return Ok(Auth::disabled());
+        }
+        if self.auth.keys.is_empty() {
+            bail!(
+                "auth.keys: auth.enabled is true but no [[auth.keys]] is configured; make one with `async-engine token`"
+            );
+        }
+        let mut keys: Vec<ApiKey> = Vec::with_capacity(self.auth.keys.len());
+        for (n, key) in self.auth.keys.iter().enumerate() {
+            let at = format!("auth.keys[{n}]");
+            if key.name.is_empty() || key.name.len() > 100 {
+                bail!("{at}.name: give each key a name of 1 to 100 characters");
+            }
+            let tenant = TenantId::new(key.tenant.clone()).map_err(|e| anyhow!("{at}.tenant: {e}"))?;
+            let token_sha256 =
+                parse_digest(&key.token_sha256).map_err(|e| anyhow!("{at}.token_sha256: {e}"))?;
+            let scopes = key
+                .scopes
+                .iter()
+                .map(|s| s.parse::<Scope>().map_err(|e| anyhow!("{at}.scopes: {e}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if scopes.is_empty() {
+                bail!("{at}.scopes: a key needs at least one scope");
+            }
+            if keys.iter().any(|k| k.name == key.name) {
+                bail!("{at}.name: '{}' names two keys", key.name);
+            }
+            if keys.iter().any(|k| k.token_sha256 == token_sha256) {
+                bail!("{at}.token_sha256: two keys have the same token");
+            }
+            keys.push(ApiKey { name: key.name.clone(), tenant, token_sha256, scopes });
+        }
+        Ok(Auth::with_keys(keys))
+    }
+
+    /// Refuses to serve anonymously beyond this machine unless told to on purpose (§8).
+    pub fn check_exposure(&self) -> anyhow::Result<()> {
+        let loopback = self.server.host == "localhost"
+            || self.server.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if !self.auth.enabled && !loopback && !self.auth.allow_anonymous_remote {
+            bail!(
+                "server.host: refusing to listen on {} without auth: anyone who can reach it could \
+                 read and start processes; set auth.enabled = true with [[auth.keys]] (see \
+                 `async-engine token`), or auth.allow_anonymous_remote = true on purpose",
+                self.server.host
+            );
+        }
+        Ok(())
+    }
+
     /// `notifications.allowed_hosts` as the API checks callback URLs against them.
     pub fn callbacks(&self) -> anyhow::Result<CallbackPolicy> {
         CallbackPolicy::new(&self.notifications.allowed_hosts)
@@ -387,6 +461,61 @@ mod tests {
         .unwrap();
         let text = format!("{:#}", Settings::load(Some(&file), &[]).unwrap_err());
         assert!(text.contains("processes[0].callback_url") && text.contains("allowed_hosts"), "{text}");
+    }
+
+    fn with_file(text: &str) -> anyhow::Result<Settings> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("auth.toml");
+        std::fs::write(&file, text).unwrap();
+        Settings::load(Some(&file), &[])
+    }
+
+    #[test]
+    fn keys_are_checked_and_name_their_entry() {
+        let digest = "a".repeat(64);
+        let key = |name: &str, digest: &str, scopes: &str| {
+            format!(
+                "[[auth.keys]]\nname = \"{name}\"\ntenant = \"acme\"\ntoken_sha256 = \"{digest}\"\nscopes = [{scopes}]\n"
+            )
+        };
+        let good = format!("[auth]\nenabled = true\n{}", key("k", &digest, "\"admin\""));
+        assert!(with_file(&good).unwrap().auth().unwrap().enabled());
+        for (text, mention) in [
+            ("[auth]\nenabled = true\n".to_owned(), "auth.keys"),
+            (
+                format!("[auth]\nenabled = true\n{}", key("k", "abc", "\"admin\"")),
+                "auth.keys[0].token_sha256",
+            ),
+            (format!("[auth]\nenabled = true\n{}", key("k", &digest, "\"root\"")), "auth.keys[0].scopes"),
+            (format!("[auth]\nenabled = true\n{}", key("k", &digest, "")), "auth.keys[0].scopes"),
+            (
+                format!(
+                    "[auth]\nenabled = true\n{}{}",
+                    key("k", &digest, "\"admin\""),
+                    key("k", &"b".repeat(64), "\"admin\"")
+                ),
+                "auth.keys[1].name",
+            ),
+        ] {
+            let error = format!("{:#}", with_file(&text).unwrap_err());
+            assert!(error.contains(mention), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn only_loopback_is_served_anonymously_by_default() {
+        for (host, anyway, refused) in [
+            ("127.0.0.1", false, false),
+            ("::1", false, false),
+            ("localhost", false, false),
+            ("0.0.0.0", false, true),
+            ("0.0.0.0", true, false),
+        ] {
+            let mut settings = Settings::load(None, &[]).unwrap();
+            settings.server.host = host.to_owned();
+            settings.auth.allow_anonymous_remote = anyway;
+            assert_eq!(settings.check_exposure().is_err(), refused, "{host} {anyway}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::TestServer;
 
 /// One external step, so the test decides when the process moves.
-fn definitions(chunk: u32) -> Vec<ProcessDefinition> {
+pub(super) fn definitions(chunk: u32) -> Vec<ProcessDefinition> {
     vec![ProcessDefinition {
         name: "Q".into(),
         steps: vec![StepDefinition {
@@ -49,6 +49,7 @@ impl TestServer {
     fn claim(&self, max_tasks: u32) -> Vec<ClaimedTask> {
         self.store
             .claim(&ClaimRequest {
+                tenant: None,
                 queues: vec!["queue:q".into()],
                 worker_id: "test".into(),
                 max_tasks,
