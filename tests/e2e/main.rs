@@ -9,6 +9,7 @@
 
 mod engine;
 mod notifications;
+mod operations;
 mod security;
 
 use std::ffi::OsStr;
@@ -90,9 +91,15 @@ fn seed(db: impl AsRef<OsStr>) {
     let store = Store::open(db.as_ref().to_str().unwrap(), 1).unwrap();
     store.migrate().unwrap();
     for (n, record) in documented()["AsyncProcessStatus"].as_array().unwrap().iter().enumerate() {
-        let snapshot = ProcessSnapshot::from_documented_record(record, n as i64).unwrap();
+        // Created now: retention (30 days by default) must not take them.
+        let snapshot = ProcessSnapshot::from_documented_record(record, now_micros() + n as i64).unwrap();
         store.import(&TenantId::default_tenant(), &snapshot).unwrap();
     }
+}
+
+fn now_micros() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    i64::try_from(since.as_micros()).unwrap()
 }
 
 fn documented() -> Value {

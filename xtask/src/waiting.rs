@@ -79,6 +79,7 @@ pub fn run(clients: Vec<usize>, seconds: u64) -> anyhow::Result<()> {
         processes: Arc::new(store.clone()),
         tasks: Arc::new(store.clone()),
         deliveries: Arc::new(store.clone()),
+        ops: Arc::new(store.clone()),
         definitions: Arc::new(vec![definition]),
         callbacks: Arc::new(CallbackPolicy::default()),
         watcher: Watcher::new(config.watch_interval),

@@ -6,13 +6,14 @@ use std::time::Instant;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
-use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE, ETAG, HeaderName, HeaderValue, IF_NONE_MATCH};
 use actix_web::middleware::{ErrorHandlerResponse, Next};
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use async_engine_domain::{Detail, IdKind, StatusQuery, TenantId};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use crate::auth::{Caller, Scope};
 use crate::envelope::{Envelope, Record};
@@ -44,7 +45,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(resource("/v1/tasks/{taskId}/complete").route(web::post().to(tasks::complete)))
     .service(resource("/v1/tasks/{taskId}/heartbeat").route(web::post().to(tasks::heartbeat)))
     .service(resource("/v1/tasks/{taskId}/fail").route(web::post().to(tasks::fail)))
-    .service(resource("/metrics").route(web::get().to(crate::metrics::render)));
+    .service(resource("/metrics").route(web::get().to(crate::metrics::render)))
+    .service(resource("/healthz").route(web::get().to(healthz)))
+    .service(resource("/readyz").route(web::get().to(readyz)));
 }
 
 /// Runs storage work on actix's blocking pool: diesel is synchronous.
@@ -261,23 +264,65 @@ async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> 
     Err(ApiError::MethodNotAllowed { method: req.method().to_string(), path: req.path().to_owned() })
 }
 
-/// One log line per request, inside the request's span (which carries its request id).
+/// The request id header, taken from the caller when it sends a sensible one.
+const REQUEST_ID: &str = "x-request-id";
+
+/// Every request: an id (the caller's `X-Request-Id` when it is 1 to 128 visible ASCII
+/// characters, else a new one), echoed in the answer; a span carrying it, so every log line of
+/// the request names it; one log line at the end; and the request metrics, by route pattern
+/// (bounded, unlike paths) and status.
 pub async fn log_request(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
     let method = req.method().clone();
     let path = req.path().to_owned();
-    let response = next.call(req).await?;
-    let status = response.status().as_u16();
-    let millis = started.elapsed().as_secs_f64() * 1000.0;
-    if status >= 500 {
-        tracing::warn!(%method, %path, status, millis, "request");
-    } else {
-        tracing::info!(%method, %path, status, millis, "request");
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut response = next.call(req).instrument(span.clone()).await?;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(HeaderName::from_static(REQUEST_ID), value);
     }
+    let status = response.status().as_u16();
+    let seconds = started.elapsed().as_secs_f64();
+    let labels = [("route", route), ("method", method.to_string()), ("status", status.to_string())];
+    metrics::counter!("async_engine_http_requests_total", &labels).increment(1);
+    metrics::histogram!("async_engine_http_request_duration_seconds", &labels).record(seconds);
+    let millis = seconds * 1000.0;
+    span.in_scope(|| {
+        if status >= 500 {
+            tracing::warn!(%method, %path, status, millis, "request");
+        } else {
+            tracing::info!(%method, %path, status, millis, "request");
+        }
+    });
     Ok(response)
+}
+
+/// `GET /healthz`: the process is alive and serving.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: the database answers and its schema is current; else 503 with the reason
+/// (in words for operators; details in the log).
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let ops = state.ops.clone();
+    match blocking(move || ops.readiness()).await? {
+        Ok(()) => Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))),
+        Err(reason) => {
+            tracing::warn!(?reason, "not ready");
+            Ok(HttpResponse::ServiceUnavailable()
+                .json(serde_json::json!({ "status": "not ready", "reason": reason.to_string() })))
+        }
+    }
 }
 
 /// Last line of defence: an error answer that is not already our JSON envelope (one produced

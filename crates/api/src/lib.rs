@@ -26,7 +26,7 @@ use actix_web::http::StatusCode;
 use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 use async_engine_domain::{
-    DeliveryStore, ProcessDefinition, ProcessStatus, ProcessStore, StatusReader, TaskStore,
+    DeliveryStore, Operations, ProcessDefinition, ProcessStatus, ProcessStore, StatusReader, TaskStore,
 };
 
 pub use crate::auth::{ApiKey, Auth, Scope};
@@ -96,6 +96,8 @@ pub struct AppState {
     pub processes: Arc<dyn ProcessStore>,
     pub tasks: Arc<dyn TaskStore>,
     pub deliveries: Arc<dyn DeliveryStore>,
+    /// Readiness, gauges, retention.
+    pub ops: Arc<dyn Operations>,
     pub definitions: Arc<Vec<ProcessDefinition>>,
     /// Which callback URLs processes may name.
     pub callbacks: Arc<CallbackPolicy>,
@@ -121,13 +123,14 @@ impl AppState {
         config: ApiConfig,
     ) -> Self
     where
-        S: StatusReader + ProcessStore + TaskStore + DeliveryStore + Clone + 'static,
+        S: StatusReader + ProcessStore + TaskStore + DeliveryStore + Operations + Clone + 'static,
     {
         Self {
             status: Arc::new(store.clone()),
             processes: Arc::new(store.clone()),
             tasks: Arc::new(store.clone()),
-            deliveries: Arc::new(store),
+            deliveries: Arc::new(store.clone()),
+            ops: Arc::new(store),
             definitions: Arc::new(definitions),
             callbacks: Arc::new(callbacks),
             watcher: Watcher::new(config.watch_interval),
@@ -169,7 +172,6 @@ pub fn app(
         .app_data(web::Data::new(state))
         .wrap(ErrorHandlers::new().default_handler(handlers::ensure_envelope))
         .wrap(from_fn(handlers::log_request))
-        .wrap(tracing_actix_web::TracingLogger::default())
         .configure(handlers::routes)
         .default_service(web::to(handlers::not_found))
 }

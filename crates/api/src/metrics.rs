@@ -4,8 +4,15 @@
 
 use std::sync::OnceLock;
 
-use actix_web::HttpResponse;
+use actix_web::{HttpResponse, web};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::handlers::blocking;
+
+/// Buckets of every `*_seconds` histogram: from a cached status answer to a slow callback.
+const SECONDS_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -13,7 +20,9 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// installed already (an embedding program's), ours still renders what it is given.
 pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let builder = PrometheusBuilder::new();
+        let builder = builder.set_buckets(&SECONDS_BUCKETS).unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was installed before ours; /metrics shows only ours");
@@ -22,6 +31,27 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
-pub async fn render() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(handle().render())
+/// `GET /metrics`. The gauges of stored state (processes by status, open tasks, deliveries)
+/// are read at scrape time: one grouped count per table.
+pub async fn render(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let ops = state.ops.clone();
+    match blocking(move || ops.gauges()).await? {
+        Ok(gauges) => {
+            for (status, n) in gauges.processes {
+                metrics::gauge!("async_engine_processes", "status" => status).set(n as f64);
+            }
+            for (state, n) in gauges.tasks {
+                metrics::gauge!("async_engine_tasks", "state" => state).set(n as f64);
+            }
+            for (state, n) in gauges.deliveries {
+                metrics::gauge!("async_engine_notification_deliveries", "state" => state).set(n as f64);
+            }
+            metrics::gauge!("async_engine_database_up").set(1.0);
+        }
+        Err(error) => {
+            tracing::warn!(%error, "metrics: could not read the stored gauges");
+            metrics::gauge!("async_engine_database_up").set(0.0);
+        }
+    }
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(handle().render()))
 }

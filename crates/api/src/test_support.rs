@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use actix_web::test::{TestRequest, call_service, init_service, read_body_json};
 use async_engine_domain::notify::MockDeliveryStore;
+use async_engine_domain::ops::MockOperations;
 use async_engine_domain::repository::MockStatusReader;
 use async_engine_domain::work::{MockProcessStore, MockTaskStore};
 use async_engine_domain::{FailurePolicy, Handler, ProcessDefinition, StepDefinition};
@@ -20,6 +21,7 @@ pub fn state() -> AppState {
         processes: Arc::new(MockProcessStore::new()),
         tasks: Arc::new(MockTaskStore::new()),
         deliveries: Arc::new(MockDeliveryStore::new()),
+        ops: Arc::new(MockOperations::new()),
         definitions: Arc::new(vec![ProcessDefinition {
             name: "P".into(),
             steps: vec![StepDefinition {

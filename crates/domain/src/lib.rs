@@ -6,6 +6,7 @@ pub mod ids;
 pub mod json;
 pub mod lifecycle;
 pub mod notify;
+pub mod ops;
 pub mod process;
 pub mod repository;
 pub mod snapshot;
@@ -16,6 +17,7 @@ pub use definition::{FailurePolicy, Handler, ProcessDefinition, StepDefinition};
 pub use ids::{IdError, LookupId, ProcessId, ReferenceId, TenantId};
 pub use json::RawJson;
 pub use notify::{Attempt, DeliveryRecord, DeliveryStore, DueDelivery};
+pub use ops::{Gauges, NotReady, Operations};
 pub use process::{FailureGroup, ProcessStatus, StepItems, StepReport};
 pub use repository::{
     Detail, IdKind, ImportResult, RepositoryError, SnapshotWriter, StatusQuery, StatusReader,

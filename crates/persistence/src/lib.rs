@@ -5,6 +5,7 @@ mod connection;
 mod engine;
 mod error;
 mod models;
+mod ops;
 mod outbox;
 mod queries;
 pub mod schema;

@@ -132,6 +132,11 @@ impl Store {
         Ok(self.pool.get()?)
     }
 
+    /// A connection, or an error once `wait` has passed (the pool's own wait is longer).
+    pub(crate) fn conn_within(&self, wait: Duration) -> Result<Conn, Error> {
+        Ok(self.pool.get_timeout(wait)?)
+    }
+
     /// Runs one transaction function on a pooled connection; a storage failure becomes the
     /// trait's own error through `RepositoryError`, a refusal passes through as it is.
     pub(crate) fn with<T, E: From<RepositoryError>>(

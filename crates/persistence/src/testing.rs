@@ -43,6 +43,19 @@ pub fn postgres() -> Option<TestDb> {
     Some(TestDb { store, url, _sqlite: None, postgres: Some((admin_url, name)) })
 }
 
+impl TestDb {
+    /// Drops a PostgreSQL database now, cutting every connection to it: for tests of what the
+    /// server does when its database goes away. False on SQLite.
+    pub fn drop_now(&self) -> bool {
+        let Some((admin_url, name)) = &self.postgres else {
+            return false;
+        };
+        let mut admin = PgConnection::establish(admin_url).unwrap();
+        admin.batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)")).unwrap();
+        true
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some((admin_url, name)) = &self.postgres

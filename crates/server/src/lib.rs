@@ -5,12 +5,12 @@ pub mod settings;
 mod telemetry;
 
 use std::net::TcpListener;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use async_engine_api::{ApiConfig, AppState, SuccessCode, notification_body};
-use async_engine_domain::ProcessStatus;
+use async_engine_domain::{Operations, ProcessStatus};
 use async_engine_engine::notify::{NotifierConfig, start_notifier};
 use async_engine_engine::{EngineConfig, Handlers, Waker};
 use async_engine_persistence::Store;
@@ -28,6 +28,68 @@ pub fn migrate(settings: &Settings) -> anyhow::Result<Vec<String>> {
     telemetry::init(&settings.log)?;
     let store = open_store(settings)?;
     store.migrate().context("applying migrations")
+}
+
+/// Purges, in batches of `retention.batch`, every process finished more than
+/// `retention.days` ago; returns how many went. `stop` is asked between batches.
+fn purge_batches(
+    store: &Store,
+    retention: &settings::RetentionSettings,
+    stop: &dyn Fn() -> bool,
+) -> anyhow::Result<u64> {
+    if retention.days == 0 {
+        return Ok(0);
+    }
+    let cut = async_engine_engine::now_micros()
+        .saturating_sub(i64::from(retention.days).saturating_mul(86_400 * 1_000_000));
+    let mut total = 0;
+    loop {
+        let purged = store.purge_finished(cut, retention.batch).context("purging finished processes")?;
+        total += u64::from(purged);
+        if purged < retention.batch || stop() {
+            return Ok(total);
+        }
+    }
+}
+
+/// `async-engine purge`: applies `retention.days` now.
+pub fn purge(settings: &Settings) -> anyhow::Result<u64> {
+    telemetry::init(&settings.log)?;
+    let store = open_store(settings)?;
+    purge_batches(&store, &settings.retention, &|| false)
+}
+
+/// The background purge: a thread that applies retention every `retention.interval_secs`
+/// until the sender it returns is dropped.
+fn start_retention(
+    store: Store,
+    retention: settings::RetentionSettings,
+) -> Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
+    if retention.days == 0 {
+        return None;
+    }
+    let (stop, stopped) = mpsc::channel::<()>();
+    let thread = std::thread::Builder::new().name("retention".into()).spawn(move || {
+        let interval = Duration::from_secs(retention.interval_secs);
+        loop {
+            let stopping = || !matches!(stopped.try_recv(), Err(mpsc::TryRecvError::Empty));
+            match purge_batches(&store, &retention, &stopping) {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, days = retention.days, "purged finished processes"),
+                Err(error) => tracing::error!(error = format!("{error:#}"), "retention purge failed"),
+            }
+            if !matches!(stopped.recv_timeout(interval), Err(mpsc::RecvTimeoutError::Timeout)) {
+                return;
+            }
+        }
+    });
+    match thread {
+        Ok(thread) => Some((stop, thread)),
+        Err(error) => {
+            tracing::error!(%error, "could not start the retention thread");
+            None
+        }
+    }
 }
 
 /// `async-engine token`: a new random API token, and the `[[auth.keys]]` entry that admits
@@ -126,6 +188,7 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
         let allowed = Arc::new(move |url: &str| callbacks.check(url).map(drop));
         start_notifier(Arc::new(store.clone()), render, allowed, config)
     });
+    let retention = start_retention(store.clone(), settings.retention.clone());
     tracing::info!(database = %store.describe(), "listening on http://{local}");
     let shutdown = Duration::from_secs(settings.server.shutdown_timeout_secs);
     let watcher = state.watcher.clone();
@@ -147,6 +210,12 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
     if let Some(notifier) = notifier {
         // Attempts in flight finish and are recorded; the rest wait in the outbox.
         notifier.stop();
+    }
+    if let Some((stop, thread)) = retention {
+        drop(stop);
+        if thread.join().is_err() {
+            tracing::error!("the retention thread panicked");
+        }
     }
     tracing::info!("stopped");
     Ok(())

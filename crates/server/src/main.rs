@@ -26,6 +26,8 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Delete processes that finished more than retention.days ago, now.
+    Purge,
     /// Print a new API token and the [[auth.keys]] entry (with its SHA-256) that admits it.
     Token {
         /// The key's name, as logs and limits know the caller.
@@ -73,6 +75,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::from_env(cli.config.as_deref())?;
     match cli.command {
         Command::Token { .. } => Ok(()),
+        Command::Purge => {
+            let purged = async_engine::purge(&settings)?;
+            eprintln!(
+                "async-engine: purged {purged} process(es) finished more than {} day(s) ago",
+                settings.retention.days
+            );
+            Ok(())
+        }
         Command::Serve => async_engine::serve(&settings),
         Command::Migrate => {
             let applied = async_engine::migrate(&settings)?;

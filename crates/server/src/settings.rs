@@ -27,6 +27,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub notifications: NotificationSettings,
     pub auth: AuthSettings,
+    pub retention: RetentionSettings,
     pub log: LogSettings,
     /// Process definitions (`[[processes]]` with `[[processes.steps]]`).
     #[serde(default)]
@@ -126,6 +127,14 @@ pub struct NotificationSettings {
     pub max_backoff_secs: u64,
     pub poll_ms: u64,
     pub concurrency: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    pub days: u32,
+    pub interval_secs: u64,
+    pub batch: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,6 +263,16 @@ impl Settings {
             }
         }
         self.auth()?;
+        let r = &self.retention;
+        for (key, value, range) in [
+            ("days", u64::from(r.days), 0..=36_500),
+            ("interval_secs", r.interval_secs, 1..=86_400),
+            ("batch", u64::from(r.batch), 1..=10_000),
+        ] {
+            if !range.contains(&value) {
+                bail!("retention.{key}: {value} is out of range {}..={}", range.start(), range.end());
+            }
+        }
         self.definitions()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             bail!("log.level: '{}' is not a valid filter (try info, debug or warn)", self.log.level);

@@ -1,0 +1,107 @@
+//! Operating the real binary (contract §7): health and readiness, request ids, metrics that
+//! move, and retention.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::engine::{call, wait_final};
+use crate::{command, seed, start, temp_db};
+
+/// The value of the first `/metrics` sample whose line starts with `prefix`, or 0.
+fn sample(base: &str, prefix: &str) -> f64 {
+    let text = reqwest::blocking::get(format!("{base}/metrics")).unwrap().text().unwrap();
+    text.lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[test]
+fn health_readiness_request_ids_and_moving_metrics() {
+    let (_dir, db) = temp_db();
+    seed(&db);
+    let server = start(&db, &[]);
+    let client = reqwest::blocking::Client::new();
+    let (status, body) = crate::get(&server.base, "/healthz");
+    assert_eq!((status, body), (200, json!({ "status": "ok" })));
+    let (status, body) = crate::get(&server.base, "/readyz");
+    assert_eq!((status, body), (200, json!({ "status": "ready" })));
+
+    let echoed = client
+        .get(format!("{}/v1/asyncprocesses/12324", server.base))
+        .header("X-Request-Id", "trace-4711")
+        .send()
+        .unwrap();
+    assert_eq!(echoed.headers()["x-request-id"], "trace-4711");
+    let made = client.get(format!("{}/v1/asyncprocesses/12324", server.base)).send().unwrap();
+    let made = made.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(made.len(), 36, "a UUID: {made}");
+    let logged: Vec<String> = server.log.try_iter().collect();
+    assert!(logged.iter().any(|l| l.contains("trace-4711") && l.contains("request")), "{logged:#?}");
+
+    let route =
+        "async_engine_http_requests_total{route=\"/v1/asyncprocesses/{id}\",method=\"GET\",status=\"202\"}";
+    let before = sample(&server.base, route);
+    assert!(before >= 2.0, "{before}");
+    let _ = crate::get(&server.base, "/v1/asyncprocesses/12324");
+    assert_eq!(sample(&server.base, route), before + 1.0);
+    assert_eq!(sample(&server.base, "async_engine_processes{status=\"Success\"}"), 1.0);
+    let (_, started) = call(
+        &server.base,
+        "POST",
+        "/v1/asyncprocesses",
+        Some(json!({ "asyncProcessName": "Noop", "referenceId": "m", "items": [1, 2] })),
+    );
+    let id = started["AsyncProcessStatus"][0]["asyncProcessId"].as_str().unwrap().to_owned();
+    wait_final(&server.base, &id, Duration::from_secs(20));
+    assert_eq!(sample(&server.base, "async_engine_processes{status=\"Success\"}"), 2.0);
+    assert_eq!(sample(&server.base, "async_engine_database_up"), 1.0);
+    assert!(sample(&server.base, "async_engine_http_request_duration_seconds_count") >= 1.0);
+}
+
+#[test]
+fn readiness_is_false_when_the_database_goes_away() {
+    let Some(database) = async_engine_persistence::testing::postgres() else { return };
+    let server = start(&database.url, &[]);
+    assert_eq!(crate::get(&server.base, "/readyz").0, 200);
+    assert!(database.drop_now());
+    let response = reqwest::blocking::get(format!("{}/readyz", server.base)).unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    let body: Value = response.json().unwrap();
+    assert_eq!(body["reason"], "the database cannot be reached", "{body}");
+    assert_eq!(crate::get(&server.base, "/healthz").0, 200, "alive all the same");
+}
+
+#[test]
+fn finished_processes_past_retention_are_purged_with_what_they_own() {
+    let (_dir, db) = temp_db();
+    let store = async_engine_persistence::Store::open(db.to_str().unwrap(), 1).unwrap();
+    store.migrate().unwrap();
+    // The documented example as of 1970: one finished process, one still in progress.
+    for (n, record) in crate::documented()["AsyncProcessStatus"].as_array().unwrap().iter().enumerate() {
+        let snapshot =
+            async_engine_domain::ProcessSnapshot::from_documented_record(record, n as i64).unwrap();
+        async_engine_domain::SnapshotWriter::import(
+            &store,
+            &async_engine_domain::TenantId::default_tenant(),
+            &snapshot,
+        )
+        .unwrap();
+    }
+    let kept = command(&db, &["purge"], &[("ASYNC_ENGINE__RETENTION__DAYS", "0")]).output().unwrap();
+    assert!(String::from_utf8_lossy(&kept.stderr).contains("purged 0 process(es)"));
+    let output = command(&db, &["purge"], &[]).output().unwrap();
+    assert!(output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("purged 1 process(es) finished more than 30 day(s) ago"), "{said}");
+    let server = start(&db, &[]);
+    let (_, body) = crate::get(&server.base, "/v1/asyncprocesses/12324");
+    let ids: Vec<&str> = body["AsyncProcessStatus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["asyncProcessId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["9876543"], "the unfinished one stays");
+}
