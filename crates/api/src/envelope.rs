@@ -3,15 +3,17 @@
 
 use async_engine_domain::{FailureGroup, ProcessStatus, RawJson, Status, StepReport};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// Every answer of the status API, success or error.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Envelope<'a> {
     pub code: u16,
     #[serde(rename = "statusMessage")]
     pub status_message: &'a str,
     #[serde(rename = "technicalMessage")]
     pub technical_message: Option<&'a str>,
+    /// The processes found; empty on an error.
     #[serde(rename = "AsyncProcessStatus")]
     pub records: Vec<Record<'a>>,
 }
@@ -30,44 +32,53 @@ impl Default for Shape {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Record<'a> {
     reference_id: &'a str,
     async_process_name: &'a str,
     async_process_id: &'a str,
+    #[schema(value_type = crate::openapi::StatusName)]
     status: Status,
     message: &'a str,
     step_name: &'a str,
     current_step_number: u32,
     total_number_of_steps: u32,
+    /// Absent with `verbose=false`.
     #[serde(skip_serializing_if = "Option::is_none")]
     items_processed: Option<Vec<Step<'a>>>,
+    #[schema(value_type = Object)]
     additional_data: &'a RawJson,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Step<'a> {
     step_number: u32,
     step_name: &'a str,
+    #[schema(value_type = crate::openapi::StatusName)]
     status: Status,
     #[serde(rename = "currentNumberOfItemsProccessed")]
     processed: u64,
     #[serde(rename = "totalNumberOfItemsToBeProccessed")]
     total: u64,
     message: &'a str,
+    /// The items that succeeded, as given; absent with `itemsList=false`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Value>>)]
     successfully: Option<&'a [RawJson]>,
+    /// Failures grouped by code and message; absent with `itemsList=false`.
     #[serde(skip_serializing_if = "Option::is_none")]
     failed: Option<Vec<Failed<'a>>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Failed<'a> {
+    #[schema(value_type = Vec<Value>)]
     items: &'a [RawJson],
     code: i64,
+    /// Absent with `failMessage=false`.
     #[serde(skip_serializing_if = "Option::is_none")]
     status_message: Option<&'a str>,
 }

@@ -47,6 +47,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(resource("/v1/tasks/{taskId}/fail").route(web::post().to(tasks::fail)))
     .service(resource("/metrics").route(web::get().to(crate::metrics::render)))
     .service(resource("/healthz").route(web::get().to(healthz)))
+    .service(resource("/openapi.json").route(web::get().to(crate::openapi::openapi_json)))
     .service(resource("/readyz").route(web::get().to(readyz)));
 }
 
@@ -57,7 +58,28 @@ pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stat
 
 /// `GET /v1/asyncprocesses/{id}`, plain, conditional (`If-None-Match`) or waiting
 /// (`waitSeconds`, contract §6).
-async fn get_status(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// The status of processes by asyncProcessId or referenceId (contract §3, §6).
+#[utoipa::path(get, path = "/v1/asyncprocesses/{id}", tag = "status", security((), ("bearer" = [])),
+    params(("id" = String, Path, description = "An asyncProcessId or a referenceId", min_length = 1, max_length = 255),
+        ("verbose" = Option<bool>, Query, description = "false: no itemsProcessed"),
+        ("itemsList" = Option<bool>, Query, description = "false: steps without their item lists"),
+        ("failMessage" = Option<bool>, Query, description = "false: failure groups without statusMessage"),
+        ("idType" = Option<String>, Query, description = "asyncProcessId or referenceId"),
+        ("waitSeconds" = Option<u32>, Query, minimum = 1, maximum = 60, description = "With If-None-Match: hold the answer until it changes, else 304"),
+        ("If-None-Match" = Option<String>, Header, description = "ETags already held")),
+    responses(
+        (status = 202, description = "The records (api.success_code 202, as documented)", body = Envelope),
+        (status = 200, description = "The records (api.success_code 200)", body = Envelope),
+        (status = 304, description = "Not modified: the held ETag is current"),
+        (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
+        (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = Envelope),
+        (status = 403, description = "The key lacks the scope", body = Envelope),
+        (status = 429, description = "Asked again sooner than limits.min_status_interval_secs", body = Envelope),
+        (status = 500, description = "The server failed; the cause is in its log", body = Envelope)))]
+pub(crate) async fn get_status(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let caller = state.auth.authorize(&req, Scope::StatusRead)?;
     // The raw segment, not actix's match: actix has already decoded it, lossily for bytes
     // that are not UTF-8, and we decode exactly once ourselves.
@@ -75,7 +97,17 @@ async fn get_status(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
 }
 
 /// `GET /v1/asyncprocesses/{id}/events`
-async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/v1/asyncprocesses/{id}/events", tag = "status", security((), ("bearer" = [])),
+    params(("id" = String, Path, description = "An asyncProcessId or a referenceId", min_length = 1, max_length = 255),
+        ("idType" = Option<String>, Query, description = "asyncProcessId or referenceId"),
+        ("verbose" = Option<bool>, Query, description = "false: no itemsProcessed")),
+    responses(
+        (status = 200, description = "Server-Sent Events: a status event (the envelope, itemsList=false) now and at each change; closed after a final state", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
+        (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = Envelope),
+        (status = 403, description = "The key lacks the scope", body = Envelope),
+        (status = 500, description = "The server failed; the cause is in its log", body = Envelope)))]
+pub(crate) async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let caller = state.auth.authorize(&req, Scope::StatusRead)?;
     let raw = req.match_info().get("id").unwrap_or_default();
     let id = params::parse_path_id(raw)?;
@@ -86,7 +118,18 @@ async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
 }
 
 /// `POST /v1/actions/getAsyncJobStatus`: the page's `getAsyncJobStatus` action.
-async fn action_status(
+#[utoipa::path(post, path = "/v1/actions/getAsyncJobStatus", tag = "status", security((), ("bearer" = [])),
+    request_body = crate::openapi::ActionBody,
+    responses(
+        (status = 202, description = "The records", body = Envelope),
+        (status = 200, description = "The records (api.success_code 200)", body = Envelope),
+        (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
+        (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = Envelope),
+        (status = 403, description = "The key lacks the scope", body = Envelope),
+        (status = 413, description = "The body is larger than limits.max_body_bytes", body = Envelope),
+        (status = 429, description = "Asked again sooner than limits.min_status_interval_secs", body = Envelope),
+        (status = 500, description = "The server failed; the cause is in its log", body = Envelope)))]
+pub(crate) async fn action_status(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
@@ -307,12 +350,18 @@ pub async fn log_request(
 }
 
 /// `GET /healthz`: the process is alive and serving.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = crate::openapi::Health)))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
 /// `GET /readyz`: the database answers and its schema is current; else 503 with the reason
 /// (in words for operators; details in the log).
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready for traffic", body = crate::openapi::Health),
+        (status = 503, description = "Not ready: the database or its schema", body = crate::openapi::Health),
+        (status = 500, description = "The check itself failed", body = Envelope)))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let ops = state.ops.clone();
     match blocking(move || ops.readiness()).await? {

@@ -9,6 +9,7 @@ pub mod error;
 mod handlers;
 mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod params;
 mod processes;
 mod tasks;

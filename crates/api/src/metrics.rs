@@ -33,6 +33,9 @@ pub fn handle() -> &'static PrometheusHandle {
 
 /// `GET /metrics`. The gauges of stored state (processes by status, open tasks, deliveries)
 /// are read at scrape time: one grouped count per table.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text", content_type = "text/plain", body = String),
+        (status = 500, description = "The server failed", body = crate::envelope::Envelope)))]
 pub async fn render(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let ops = state.ops.clone();
     match blocking(move || ops.gauges()).await? {

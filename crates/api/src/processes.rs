@@ -10,6 +10,7 @@ use async_engine_domain::{
 };
 use serde::Serialize;
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::auth::Scope;
@@ -76,6 +77,16 @@ fn parse_start(body: &[u8]) -> Result<StartRequest, ApiError> {
 }
 
 /// `POST /v1/asyncprocesses`
+#[utoipa::path(post, path = "/v1/asyncprocesses", tag = "processes", security((), ("bearer" = [])),
+    request_body = crate::openapi::StartBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "A repeated key returns the first process")),
+    responses(
+        (status = 202, description = "Started (or the process of a repeated Idempotency-Key)", body = Envelope),
+        (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
+        (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = Envelope),
+        (status = 403, description = "The key lacks the scope", body = Envelope),
+        (status = 413, description = "The body is larger than limits.max_body_bytes", body = Envelope),
+        (status = 500, description = "The server failed; the cause is in its log", body = Envelope)))]
 pub async fn start(
     req: HttpRequest,
     payload: web::Payload,
@@ -149,6 +160,12 @@ fn command_target(req: &HttpRequest) -> Result<String, ApiError> {
 }
 
 /// `POST /v1/asyncprocesses/{id}/cancel`
+#[utoipa::path(post, path = "/v1/asyncprocesses/{id}/cancel", tag = "processes", security((), ("bearer" = [])),
+    params(("id" = String, Path, description = "An asyncProcessId", min_length = 1, max_length = 255)),
+    responses((status = 202, description = "Aborted", body = Envelope), (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
+        (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = Envelope),
+        (status = 403, description = "The key lacks the scope", body = Envelope),
+        (status = 500, description = "The server failed; the cause is in its log", body = Envelope)))]
 pub async fn cancel(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let tenant = state.auth.authorize(&req, Scope::ProcessesWrite)?.tenant;
     let id = command_target(&req)?;
@@ -158,6 +175,12 @@ pub async fn cancel(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
 }
 
 /// `POST /v1/asyncprocesses/{id}/retry`
+#[utoipa::path(post, path = "/v1/asyncprocesses/{id}/retry", tag = "processes", security((), ("bearer" = [])),
+    params(("id" = String, Path, description = "An asyncProcessId", min_length = 1, max_length = 255)),
+    responses((status = 202, description = "Its failed items run again", body = Envelope), (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
+        (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = Envelope),
+        (status = 403, description = "The key lacks the scope", body = Envelope),
+        (status = 500, description = "The server failed; the cause is in its log", body = Envelope)))]
 pub async fn retry(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let tenant = state.auth.authorize(&req, Scope::ProcessesWrite)?.tenant;
     let id = command_target(&req)?;
@@ -176,7 +199,7 @@ fn page_limit(value: &str, max: u32) -> Result<u32, ApiError> {
         .ok_or_else(|| ApiError::input(format!("limit must be a whole number from 1 to {max}")))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct ListEnvelope<'a> {
     #[serde(flatten)]
     envelope: Envelope<'a>,
@@ -185,6 +208,19 @@ struct ListEnvelope<'a> {
 }
 
 /// `GET /v1/asyncprocesses?status=&asyncProcessName=&referenceId=&limit=&cursor=`
+#[utoipa::path(get, path = "/v1/asyncprocesses", tag = "processes", security((), ("bearer" = [])),
+    params(("status" = Option<crate::openapi::StatusName>, Query),
+        ("asyncProcessName" = Option<String>, Query, max_length = 255),
+        ("referenceId" = Option<String>, Query, max_length = 255),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
+        ("cursor" = Option<String>, Query, description = "nextCursor of the previous page")),
+    responses(
+        (status = 202, description = "A page, newest first", body = ListEnvelope),
+        (status = 200, description = "A page (api.success_code 200)", body = ListEnvelope),
+        (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
+        (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = Envelope),
+        (status = 403, description = "The key lacks the scope", body = Envelope),
+        (status = 500, description = "The server failed; the cause is in its log", body = Envelope)))]
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let tenant = state.auth.authorize(&req, Scope::StatusRead)?.tenant;
     let mut query =
@@ -220,17 +256,18 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct ItemsOut<'a> {
     items: Vec<ItemOut<'a>>,
     next_cursor: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct ItemOut<'a> {
     index: u64,
+    #[schema(value_type = Value)]
     item: &'a RawJson,
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<i64>,
@@ -239,6 +276,17 @@ struct ItemOut<'a> {
 }
 
 /// `GET /v1/asyncprocesses/{id}/steps/{stepNumber}/items?outcome=&limit=&cursor=` (contract §6)
+#[utoipa::path(get, path = "/v1/asyncprocesses/{id}/steps/{stepNumber}/items", tag = "status", security((), ("bearer" = [])),
+    params(("id" = String, Path, description = "An asyncProcessId", min_length = 1, max_length = 255),
+        ("stepNumber" = u32, Path, description = "0 for the first step"),
+        ("outcome" = Option<String>, Query, description = "successful or failed"),
+        ("limit" = Option<u32>, Query, minimum = 1, description = "At most limits.max_items_per_response"),
+        ("cursor" = Option<String>, Query, description = "nextCursor of the previous page")),
+    responses((status = 200, description = "A page of the step's items in recording order", body = ItemsOut),
+        (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
+        (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = Envelope),
+        (status = 403, description = "The key lacks the scope", body = Envelope),
+        (status = 500, description = "The server failed; the cause is in its log", body = Envelope)))]
 pub async fn items(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let tenant = state.auth.authorize(&req, Scope::StatusRead)?.tenant;
     let id = command_target(&req)?;
@@ -290,7 +338,7 @@ pub async fn items(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
     }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct DeliveryOut {
     delivery_id: String,
@@ -305,13 +353,20 @@ struct DeliveryOut {
     delivered_at: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct DeliveriesOut {
     deliveries: Vec<DeliveryOut>,
 }
 
 /// `GET /v1/asyncprocesses/{id}/deliveries`: the FinishProcess notifications of a process and
 /// how each attempt went, for operators.
+#[utoipa::path(get, path = "/v1/asyncprocesses/{id}/deliveries", tag = "processes", security((), ("bearer" = [])),
+    params(("id" = String, Path, description = "An asyncProcessId", min_length = 1, max_length = 255)),
+    responses((status = 200, description = "The process's FinishProcess notifications and their attempts", body = DeliveriesOut),
+        (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
+        (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = Envelope),
+        (status = 403, description = "The key lacks the scope", body = Envelope),
+        (status = 500, description = "The server failed; the cause is in its log", body = Envelope)))]
 pub async fn deliveries(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let tenant = state.auth.authorize(&req, Scope::StatusRead)?.tenant;
     let id = command_target(&req)?;
@@ -338,14 +393,20 @@ pub async fn deliveries(req: HttpRequest, state: web::Data<AppState>) -> Result<
     Ok(HttpResponse::Ok().json(DeliveriesOut { deliveries }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct DefinitionsOut<'a> {
+    process_definitions: Vec<DefinitionOut<'a>>,
+}
+
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct DefinitionOut<'a> {
     name: &'a str,
     steps: Vec<StepOut<'a>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct StepOut<'a> {
     step_number: usize,
@@ -358,6 +419,11 @@ struct StepOut<'a> {
 }
 
 /// `GET /v1/processdefinitions`
+#[utoipa::path(get, path = "/v1/processdefinitions", tag = "processes", security((), ("bearer" = [])),
+    responses((status = 200, description = "The configured definitions", body = DefinitionsOut),
+        (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = Envelope),
+        (status = 403, description = "The key lacks the scope", body = Envelope),
+        (status = 500, description = "The server failed; the cause is in its log", body = Envelope)))]
 pub async fn definitions(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.auth.authorize(&req, Scope::StatusRead)?;
     let out: Vec<DefinitionOut> = state
@@ -381,7 +447,7 @@ pub async fn definitions(req: HttpRequest, state: web::Data<AppState>) -> Result
                 .collect(),
         })
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "processDefinitions": out })))
+    Ok(HttpResponse::Ok().json(DefinitionsOut { process_definitions: out }))
 }
 
 #[cfg(test)]

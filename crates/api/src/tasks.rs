@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use actix_web::{HttpRequest, HttpResponse, web};
 use async_engine_domain::{ClaimRequest, ClaimedTask, FailureSnapshot, RawJson, TaskError, TaskReport};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::auth::Scope;
@@ -48,7 +48,7 @@ fn check_text(name: &str, value: &str, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ClaimBody {
     queue: String,
@@ -62,6 +62,14 @@ struct ClaimBody {
 }
 
 /// `POST /v1/tasks/claim`
+#[utoipa::path(post, path = "/v1/tasks/claim", tag = "tasks", security((), ("bearer" = [])),
+    request_body = ClaimBody,
+    responses((status = 200, description = "Leased tasks; empty when none was due within waitSeconds", body = ClaimOut),
+        (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = crate::envelope::Envelope),
+        (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = crate::envelope::Envelope),
+        (status = 403, description = "The key lacks the scope", body = crate::envelope::Envelope),
+        (status = 413, description = "The body is larger than limits.max_body_bytes", body = crate::envelope::Envelope),
+        (status = 500, description = "The server failed; the cause is in its log", body = crate::envelope::Envelope)))]
 pub async fn claim(
     req: HttpRequest,
     payload: web::Payload,
@@ -104,14 +112,41 @@ pub async fn claim(
         let tasks = blocking(move || store.claim(&request)).await??;
         if !tasks.is_empty() || Instant::now() >= deadline {
             let tasks: Vec<TaskOut> = tasks.iter().map(TaskOut::new).collect();
-            return Ok(HttpResponse::Ok().json(json!({ "tasks": tasks })));
+            return Ok(HttpResponse::Ok().json(ClaimOut { tasks }));
         }
         actix_web::rt::time::sleep(WAIT_POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
 }
 
+#[derive(Serialize, ToSchema)]
+struct ClaimOut<'a> {
+    tasks: Vec<TaskOut<'a>>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct Completed {
+    task_id: i64,
+    /// Outcomes recorded.
+    recorded: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct Extended {
+    task_id: i64,
+    lease_expires_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct GivenBack {
+    task_id: i64,
+    retryable: bool,
+}
+
 /// A claimed task as workers receive it, fields in the contract's order.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct TaskOut<'a> {
     task_id: i64,
@@ -123,13 +158,15 @@ struct TaskOut<'a> {
     step_name: &'a str,
     attempt: u32,
     lease_expires_at: String,
+    #[schema(value_type = Object)]
     additional_data: &'a RawJson,
     items: Vec<ItemOut<'a>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct ItemOut<'a> {
     index: u64,
+    #[schema(value_type = Value)]
     item: &'a RawJson,
 }
 
@@ -151,7 +188,7 @@ impl<'a> TaskOut<'a> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct FailedGroup {
     items: Vec<u64>,
@@ -160,7 +197,7 @@ struct FailedGroup {
     status_message: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CompleteBody {
     lease_token: String,
@@ -171,6 +208,15 @@ struct CompleteBody {
 }
 
 /// `POST /v1/tasks/{taskId}/complete`
+#[utoipa::path(post, path = "/v1/tasks/{taskId}/complete", tag = "tasks", security((), ("bearer" = [])),
+    params(("taskId" = i64, Path, description = "The claimed task")), request_body = CompleteBody,
+    responses((status = 200, description = "Recorded", body = Completed),
+        (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = crate::envelope::Envelope),
+        (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = crate::envelope::Envelope),
+        (status = 403, description = "The key lacks the scope", body = crate::envelope::Envelope),
+        (status = 409, description = "A stale or unknown lease: nothing was recorded", body = crate::envelope::Envelope),
+        (status = 413, description = "The body is larger than limits.max_body_bytes", body = crate::envelope::Envelope),
+        (status = 500, description = "The server failed; the cause is in its log", body = crate::envelope::Envelope)))]
 pub async fn complete(
     req: HttpRequest,
     payload: web::Payload,
@@ -198,10 +244,10 @@ pub async fn complete(
         .await?
         .map_err(task_error)?;
     (state.on_new_work)();
-    Ok(HttpResponse::Ok().json(json!({ "taskId": id, "recorded": recorded })))
+    Ok(HttpResponse::Ok().json(Completed { task_id: id, recorded }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct HeartbeatBody {
     lease_token: String,
@@ -210,6 +256,15 @@ struct HeartbeatBody {
 }
 
 /// `POST /v1/tasks/{taskId}/heartbeat`
+#[utoipa::path(post, path = "/v1/tasks/{taskId}/heartbeat", tag = "tasks", security((), ("bearer" = [])),
+    params(("taskId" = i64, Path, description = "The claimed task")), request_body = HeartbeatBody,
+    responses((status = 200, description = "The lease's new expiry", body = Extended),
+        (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = crate::envelope::Envelope),
+        (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = crate::envelope::Envelope),
+        (status = 403, description = "The key lacks the scope", body = crate::envelope::Envelope),
+        (status = 409, description = "A stale or unknown lease: nothing was recorded", body = crate::envelope::Envelope),
+        (status = 413, description = "The body is larger than limits.max_body_bytes", body = crate::envelope::Envelope),
+        (status = 500, description = "The server failed; the cause is in its log", body = crate::envelope::Envelope)))]
 pub async fn heartbeat(
     req: HttpRequest,
     payload: web::Payload,
@@ -227,10 +282,10 @@ pub async fn heartbeat(
     let expires = blocking(move || store.heartbeat(id, &body.lease_token, micros, now_micros()))
         .await?
         .map_err(task_error)?;
-    Ok(HttpResponse::Ok().json(json!({ "taskId": id, "leaseExpiresAt": rfc3339(expires) })))
+    Ok(HttpResponse::Ok().json(Extended { task_id: id, lease_expires_at: rfc3339(expires) }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct FailBody {
     lease_token: String,
@@ -240,6 +295,15 @@ struct FailBody {
 }
 
 /// `POST /v1/tasks/{taskId}/fail`
+#[utoipa::path(post, path = "/v1/tasks/{taskId}/fail", tag = "tasks", security((), ("bearer" = [])),
+    params(("taskId" = i64, Path, description = "The claimed task")), request_body = FailBody,
+    responses((status = 200, description = "Given back", body = GivenBack),
+        (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = crate::envelope::Envelope),
+        (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = crate::envelope::Envelope),
+        (status = 403, description = "The key lacks the scope", body = crate::envelope::Envelope),
+        (status = 409, description = "A stale or unknown lease: nothing was recorded", body = crate::envelope::Envelope),
+        (status = 413, description = "The body is larger than limits.max_body_bytes", body = crate::envelope::Envelope),
+        (status = 500, description = "The server failed; the cause is in its log", body = crate::envelope::Envelope)))]
 pub async fn fail(
     req: HttpRequest,
     payload: web::Payload,
@@ -254,7 +318,7 @@ pub async fn fail(
         .await?
         .map_err(task_error)?;
     (state.on_new_work)();
-    Ok(HttpResponse::Ok().json(json!({ "taskId": id, "retryable": body.retryable })))
+    Ok(HttpResponse::Ok().json(GivenBack { task_id: id, retryable: body.retryable }))
 }
 
 #[cfg(test)]

@@ -11,7 +11,10 @@ use crate::settings::{LogFormat, LogSettings};
 pub fn init(log: &LogSettings) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives).context("RUST_LOG")?,
-        _ => EnvFilter::try_new(&log.level).context("log.level")?,
+        // actix-http logs a client's malformed request (a bad header, say) as an ERROR of its
+        // own; it is the caller's mistake, answered 400, and must not page anyone.
+        _ => EnvFilter::try_new(format!("{},actix_http::h1::dispatcher=off", log.level))
+            .context("log.level")?,
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
