@@ -148,7 +148,7 @@ pub fn bounded(name: &str, value: &str) -> Result<String, ApiError> {
 }
 
 /// Echoing a caller's value is helpful; echoing a megabyte of it is not.
-fn shorten(value: &str) -> String {
+pub fn shorten(value: &str) -> String {
     const MAX: usize = 40;
     if value.chars().count() <= MAX {
         value.to_owned()

@@ -111,7 +111,7 @@ pub async fn start(
         let known: Vec<&str> = state.definitions.iter().map(|d| d.name.as_str()).collect();
         ApiError::input(format!(
             "no process definition is named '{}'; defined: {}",
-            request.name,
+            params::shorten(&request.name),
             known.join(", ")
         ))
     })?;

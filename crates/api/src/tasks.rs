@@ -15,6 +15,8 @@ use crate::error::ApiError;
 use crate::handlers::{blocking, read_body};
 
 const MAX_TASKS: u32 = 100;
+/// Lease tokens are 32 hex digits; anything much longer is not one of ours.
+const MAX_TOKEN_CHARS: usize = 128;
 const MAX_LEASE_SECS: u64 = 3_600;
 const MAX_WAIT_SECS: u64 = 30;
 /// How often a waiting claim looks again.
@@ -227,6 +229,7 @@ pub async fn complete(
     state.auth.authorize(&req, Scope::TasksWork)?;
     let id = task_id(&req)?;
     let body: CompleteBody = parse(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
+    check_text("leaseToken", &body.lease_token, MAX_TOKEN_CHARS)?;
     for group in &body.failed {
         check_text("statusMessage", &group.status_message, 1_000)?;
     }
@@ -243,6 +246,7 @@ pub async fn complete(
     blocking(move || store.complete(id, &body.lease_token, &report, now_micros()))
         .await?
         .map_err(task_error)?;
+    metrics::counter!("async_engine_items_recorded_total", "by" => "worker").increment(recorded as u64);
     (state.on_new_work)();
     Ok(HttpResponse::Ok().json(Completed { task_id: id, recorded }))
 }
@@ -273,6 +277,7 @@ pub async fn heartbeat(
     state.auth.authorize(&req, Scope::TasksWork)?;
     let id = task_id(&req)?;
     let body: HeartbeatBody = parse(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
+    check_text("leaseToken", &body.lease_token, MAX_TOKEN_CHARS)?;
     let lease = body.lease_seconds.unwrap_or(state.config.default_lease_secs);
     if !(1..=MAX_LEASE_SECS).contains(&lease) {
         return Err(ApiError::input(format!("leaseSeconds must be 1..={MAX_LEASE_SECS}")));
@@ -312,6 +317,7 @@ pub async fn fail(
     state.auth.authorize(&req, Scope::TasksWork)?;
     let id = task_id(&req)?;
     let body: FailBody = parse(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
+    check_text("leaseToken", &body.lease_token, MAX_TOKEN_CHARS)?;
     check_text("statusMessage", &body.status_message, 1_000)?;
     let store = state.tasks.clone();
     blocking(move || store.fail(id, &body.lease_token, &body.status_message, body.retryable, now_micros()))

@@ -210,9 +210,18 @@ impl Worker {
             return;
         };
         let result = match catch_unwind(AssertUnwindSafe(|| handler.run(task))) {
-            Ok(report) => self.persist(&mut lease_until, || {
-                self.store.complete(task.task_id, &task.lease_token, &report, now_micros())
-            }),
+            Ok(report) => {
+                let result = self.persist(&mut lease_until, || {
+                    self.store.complete(task.task_id, &task.lease_token, &report, now_micros())
+                });
+                if result.is_ok() {
+                    let items =
+                        report.successes.len() + report.failures.iter().map(|f| f.items.len()).sum::<usize>();
+                    metrics::counter!("async_engine_items_recorded_total", "by" => "engine")
+                        .increment(items as u64);
+                }
+                result
+            }
             Err(_) => {
                 let message = format!("handler {} panicked", task.queue);
                 tracing::error!(task = task.task_id, "{message}");
