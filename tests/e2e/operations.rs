@@ -56,7 +56,11 @@ fn health_readiness_request_ids_and_moving_metrics() {
     let id = started["AsyncProcessStatus"][0]["asyncProcessId"].as_str().unwrap().to_owned();
     wait_final(&server.base, &id, Duration::from_secs(20));
     assert_eq!(sample(&server.base, "async_engine_processes{status=\"Success\"}"), 2.0);
-    assert_eq!(sample(&server.base, "async_engine_items_recorded_total{by=\"engine\"}"), 4.0, "2 items, 2 steps");
+    assert_eq!(
+        sample(&server.base, "async_engine_items_recorded_total{by=\"engine\"}"),
+        4.0,
+        "2 items, 2 steps"
+    );
     assert_eq!(sample(&server.base, "async_engine_database_up"), 1.0);
     assert!(sample(&server.base, "async_engine_http_request_duration_seconds_count") >= 1.0);
 }
