@@ -7,6 +7,7 @@
     reason = "test helpers: a failed unwrap is a failed test; `Running` waits for its child on drop"
 )]
 
+mod cli;
 mod engine;
 mod notifications;
 mod operations;

@@ -1,6 +1,7 @@
 //! The `async-engine` server: wiring configuration, storage and the API together, and the
 //! commands of its command line. `main.rs` only parses arguments and reports errors.
 
+pub mod client;
 pub mod settings;
 mod telemetry;
 

@@ -1,0 +1,83 @@
+//! The command-line client against a real server: `submit`, then `status --watch` whose exit
+//! code says how the process ended; `--json`; and a wrong token as one clear line.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::BIN;
+use crate::engine::serve;
+
+fn client(base: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .args(["--server", base])
+        .env_remove("ASYNC_ENGINE_TOKEN")
+        .env_remove("ASYNC_ENGINE_SERVER")
+        .output()
+        .unwrap()
+}
+
+fn submit(dir: &Path, base: &str, name: &str, items: &[Value]) -> String {
+    let file = dir.join(format!("{name}.ndjson"));
+    let lines: Vec<String> = items.iter().map(Value::to_string).collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let output =
+        client(base, &["submit", name, "--reference-id", "cli", "--items", file.to_str().unwrap(), "--json"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    answer["AsyncProcessStatus"][0]["asyncProcessId"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn watch_exits_0_on_success_and_2_on_failure() {
+    let (dir, db) = crate::temp_db();
+    let server = serve(dir.path(), &db, &[]);
+    let good =
+        submit(dir.path(), &server.base, "Noop", &(0..50).map(|n| json!({ "n": n })).collect::<Vec<_>>());
+    let watched = client(&server.base, &["status", &good, "--watch"]);
+    assert_eq!(watched.status.code(), Some(0), "{}", String::from_utf8_lossy(&watched.stderr));
+    let said = String::from_utf8_lossy(&watched.stdout);
+    assert!(said.contains(&format!("{good} (Noop, reference cli): Success")), "{said}");
+    assert!(said.contains("step 1 Second: 50/50 Success"), "{said}");
+
+    let items =
+        [json!({ "productCode": "TV", "quantity": 1 }), json!({ "productCode": "TV", "quantity": 0 })];
+    let bad = submit(dir.path(), &server.base, "Skip", &items);
+    let watched = client(&server.base, &["status", &bad, "--watch"]);
+    assert_eq!(watched.status.code(), Some(2), "Failed: {}", String::from_utf8_lossy(&watched.stdout));
+
+    let json_out = client(&server.base, &["status", &bad, "--json"]);
+    assert!(json_out.status.success());
+    let envelope: Value = serde_json::from_slice(&json_out.stdout).unwrap();
+    assert_eq!(envelope["code"], 202);
+    assert_eq!(envelope["AsyncProcessStatus"][0]["status"], "Failed");
+    let groups = &envelope["AsyncProcessStatus"][0]["itemsProcessed"][0]["failed"];
+    assert_eq!(
+        groups[0]["items"],
+        json!([{ "productCode": "TV", "quantity": 0 }]),
+        "the envelope, items listed"
+    );
+}
+
+#[test]
+fn a_wrong_token_or_server_is_one_clear_line() {
+    let (dir, db) = crate::temp_db();
+    let output = Command::new(BIN).args(["token", "--name", "cli", "--scopes", "admin"]).output().unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let (token, entry) = stdout.split_once('\n').unwrap();
+    let file = dir.path().join("keys.toml");
+    std::fs::write(&file, format!("[auth]\nenabled = true\n{entry}")).unwrap();
+    let server = crate::start_with(&db, &["serve", "--config", file.to_str().unwrap()], &[]);
+    let refused = client(&server.base, &["status", "12324", "--token", "ae_wrong"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(said.trim().lines().count(), 1, "{said}");
+    assert!(said.contains("401") && said.contains("not a key of this server"), "{said}");
+    let admitted = client(&server.base, &["status", "nothing-here", "--token", token]);
+    assert!(String::from_utf8_lossy(&admitted.stderr).contains("400"), "authenticated, then not found");
+    let nowhere = client("http://127.0.0.1:9", &["status", "x"]);
+    let said = String::from_utf8_lossy(&nowhere.stderr);
+    assert!(said.contains("cannot reach") && said.trim().lines().count() == 1, "{said}");
+}
