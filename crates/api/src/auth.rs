@@ -14,6 +14,9 @@ use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 
+/// The dashboard's session cookie: the token itself, HttpOnly and SameSite=Strict.
+pub const SESSION_COOKIE: &str = "ae_token";
+
 /// What a key may do. `admin` includes every other scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -78,6 +81,10 @@ impl Caller {
         Caller { key: None, tenant: TenantId::default_tenant(), scopes: vec![Scope::Admin] }
     }
 
+    pub fn may(&self, scope: Scope) -> bool {
+        self.require(scope).is_ok()
+    }
+
     /// 403 unless the caller has `scope` (or `admin`).
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
         if self.scopes.iter().any(|s| *s == scope || *s == Scope::Admin) {
@@ -111,17 +118,28 @@ impl Auth {
     /// The caller of `req`, if it may use `scope`: 401 without a known bearer token, 403
     /// without the scope.
     pub fn authorize(&self, req: &HttpRequest, scope: Scope) -> Result<Caller, ApiError> {
-        let caller = self.authenticate(req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()))?;
+        let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let token = match header {
+            // The scheme is case-insensitive (RFC 9110).
+            Some(header) => header
+                .split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.to_owned()),
+            // The dashboard's browser session (a SameSite=Strict cookie, so other sites cannot
+            // make the browser use it).
+            None => req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned()),
+        };
+        let caller = self.authenticate(token.as_deref())?;
         caller.require(scope)?;
         Ok(caller)
     }
 
-    fn authenticate(&self, header: Option<&str>) -> Result<Caller, ApiError> {
+    /// The caller a token names, if it is a key of this server.
+    pub fn authenticate(&self, token: Option<&str>) -> Result<Caller, ApiError> {
         let Some(keys) = &self.keys else {
             return Ok(Caller::anonymous());
         };
-        let token = header
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        let token = token
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::Unauthorized("send Authorization: Bearer <token>".into()))?;

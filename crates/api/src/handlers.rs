@@ -53,7 +53,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// Runs storage work on actix's blocking pool: diesel is synchronous.
 pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-    web::block(work).await.map_err(|e| ApiError::Internal(format!("storage work did not finish: {e}")))
+    // In the request's span, so that what storage logs names the request id too.
+    let span = tracing::Span::current();
+    web::block(move || span.in_scope(work))
+        .await
+        .map_err(|e| ApiError::Internal(format!("storage work did not finish: {e}")))
 }
 
 /// `GET /v1/asyncprocesses/{id}`, plain, conditional (`If-None-Match`) or waiting
@@ -326,6 +330,12 @@ pub async fn log_request(
         .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
     let method = req.method().clone();
+    // A label per standard method only: callers can invent methods, and each would be a new
+    // series.
+    let method_label = match method.as_str() {
+        "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS" => method.as_str().to_owned(),
+        _ => "other".to_owned(),
+    };
     let path = req.path().to_owned();
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     let span = tracing::info_span!("request", request_id = %id);
@@ -335,7 +345,7 @@ pub async fn log_request(
     }
     let status = response.status().as_u16();
     let seconds = started.elapsed().as_secs_f64();
-    let labels = [("route", route), ("method", method.to_string()), ("status", status.to_string())];
+    let labels = [("route", route), ("method", method_label), ("status", status.to_string())];
     metrics::counter!("async_engine_http_requests_total", &labels).increment(1);
     metrics::histogram!("async_engine_http_request_duration_seconds", &labels).record(seconds);
     let millis = seconds * 1000.0;
@@ -364,7 +374,14 @@ pub async fn healthz() -> HttpResponse {
         (status = 500, description = "The check itself failed", body = Envelope)))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let ops = state.ops.clone();
-    match blocking(move || ops.readiness()).await? {
+    // A database that does not answer at all must not hold the probe: 503 after 3 s.
+    let answer =
+        tokio::time::timeout(std::time::Duration::from_secs(3), blocking(move || ops.readiness())).await;
+    let checked = match answer {
+        Ok(checked) => checked?,
+        Err(_) => Err(async_engine_domain::NotReady::Unreachable("no answer within 3 s".into())),
+    };
+    match checked {
         Ok(()) => Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))),
         Err(reason) => {
             tracing::warn!(?reason, "not ready");
@@ -441,6 +458,8 @@ mod tests {
                 }),
             }]),
             additional_data: raw(json!({"x": 1})),
+            created_at_micros: 0,
+            updated_at_micros: 0,
         }
     }
 

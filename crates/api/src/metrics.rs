@@ -40,6 +40,16 @@ pub async fn render(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     let ops = state.ops.clone();
     match blocking(move || ops.gauges()).await? {
         Ok(gauges) => {
+            // Every known state first, so that one that emptied reads 0, not its last count.
+            for status in ["WaitingToProcess", "InProgress", "Success", "Failed", "Aborted"] {
+                metrics::gauge!("async_engine_processes", "status" => status).set(0.0);
+            }
+            for state in ["queued", "leased"] {
+                metrics::gauge!("async_engine_tasks", "state" => state).set(0.0);
+            }
+            for state in ["pending", "delivered", "failed", "superseded"] {
+                metrics::gauge!("async_engine_notification_deliveries", "state" => state).set(0.0);
+            }
             for (status, n) in gauges.processes {
                 metrics::gauge!("async_engine_processes", "status" => status).set(n as f64);
             }

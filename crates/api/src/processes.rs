@@ -223,8 +223,15 @@ struct ListEnvelope<'a> {
         (status = 500, description = "The server failed; the cause is in its log", body = Envelope)))]
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let tenant = state.auth.authorize(&req, Scope::StatusRead)?.tenant;
-    let mut query =
-        ListQuery { tenant, status: None, name: None, reference_id: None, limit: 100, cursor: None };
+    let mut query = ListQuery {
+        tenant,
+        status: None,
+        name: None,
+        reference_id: None,
+        limit: 100,
+        cursor: None,
+        with_steps: false,
+    };
     for (name, value) in form_urlencoded::parse(req.query_string().as_bytes()) {
         match name.as_ref() {
             "status" => {

@@ -18,6 +18,10 @@ pub struct ProcessStatus {
     pub steps: Option<Vec<StepReport>>,
     /// A JSON object.
     pub additional_data: RawJson,
+    /// When it was created and last changed, in microseconds since the Unix epoch: for views
+    /// (the dashboard), not part of the documented envelope.
+    pub created_at_micros: i64,
+    pub updated_at_micros: i64,
 }
 
 /// One step of a process, with its counters and, when asked for, its items.

@@ -114,6 +114,8 @@ pub struct ListQuery {
     pub limit: u32,
     /// Opaque position from a previous page's `next_cursor`.
     pub cursor: Option<String>,
+    /// Each record with its steps' counters (the dashboard's bars); else the process only.
+    pub with_steps: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -16,6 +16,7 @@ use async_engine_domain::{
     RepositoryError, Started, Status, StepDefinition, StepState, TaskError, TaskReport, TaskStore, TenantId,
 };
 use diesel::prelude::*;
+use subtle::ConstantTimeEq;
 
 use crate::error::Error;
 use crate::models::ProcessRow;
@@ -297,7 +298,8 @@ fn new_step(
 fn due_tasks(conn: &mut DbConnection, request: &ClaimRequest, limit: i64) -> Result<Vec<TaskRow>, Error> {
     let now = request.now_micros;
     // Every tenant (the engine), or only the worker's: one statement shape for both, so the
-    // row locks below stay on `tasks` alone (a subquery, not a join).
+    // row locks below stay on `tasks` alone (a correlated EXISTS on the process's primary key,
+    // not a join, and not the set of all the tenant's processes).
     let any_tenant = request.tenant.is_none();
     let tenant = request.tenant.as_ref().map_or("", |t| t.as_str());
     macro_rules! due {
@@ -307,8 +309,11 @@ fn due_tasks(conn: &mut DbConnection, request: &ClaimRequest, limit: i64) -> Res
                 .filter(tasks::state.eq($state))
                 .filter($ready)
                 .filter(
-                    any_tenant.into_sql::<diesel::sql_types::Bool>().or(tasks::process_id
-                        .eq_any(processes::table.filter(processes::tenant.eq(tenant)).select(processes::id))),
+                    any_tenant.into_sql::<diesel::sql_types::Bool>().or(diesel::dsl::exists(
+                        processes::table
+                            .filter(processes::id.eq(tasks::process_id))
+                            .filter(processes::tenant.eq(tenant)),
+                    )),
                 )
                 .order(tasks::id.asc())
                 .limit($limit)
@@ -482,15 +487,20 @@ fn leased_task(
 ) -> Result<Result<TaskRow, TaskError>, Error> {
     let task: Option<TaskRow> =
         tasks::table.find(task_id).select(TaskRow::as_select()).first(conn).optional()?;
-    Ok(match task {
-        None => Err(TaskError::Conflict(format!("task {task_id} does not exist"))),
-        Some(task) if task.state != LEASED || task.lease_token.as_deref() != Some(token) => {
-            Err(TaskError::Conflict(format!(
-                "the lease on task {task_id} is not current: the task was taken over, finished or cancelled"
-            )))
-        }
-        Some(task) => Ok(task),
-    })
+    // One answer for every refusal, and the token compared in constant time: a caller without
+    // the lease learns nothing, not even whether the task exists (or is another tenant's).
+    let current = task.filter(|task| {
+        task.state == LEASED
+            && task
+                .lease_token
+                .as_deref()
+                .is_some_and(|held| bool::from(held.as_bytes().ct_eq(token.as_bytes())))
+    });
+    Ok(current.ok_or_else(|| {
+        TaskError::Conflict(format!(
+            "task {task_id} has no current lease with this token: unknown, or taken over, finished or cancelled"
+        ))
+    }))
 }
 
 pub fn complete(
@@ -990,7 +1000,8 @@ pub fn list(conn: &mut DbConnection, query: &ListQuery) -> Result<Result<Page, L
         let mut last = None;
         for (created, id, row) in rows.into_iter().take(usize::try_from(limit).unwrap_or(usize::MAX)) {
             last = Some(format!("{created}.{id}"));
-            records.push(assemble(conn, row, Detail::Process)?);
+            let detail = if query.with_steps { Detail::Steps } else { Detail::Process };
+            records.push(assemble(conn, row, detail)?);
         }
         Ok(Ok(Page { records, next_cursor: if more { last } else { None } }))
     })
@@ -1479,6 +1490,7 @@ pub(crate) mod tests {
                 reference_id: None,
                 limit,
                 cursor,
+                with_steps: false,
             };
             let page = store.list(&query(2, None)).unwrap();
             let ids = |page: &Page| page.records.iter().map(|r| r.async_process_id.clone()).collect::<Vec<_>>();

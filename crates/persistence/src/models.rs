@@ -17,6 +17,8 @@ pub struct ProcessRow {
     pub total_steps: i32,
     pub additional_data: String,
     pub version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
 }
 
 #[derive(Insertable)]

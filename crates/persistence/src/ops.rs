@@ -42,6 +42,15 @@ pub fn gauges(conn: &mut DbConnection) -> Result<Gauges, Error> {
 fn purge_one(conn: &mut DbConnection, id: i64, before: i64) -> Result<bool, Error> {
     write_transaction(conn, |conn| {
         lock_process(conn, id)?;
+        // A finish not yet announced keeps its process until the delivery is settled.
+        let unsent: i64 = deliveries::table
+            .filter(deliveries::process_id.eq(id))
+            .filter(deliveries::state.eq("pending"))
+            .count()
+            .get_result(conn)?;
+        if unsent > 0 {
+            return Ok(false);
+        }
         let deleted = diesel::delete(
             processes::table
                 .find(id)
@@ -57,6 +66,11 @@ pub fn purge(conn: &mut DbConnection, before: i64, limit: u32) -> Result<u32, Er
     let candidates: Vec<i64> = processes::table
         .filter(processes::status.eq_any(finished()))
         .filter(processes::updated_at.lt(before))
+        .filter(diesel::dsl::not(diesel::dsl::exists(
+            deliveries::table
+                .filter(deliveries::process_id.eq(processes::id))
+                .filter(deliveries::state.eq("pending")),
+        )))
         .order(processes::updated_at.asc())
         .limit(i64::from(limit))
         .select(processes::id)
@@ -122,6 +136,11 @@ mod tests {
             assert_eq!(gauges.deliveries, [("pending".to_owned(), 1)]);
             // Not older than the cut: kept.
             assert_eq!(store.purge_finished(0, 10).unwrap(), 0);
+            // Its finish is not announced yet: kept until the delivery is settled.
+            assert_eq!(store.purge_finished(1, 10).unwrap(), 0);
+            let mut conn = store.conn().unwrap();
+            diesel::update(deliveries::table).set(deliveries::state.eq("delivered")).execute(&mut *conn).unwrap();
+            drop(conn);
             assert_eq!(store.purge_finished(1, 10).unwrap(), 1);
             assert_eq!(store.purge_finished(1, 10).unwrap(), 0);
             let left = store.list(&async_engine_domain::ListQuery {
@@ -131,6 +150,7 @@ mod tests {
                 reference_id: None,
                 limit: 10,
                 cursor: None,
+                with_steps: false,
             });
             let ids: Vec<String> = left.unwrap().records.into_iter().map(|r| r.async_process_id).collect();
             assert_eq!(ids, ["running"]);

@@ -188,6 +188,8 @@ pub(crate) fn assemble(
         name: row.name,
         message: row.message,
         steps: reports,
+        created_at_micros: row.created_at,
+        updated_at_micros: row.updated_at,
     })
 }
 

@@ -97,15 +97,25 @@ fn start_retention(
 /// it (its SHA-256 only: the token itself is shown once, here, and stored nowhere).
 pub fn token(name: &str, tenant: &str, scopes: &[String]) -> anyhow::Result<(String, String)> {
     async_engine_domain::TenantId::new(tenant).context("--tenant")?;
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        bail!("--name: give the key a name of 1 to 100 characters, without control characters");
+    }
+    if scopes.is_empty() {
+        bail!("--scopes: a key needs at least one scope");
+    }
     for scope in scopes {
         scope.parse::<async_engine_api::Scope>().map_err(anyhow::Error::msg).context("--scopes")?;
     }
     let mut bytes = [0_u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness from the system: {e}"))?;
     let token = format!("ae_{}", hex::encode(bytes));
-    let scopes: Vec<String> = scopes.iter().map(|s| format!("{s:?}")).collect();
+    // JSON strings are TOML basic strings: escaped the same way.
+    let quoted = |text: &str| serde_json::Value::from(text).to_string();
+    let scopes: Vec<String> = scopes.iter().map(|s| quoted(s)).collect();
     let entry = format!(
-        "[[auth.keys]]\nname = {name:?}\ntenant = {tenant:?}\ntoken_sha256 = \"{}\"\nscopes = [{}]\n",
+        "[[auth.keys]]\nname = {}\ntenant = {}\ntoken_sha256 = \"{}\"\nscopes = [{}]\n",
+        quoted(name),
+        quoted(tenant),
         async_engine_api::auth::digest_hex(&token),
         scopes.join(", ")
     );
@@ -157,6 +167,15 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
         format!("server.host/server.port: cannot listen on {}:{}", settings.server.host, settings.server.port)
     })?;
     let local = listener.local_addr()?;
+    // The address really bound, whatever name server.host gave (contract §8).
+    if !settings.auth.enabled && !settings.auth.allow_anonymous_remote && !local.ip().is_loopback() {
+        bail!(
+            "server.host: '{}' is {}, not a loopback address, and auth is off; set auth.enabled = true, \
+             or auth.allow_anonymous_remote = true on purpose",
+            settings.server.host,
+            local.ip()
+        );
+    }
     let engine = if settings.engine.enabled {
         let config = EngineConfig {
             workers: settings.engine.workers,

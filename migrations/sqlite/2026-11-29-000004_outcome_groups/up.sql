@@ -1,0 +1,3 @@
+-- Deleting a process (retention) deletes its failure groups, whose outcomes cascade: without
+-- this index every group deleted would scan all of outcomes.
+CREATE INDEX outcomes_by_group ON outcomes (failure_group);
