@@ -8,6 +8,7 @@
 )]
 
 mod cli;
+mod dashboard;
 mod engine;
 mod notifications;
 mod operations;

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod callback;
 mod clock;
+mod dashboard;
 pub mod envelope;
 pub mod error;
 mod handlers;
@@ -174,6 +175,7 @@ pub fn app(
         .wrap(ErrorHandlers::new().default_handler(handlers::ensure_envelope))
         .wrap(from_fn(handlers::log_request))
         .configure(handlers::routes)
+        .configure(dashboard::routes)
         .default_service(web::to(handlers::not_found))
 }
 

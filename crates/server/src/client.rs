@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressState, ProgressStyle};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -165,9 +165,13 @@ pub struct Bars {
 impl Bars {
     pub fn new() -> anyhow::Result<Self> {
         let style = ProgressStyle::with_template(
-            "{prefix:30} [{bar:30}] {pos:>8}/{len:<8} {per_sec:>10} eta {eta:>4} {msg}",
+            "{prefix:30} [{bar:30}] {pos:>8}/{len:<8} {rate:>12} eta {eta:>4} {msg}",
         )
         .context("progress bar template")?
+        // Whole items per second: indicatif's own per_sec prints every decimal it has.
+        .with_key("rate", |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+            let _ = write!(out, "{:.0} items/s", state.per_sec());
+        })
         .progress_chars("=> ");
         Ok(Self { multi: MultiProgress::new(), bars: Vec::new(), style })
     }

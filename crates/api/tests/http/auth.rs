@@ -167,3 +167,49 @@ fn without_auth_every_caller_is_the_default_tenant() {
     let (status, _) = server.call_as(None, "GET", &format!("/v1/asyncprocesses/{id}"), None);
     assert_eq!(status, 202);
 }
+
+on_both_backends! {
+    fn the_dashboard_signs_in_with_a_token_and_shows_only_the_tenant_s_processes(db: TestDb) {
+        let server = secured(db);
+        let mine = server.start_as("acme", "mine");
+        let theirs = server.start_as("globex", "theirs");
+        let page = |path: &str, cookie: Option<&str>| {
+            let mut request = server.client.get(format!("{}{path}", server.base));
+            if let Some(cookie) = cookie {
+                request = request.header("Cookie", cookie);
+            }
+            let response = request.send().unwrap();
+            (response.status().as_u16(), response.text().unwrap())
+        };
+        let (status, body) = page("/", None);
+        assert_eq!(status, 401);
+        assert!(body.contains("name=\"token\""), "the sign-in form: {body}");
+        let refused = server.client.post(format!("{}/login", server.base)).body("token=wrong").header("Content-Type", "application/x-www-form-urlencoded").send().unwrap();
+        assert_eq!(refused.status().as_u16(), 401);
+        let signed = reqwest::blocking::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .post(format!("{}/login", server.base))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body("token=reader-token")
+            .send()
+            .unwrap();
+        assert_eq!(signed.status().as_u16(), 303);
+        let cookie = signed.headers()["set-cookie"].to_str().unwrap().to_owned();
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+        let (status, list) = page("/", Some(&cookie));
+        assert_eq!(status, 200);
+        assert!(list.contains(&mine) && !list.contains(&theirs), "only acme's processes");
+        let (status, _) = page(&format!("/processes/{mine}"), Some(&cookie));
+        assert_eq!(status, 200);
+        let (status, _) = page(&format!("/processes/{theirs}"), Some(&cookie));
+        assert_eq!(status, 400, "another tenant's process is not found");
+        // The reader may look, not cancel: no button, and the form is refused.
+        let (_, own) = page(&format!("/processes/{mine}"), Some(&cookie));
+        assert!(!own.contains("/cancel"), "no cancel button without processes:write");
+        let cancel = server.client.post(format!("{}/processes/{mine}/cancel", server.base)).header("Cookie", &cookie).send().unwrap();
+        assert_eq!(cancel.status().as_u16(), 403);
+    }
+}

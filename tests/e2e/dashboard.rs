@@ -1,0 +1,144 @@
+//! The dashboard in a real browser: headless Chromium driven through chromedriver (Debian's
+//! `chromium` and `chromium-driver`, installed by `.ci/run`). Skipped, with one line, where no
+//! browser is installed. It saves the README's screenshot, `docs/dashboard.png`.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+use crate::engine::{call, serve};
+
+const DRIVER: &str = "/usr/bin/chromedriver";
+const BROWSER: &str = "/usr/bin/chromium";
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn text(client: &Client) -> String {
+    client.find(Locator::Css("main")).await.unwrap().text().await.unwrap()
+}
+
+async fn script(client: &Client, code: &str) -> Value {
+    client.execute(code, vec![]).await.unwrap()
+}
+
+#[test]
+fn the_dashboard_shows_the_documented_example_and_a_running_process_live() {
+    if !std::path::Path::new(DRIVER).exists() || !std::path::Path::new(BROWSER).exists() {
+        eprintln!(
+            "dashboard browser test skipped: no {DRIVER} or {BROWSER} (Debian packages chromium, chromium-driver)"
+        );
+        return;
+    }
+    let (dir, db) = crate::temp_db();
+    crate::seed(&db);
+    let server = serve(dir.path(), &db, &[]);
+    let (_, started) = call(
+        &server.base,
+        "POST",
+        "/v1/asyncprocesses",
+        Some(
+            json!({ "asyncProcessName": "External", "referenceId": "live", "items": (0..10).collect::<Vec<_>>() }),
+        ),
+    );
+    let running = started["AsyncProcessStatus"][0]["asyncProcessId"].as_str().unwrap().to_owned();
+
+    let port = free_port();
+    let driver = Driver(
+        Command::new(DRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({ "binary": BROWSER, "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1000"] }),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = loop {
+            match ClientBuilder::native().capabilities(capabilities.clone()).connect(&format!("http://127.0.0.1:{port}")).await {
+                Ok(client) => break client,
+                Err(error) if Instant::now() < deadline => {
+                    let _ = error;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(error) => panic!("chromedriver did not start: {error}"),
+            }
+        };
+
+        // The list: both documented processes and the running one.
+        client.goto(&format!("{}/", server.base)).await.unwrap();
+        let list = text(&client).await;
+        for expected in ["9876543", "64221481", "12324", "Bulk CPQ", &running] {
+            assert!(list.contains(expected), "{expected} missing from the list:\n{list}");
+        }
+
+        // The documented example's process page: steps, counts, failure codes and messages.
+        client.goto(&format!("{}/processes/9876543", server.base)).await.unwrap();
+        let page = text(&client).await;
+        for expected in ["Validate", "Price", "6 / 6", "3 / 6", "5001", "Invalid status", "5004", "Missing data", "InProgress"] {
+            assert!(page.contains(expected), "{expected} missing from the process page:\n{page}");
+        }
+        let png = client.screenshot().await.unwrap();
+        let shot = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/dashboard.png");
+        std::fs::write(shot, png).unwrap();
+
+        // A running process: its bar advances from the event stream, without a reload.
+        client.goto(&format!("{}/processes/{running}", server.base)).await.unwrap();
+        script(&client, "window.stayed = 'yes'; return null;").await;
+        assert_eq!(script(&client, "return document.getElementById('bar-0').value;").await, json!(0));
+        // A worker finishes one task of two: blocking HTTP, so on a thread of its own.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let (_, claimed) = call(
+                        &server.base,
+                        "POST",
+                        "/v1/tasks/claim",
+                        Some(json!({ "queue": "work", "workerId": "browser-test", "maxTasks": 1 })),
+                    );
+                    let task = &claimed["tasks"][0];
+                    let indices: Vec<Value> = task["items"].as_array().unwrap().iter().map(|i| i["index"].clone()).collect();
+                    let (status, _) = call(
+                        &server.base,
+                        "POST",
+                        &format!("/v1/tasks/{}/complete", task["taskId"]),
+                        Some(json!({ "leaseToken": task["leaseToken"], "successfully": indices })),
+                    );
+                    assert_eq!(status, 200);
+                })
+                .join()
+                .unwrap();
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = script(&client, "return [document.getElementById('bar-0').value, window.stayed || null];").await;
+            if seen == json!([5, "yes"]) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the bar did not advance in place: {seen}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(text(&client).await.contains("5 / 10"));
+        client.close().await.unwrap();
+    });
+    drop(driver);
+}
