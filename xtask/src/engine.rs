@@ -114,14 +114,14 @@ pub fn run(
 }
 
 /// A PostgreSQL database made for one measurement and dropped after it.
-struct Scratch {
+pub struct Scratch {
     server: String,
     name: String,
-    url: String,
+    pub url: String,
 }
 
 impl Scratch {
-    fn create(server: &str) -> anyhow::Result<Self> {
+    pub fn create(server: &str) -> anyhow::Result<Self> {
         let name = format!("ae_measure_{}", std::process::id());
         let mut admin = PgConnection::establish(server).context("--postgres")?;
         // Two calls: PostgreSQL runs a multi-statement string as one transaction, which

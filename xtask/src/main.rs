@@ -3,6 +3,7 @@
 //! `cargo xtask measure-engine` measures the engine's throughput; `cargo xtask
 //! measure-waiting` counts the database reads of clients waiting on a running process.
 
+mod bench;
 mod demo;
 mod engine;
 mod measure;
@@ -74,6 +75,13 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         nodes: usize,
     },
+    /// The performance budget: every figure a ratio against a baseline of the same run;
+    /// writes BENCHMARKS.md and fails when a target is missed beyond the measured noise.
+    Bench {
+        /// Measure on PostgreSQL too (else TEST_POSTGRES_URL, when set).
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
+    },
     /// Count the database reads per second of clients waiting on one running process: a
     /// handful of plain pollers against growing numbers of long-polls.
     MeasureWaiting {
@@ -113,6 +121,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             engine::run(items, workers, chunk, postgres, nodes)
         }
         Command::MeasureWaiting { clients, seconds } => waiting::run(clients, seconds),
+        Command::Bench { postgres } => {
+            if bench::run(postgres)? {
+                Ok(())
+            } else {
+                anyhow::bail!("a performance target was missed beyond the noise: see BENCHMARKS.md")
+            }
+        }
     }
 }
 

@@ -111,6 +111,9 @@ impl Store {
             .max_size(pool_size.max(1))
             .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(10))
+            // A SQLite file does not drop connections; checking each checkout with a query
+            // only costs. A PostgreSQL server can (a restart), so there every checkout is tested.
+            .test_on_check_out(matches!(parsed, DatabaseUrl::Postgres(_)))
             .connection_customizer(Box::new(SqlitePragmas))
             .build(ConnectionManager::new(target))?;
         Ok(Self { pool, url: parsed })

@@ -1,0 +1,655 @@
+//! `cargo xtask bench`: the performance budget (issue 8), every figure a ratio against a
+//! baseline measured in the same run on the same machine, on SQLite and, with
+//! `TEST_POSTGRES_URL` (or `--postgres`), on PostgreSQL. Writes `BENCHMARKS.md` and exits
+//! non-zero when a target is missed by more than the noise measured.
+
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use async_engine::Settings;
+use async_engine_api::{ApiConfig, AppState, Auth, CallbackPolicy};
+use async_engine_domain::{
+    Detail, FailurePolicy, Handler, IdKind, LookupId, NewProcess, ProcessDefinition, ProcessId, ProcessStore,
+    RawJson, ReferenceId, SnapshotWriter, Status, StatusQuery, StatusReader, StepDefinition, TenantId,
+};
+use async_engine_engine::{EngineConfig, Handlers, Waker, now_micros};
+use async_engine_persistence::Store;
+use diesel::prelude::*;
+use serde_json::{Value, json};
+
+/// Items of the process B3 creates, B4 records and the raw loop inserts.
+const ITEMS: u32 = 100_000;
+/// Items of the process B2, B5, B6 and B7 run or read.
+const LARGE: u32 = 1_000_000;
+const ROUNDS: usize = 3;
+
+#[derive(Clone, Copy)]
+enum Target {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+struct Row {
+    id: &'static str,
+    backend: &'static str,
+    measured: String,
+    baseline: String,
+    ratio: f64,
+    noise: f64,
+    target: Target,
+}
+
+impl Row {
+    fn met(&self) -> bool {
+        match self.target {
+            Target::AtLeast(t) => self.ratio >= t * (1.0 - self.noise),
+            Target::AtMost(t) => self.ratio <= t * (1.0 + self.noise),
+        }
+    }
+}
+
+/// Median and relative spread ((max - min) / median) of a few runs.
+fn spread(mut values: Vec<f64>) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let median = values[values.len() / 2];
+    let noise = if median > 0.0 { (values[values.len() - 1] - values[0]) / median } else { 0.0 };
+    (median, noise)
+}
+
+pub fn run(postgres: Option<String>) -> anyhow::Result<bool> {
+    if cfg!(debug_assertions) {
+        // Figures of an unoptimised build say nothing: run the release build instead.
+        let mut args =
+            vec!["run".to_owned(), "--quiet".into(), "--release".into(), "-p".into(), "xtask".into()];
+        args.extend(["--".into(), "bench".into()]);
+        if let Some(url) = &postgres {
+            args.extend(["--postgres".into(), url.clone()]);
+        }
+        let status = Command::new(env!("CARGO")).args(&args).status().context("running the release build")?;
+        return Ok(status.success());
+    }
+    ensure_wrk()?;
+    let started = Instant::now();
+    build_server()?;
+    let mut rows = Vec::new();
+    eprintln!("== SQLite");
+    let dir = tempfile::tempdir()?;
+    let sqlite = dir.path().join("bench.db");
+    rows.extend(backend("SQLite", sqlite.to_str().context("temporary path")?, None)?);
+    let postgres = postgres.or_else(|| std::env::var("TEST_POSTGRES_URL").ok());
+    if let Some(server) = postgres {
+        eprintln!("== PostgreSQL");
+        let scratch = crate::engine::Scratch::create(&server)?;
+        rows.extend(backend("PostgreSQL", &scratch.url, Some(&server))?);
+    }
+    let report = report(&rows, started.elapsed());
+    std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md"), &report)?;
+    eprintln!("{report}");
+    Ok(rows.iter().all(Row::met))
+}
+
+fn ensure_wrk() -> anyhow::Result<()> {
+    if Command::new("wrk").arg("--version").output().is_ok() {
+        return Ok(());
+    }
+    eprintln!("installing wrk (Debian package) for the HTTP load");
+    let ok = Command::new("sh")
+        .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk"])
+        .status()?
+        .success();
+    if !ok {
+        bail!("wrk is needed for B1 and B2; install it (apt-get install wrk)");
+    }
+    Ok(())
+}
+
+fn build_server() -> anyhow::Result<()> {
+    let ok = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--release", "-p", "async-engine"])
+        .status()?
+        .success();
+    if !ok {
+        bail!("building the release server for B7 failed");
+    }
+    Ok(())
+}
+
+fn server_binary() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/async-engine").to_owned()
+}
+
+/// Definitions of the run: 2-step noop (B5) and one external step (B4).
+fn definitions() -> anyhow::Result<Vec<ProcessDefinition>> {
+    let mut all = Settings::from_env(None)?.definitions()?;
+    for definition in &mut all {
+        for step in &mut definition.steps {
+            step.chunk_size = 500;
+        }
+    }
+    all.push(ProcessDefinition {
+        name: "Bench".into(),
+        steps: vec![StepDefinition {
+            name: "Work".into(),
+            handler: Handler::Queue("bench".into()),
+            chunk_size: 500,
+            max_attempts: 3,
+            timeout_secs: 600,
+            on_item_failure: FailurePolicy::Skip,
+        }],
+        callback_url: None,
+    });
+    Ok(all)
+}
+
+/// A server in this process over `store`, with one more route: the same bytes as the status
+/// answer, from memory (B1's baseline).
+fn serve(store: &Store, body: Arc<Vec<u8>>) -> anyhow::Result<String> {
+    let config =
+        ApiConfig { max_body_bytes: 64 << 20, max_items_per_response: 10_000_000, ..ApiConfig::default() };
+    let state = AppState::new(
+        store.clone(),
+        definitions()?,
+        CallbackPolicy::default(),
+        Auth::disabled(),
+        Arc::new(|| {}),
+        config,
+    );
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let base = format!("http://{}", listener.local_addr()?);
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let server = actix_web::HttpServer::new(move || {
+                let body = body.clone();
+                async_engine_api::app(state.clone()).route(
+                    "/bench/static",
+                    actix_web::web::get().to(move || {
+                        let body = body.clone();
+                        async move {
+                            actix_web::HttpResponse::Accepted()
+                                .content_type("application/json")
+                                .body(body.to_vec())
+                        }
+                    }),
+                )
+            })
+            .listen(listener)?
+            .run();
+            server.await
+        })
+    });
+    Ok(base)
+}
+
+/// Requests per second over 64 connections for `seconds`.
+fn wrk(url: &str, seconds: u64) -> anyhow::Result<f64> {
+    let output = Command::new("wrk")
+        .args(["-t2", "-c64", &format!("-d{seconds}s"), url])
+        .stderr(Stdio::null())
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let non_2xx = text.lines().find(|l| l.contains("Non-2xx"));
+    if let Some(line) = non_2xx {
+        bail!("wrk saw failures on {url}: {line}");
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk's output: {text}"))
+}
+
+fn backend(name: &'static str, url: &str, pg_server: Option<&str>) -> anyhow::Result<Vec<Row>> {
+    let _ = pg_server;
+    let store = Store::open(url, 8)?;
+    store.migrate()?;
+    for snapshot in crate::documented_snapshots(now_micros())? {
+        store.import(&TenantId::default_tenant(), &snapshot)?;
+    }
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(600)).build()?;
+    // The bytes the static route repeats: the answer itself.
+    let warm = format!("{}/v1/asyncprocesses/12324", serve(&store, Arc::new(Vec::new()))?);
+    let body = client.get(&warm).send()?.bytes()?.to_vec();
+    let base = serve(&store, Arc::new(body))?;
+    let status_url = format!("{base}/v1/asyncprocesses/12324");
+    let static_url = format!("{base}/bench/static");
+    let mut rows = Vec::new();
+
+    // B1: the status answer against the same bytes from memory.
+    let mut ratios = Vec::new();
+    let mut alone = Vec::new();
+    for _ in 0..ROUNDS {
+        let status = wrk(&status_url, 4)?;
+        let fixed = wrk(&static_url, 4)?;
+        alone.push(status);
+        ratios.push(status / fixed);
+    }
+    let (b1, b1_noise) = spread(ratios);
+    let (b1_rps, _) = spread(alone.clone());
+    eprintln!("B1 {name}: {b1:.2} ({b1_rps:.0} req/s)");
+    rows.push(Row {
+        id: "B1",
+        backend: name,
+        measured: format!("{b1_rps:.0} req/s"),
+        baseline: format!("{:.0} req/s (static)", b1_rps / b1),
+        ratio: b1,
+        noise: b1_noise,
+        target: Target::AtLeast(0.40),
+    });
+
+    // The raw loop: the same item rows, one prepared statement, one transaction.
+    let mut raws = Vec::new();
+    for round in 0..ROUNDS {
+        raws.push(raw_loop(&store, url, round)?);
+    }
+    let (raw, raw_noise) = spread(raws);
+    eprintln!("raw loop {name}: {raw:.0} rows/s");
+
+    // B3: POST to committed, 100,000 items.
+    let items: Vec<Value> = (0..ITEMS).map(|n| json!({ "n": n })).collect();
+    let mut creates = Vec::new();
+    for round in 0..ROUNDS {
+        let body =
+            json!({ "asyncProcessName": "Bench", "referenceId": format!("b3-{round}"), "items": items });
+        let begun = Instant::now();
+        let response = client.post(format!("{base}/v1/asyncprocesses")).json(&body).send()?;
+        anyhow::ensure!(response.status().as_u16() == 202, "B3: {}", response.text()?);
+        creates.push(f64::from(ITEMS) / begun.elapsed().as_secs_f64());
+    }
+    let (b3, b3_noise) = spread(creates);
+    rows.push(Row {
+        id: "B3",
+        backend: name,
+        measured: format!("{b3:.0} items/s"),
+        baseline: format!("{raw:.0} rows/s (raw loop)"),
+        ratio: b3 / raw,
+        noise: b3_noise.max(raw_noise),
+        target: Target::AtLeast(0.25),
+    });
+
+    // B4: 8 external workers complete every task of those processes through the API.
+    let begun = Instant::now();
+    let recorded = workers(&base, 8)?;
+    let b4 = recorded as f64 / begun.elapsed().as_secs_f64();
+    rows.push(Row {
+        id: "B4",
+        backend: name,
+        measured: format!("{b4:.0} items/s ({recorded} outcomes)"),
+        baseline: format!("{raw:.0} rows/s (raw loop)"),
+        ratio: b4 / raw,
+        noise: raw_noise,
+        target: Target::AtLeast(0.25),
+    });
+
+    // B5: a 2-step noop process of 1,000,000 items, start to Success, alone.
+    let ran = run_large(&store, "large", |_| Ok(()))?;
+    let b5 = f64::from(LARGE) / ran.as_secs_f64();
+    rows.push(Row {
+        id: "B5",
+        backend: name,
+        measured: format!("{b5:.0} items/s per step ({ran:.1?} for 2 steps)"),
+        baseline: format!("{raw:.0} rows/s (raw loop)"),
+        ratio: b5 / raw,
+        noise: raw_noise,
+        target: Target::AtLeast(0.20),
+    });
+
+    // B2: B1 while another such process runs.
+    let mut during = Vec::new();
+    run_large(&store, "large-2", |finished| {
+        while !finished.load(Ordering::SeqCst) && during.len() < ROUNDS {
+            during.push(wrk(&status_url, 4)?);
+        }
+        Ok(())
+    })?;
+    let (b2_rps, b2_noise) = spread(during);
+    rows.push(Row {
+        id: "B2",
+        backend: name,
+        measured: format!("{b2_rps:.0} req/s while the engine runs"),
+        baseline: format!("{b1_rps:.0} req/s (B1 alone)"),
+        ratio: b2_rps / b1_rps,
+        noise: b2_noise.max(b1_noise),
+        target: Target::AtLeast(0.60),
+    });
+
+    // B6: the status without item lists, large against small.
+    let mut times = Vec::new();
+    for (id, label) in [("large", "large"), ("9876543", "small")] {
+        let query = lookup(id, Detail::Steps)?;
+        let mut samples = Vec::new();
+        for _ in 0..300 {
+            let t = Instant::now();
+            store.find_status(&query)?;
+            samples.push(t.elapsed().as_secs_f64());
+        }
+        let (median, noise) = spread(samples[..].chunks(100).map(|c| spread(c.to_vec()).0).collect());
+        eprintln!("B6 {name} {label}: {:.1} µs", median * 1e6);
+        times.push((median, noise));
+    }
+    rows.push(Row {
+        id: "B6",
+        backend: name,
+        measured: format!("{:.1} µs (1,000,000 items)", times[0].0 * 1e6),
+        baseline: format!("{:.1} µs (6 items)", times[1].0 * 1e6),
+        ratio: times[0].0 / times[1].0,
+        noise: times[0].1.max(times[1].1),
+        target: Target::AtMost(1.5),
+    });
+
+    // B7: the real server's peak memory while the items call pages through the large step.
+    let (idle, peak) = page_memory(url)?;
+    rows.push(Row {
+        id: "B7",
+        backend: name,
+        measured: format!("{:.1} MiB peak", peak as f64 / 1024.0),
+        baseline: format!("{:.1} MiB idle", idle as f64 / 1024.0),
+        ratio: (peak.saturating_sub(idle)) as f64 / 1024.0,
+        noise: 0.0,
+        target: Target::AtMost(64.0),
+    });
+    Ok(rows)
+}
+
+/// Runs a 2-step noop process of `LARGE` items through the engine (2 workers, 500 items per
+/// task) to Success, calling `during` meanwhile with the flag that says it finished; returns
+/// the time from the engine's start to Success.
+fn run_large(
+    store: &Store,
+    id: &str,
+    during: impl FnOnce(&AtomicBool) -> anyhow::Result<()>,
+) -> anyhow::Result<Duration> {
+    let definition = definitions()?.into_iter().find(|d| d.name == "Noop").context("no Noop definition")?;
+    store.start(&NewProcess {
+        tenant: TenantId::default_tenant(),
+        async_process_id: ProcessId::new(id)?,
+        reference_id: ReferenceId::new(id)?,
+        definition,
+        items: (0..LARGE).map(|n| RawJson::from_value(&json!({ "n": n }))).collect(),
+        additional_data: RawJson::empty_object(),
+        idempotency_key: None,
+        callback_url: None,
+        now_micros: now_micros(),
+    })?;
+    let engine = async_engine_engine::start(
+        Arc::new(store.clone()),
+        Handlers::builtin(),
+        EngineConfig {
+            workers: 2,
+            lease: Duration::from_secs(120),
+            idle_poll: Duration::from_millis(20),
+            batch: 4,
+            node: "bench".into(),
+        },
+        Waker::default(),
+    )?;
+    let begun = Instant::now();
+    let finished = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (store, finished, query) = (store.clone(), finished.clone(), lookup(id, Detail::Process)?);
+        std::thread::spawn(move || -> anyhow::Result<Duration> {
+            loop {
+                let status = store.find_status(&query)?.first().map(|p| p.status);
+                if status.is_some_and(Status::is_final) {
+                    let ran = begun.elapsed();
+                    finished.store(true, Ordering::SeqCst);
+                    anyhow::ensure!(status == Some(Status::Success), "the process ended {status:?}");
+                    return Ok(ran);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let measured = during(&finished);
+    let ran = watcher.join().map_err(|_| anyhow::anyhow!("the watcher panicked"))?;
+    engine.stop();
+    measured?;
+    ran
+}
+
+fn lookup(id: &str, detail: Detail) -> anyhow::Result<StatusQuery> {
+    Ok(StatusQuery {
+        tenant: TenantId::default_tenant(),
+        id: LookupId::new(id)?,
+        kind: IdKind::AsyncProcessId,
+        detail,
+    })
+}
+
+/// Inserts `ITEMS` item rows with one prepared statement in one transaction, through the same
+/// database library, under a process made for it; returns rows per second.
+fn raw_loop(store: &Store, url: &str, round: usize) -> anyhow::Result<f64> {
+    use async_engine_persistence::schema::{items, processes};
+    let definition = definitions()?.into_iter().find(|d| d.name == "Bench").context("no Bench definition")?;
+    let id = format!("raw-{round}");
+    store.start(&NewProcess {
+        tenant: TenantId::default_tenant(),
+        async_process_id: ProcessId::new(id.clone())?,
+        reference_id: ReferenceId::new("raw")?,
+        definition,
+        items: Vec::new(),
+        additional_data: RawJson::empty_object(),
+        idempotency_key: None,
+        callback_url: None,
+        now_micros: now_micros(),
+    })?;
+    let values: Vec<String> = (0..ITEMS).map(|n| json!({ "n": n }).to_string()).collect();
+    macro_rules! insert_all {
+        ($conn:expr) => {{
+            let conn = $conn;
+            let process: i64 = processes::table
+                .filter(processes::async_process_id.eq(&id))
+                .select(processes::id)
+                .first(conn)?;
+            let begun = Instant::now();
+            conn.transaction(|conn| {
+                for (n, value) in values.iter().enumerate() {
+                    diesel::insert_into(items::table)
+                        .values((
+                            items::process_id.eq(process),
+                            items::item_index.eq(n as i64 + 1),
+                            items::value.eq(value),
+                        ))
+                        .execute(conn)?;
+                }
+                diesel::QueryResult::Ok(())
+            })?;
+            begun.elapsed()
+        }};
+    }
+    let took = if url.starts_with("postgres") {
+        insert_all!(&mut PgConnection::establish(url)?)
+    } else {
+        let mut conn = SqliteConnection::establish(url)?;
+        diesel::connection::SimpleConnection::batch_execute(
+            &mut conn,
+            "PRAGMA busy_timeout = 30000; PRAGMA synchronous = NORMAL;",
+        )?;
+        insert_all!(&mut conn)
+    };
+    Ok(f64::from(ITEMS) / took.as_secs_f64())
+}
+
+/// `threads` workers claiming and completing every `queue:bench` task through the API;
+/// returns the outcomes recorded.
+fn workers(base: &str, threads: usize) -> anyhow::Result<u64> {
+    let handles: Vec<_> = (0..threads)
+        .map(|n| {
+            let base = base.to_owned();
+            std::thread::spawn(move || -> anyhow::Result<u64> {
+                let client = reqwest::blocking::Client::new();
+                let mut recorded = 0;
+                loop {
+                    let claim: Value = client
+                        .post(format!("{base}/v1/tasks/claim"))
+                        .json(&json!({ "queue": "bench", "workerId": format!("w{n}"), "maxTasks": 1 }))
+                        .send()?
+                        .json()?;
+                    let Some(task) = claim["tasks"].as_array().and_then(|t| t.first()).cloned() else {
+                        return Ok(recorded);
+                    };
+                    let indices: Vec<Value> = task["items"]
+                        .as_array()
+                        .context("items")?
+                        .iter()
+                        .map(|i| i["index"].clone())
+                        .collect();
+                    recorded += indices.len() as u64;
+                    let answer = client
+                        .post(format!("{base}/v1/tasks/{}/complete", task["taskId"]))
+                        .json(&json!({ "leaseToken": task["leaseToken"], "successfully": indices }))
+                        .send()?;
+                    anyhow::ensure!(answer.status().is_success(), "complete: {}", answer.text()?);
+                }
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for handle in handles {
+        total += handle.join().map_err(|_| anyhow::anyhow!("a worker panicked"))??;
+    }
+    Ok(total)
+}
+
+fn vm_hwm_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM")
+}
+
+/// The release server on `url`: its peak resident memory idle, then after paging through the
+/// large process's first step with the items call.
+fn page_memory(url: &str) -> anyhow::Result<(u64, u64)> {
+    let mut child = Command::new(server_binary())
+        .arg("serve")
+        .env("ASYNC_ENGINE__DATABASE__URL", url)
+        .env("ASYNC_ENGINE__SERVER__PORT", "0")
+        .env("ASYNC_ENGINE__ENGINE__ENABLED", "false")
+        .env("ASYNC_ENGINE__RETENTION__DAYS", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().context("stderr")?;
+    // Read on a thread that keeps draining: a closed pipe would fail the server's logging.
+    let (lines, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let base = log
+        .iter()
+        .find_map(|line| {
+            line.split("listening on ")
+                .nth(1)
+                .map(|rest| rest.split_whitespace().next().unwrap_or("").trim_matches('"').to_owned())
+        })
+        .context("the server did not start")?;
+    let client = reqwest::blocking::Client::new();
+    let result = (|| -> anyhow::Result<(u64, u64)> {
+        client.get(format!("{base}/v1/asyncprocesses/large?itemsList=false")).send()?;
+        let idle = vm_hwm_kib(child.id())?;
+        let mut cursor: Option<String> = None;
+        let mut seen = 0_u64;
+        loop {
+            let after = cursor.as_deref().map(|c| format!("&cursor={c}")).unwrap_or_default();
+            let page: Value = client
+                .get(format!("{base}/v1/asyncprocesses/large/steps/0/items?limit=10000{after}"))
+                .send()?
+                .json()?;
+            seen += page["items"].as_array().map_or(0, |i| i.len() as u64);
+            match page["nextCursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        anyhow::ensure!(seen == u64::from(LARGE), "paged {seen} items, not {LARGE}");
+        Ok((idle, vm_hwm_kib(child.id())?))
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("MemTotal:").map(|m| m.trim().to_owned())))
+        .unwrap_or_default();
+    format!("{cores} cores ({cpu}), {memory} memory")
+}
+
+fn report(rows: &[Row], took: Duration) -> String {
+    let mut text = String::new();
+    let _ = writeln!(text, "# Benchmarks\n");
+    let _ = writeln!(
+        text,
+        "The last run of `cargo xtask bench` (release build), {}, on {}; it took {:.0} s. Each\n\
+         figure is a ratio against a baseline measured in the same run, so that the machine's own\n\
+         speed cancels out; noise is the relative spread of the repeated measurements, and a target\n\
+         counts as missed only beyond it. Re-run with `cargo xtask bench` (PostgreSQL rows too with\n\
+         `TEST_POSTGRES_URL` set, or `--postgres URL`); it installs `wrk` if it is missing.\n",
+        chrono_now(),
+        machine(),
+        took.as_secs_f64()
+    );
+    let _ = writeln!(text, "| # | backend | measured | baseline | ratio | target | noise | met |");
+    let _ = writeln!(text, "| --- | --- | --- | --- | ---: | --- | ---: | --- |");
+    for row in rows {
+        let target = match row.target {
+            Target::AtLeast(t) => format!("≥ {t}"),
+            Target::AtMost(t) if row.id == "B7" => format!("≤ +{t} MiB"),
+            Target::AtMost(t) => format!("≤ {t}×"),
+        };
+        let ratio =
+            if row.id == "B7" { format!("+{:.1} MiB", row.ratio) } else { format!("{:.2}", row.ratio) };
+        let _ = writeln!(
+            text,
+            "| {} | {} | {} | {} | {} | {} | {:.0}% | {} |",
+            row.id,
+            row.backend,
+            row.measured,
+            row.baseline,
+            ratio,
+            target,
+            row.noise * 100.0,
+            if row.met() { "yes" } else { "**no**" }
+        );
+    }
+    let _ = writeln!(
+        text,
+        "\nB1: `GET /v1/asyncprocesses/12324` (full, verbose) with wrk, 2 threads, 64 connections,\n\
+         against a route of the same server answering the same bytes from memory. B2: the same\n\
+         while the engine runs B5's process. B3: `POST /v1/asyncprocesses` of {ITEMS} items, sent to\n\
+         committed (202). B4: 8 workers claiming and completing 500-item tasks over HTTP. B5: a\n\
+         2-step `noop` process of {LARGE} items, start to Success, per step. The raw loop inserts\n\
+         {ITEMS} item rows with one prepared statement in one transaction through the same database\n\
+         library. B6: the status with `itemsList=false` on B5's process against the 6-item example\n\
+         (median of medians). B7: the release server's peak resident memory (VmHWM) after paging\n\
+         through step 0 of B5's process with the items call (10,000 per page), against its peak\n\
+         when idle.\n\n\
+         What bounds the rows that miss, with profiles, and what would change them: see\n\
+         [ARCHITECTURE.md, How far it scales](ARCHITECTURE.md#how-far-it-scales)."
+    );
+    text
+}
+
+fn chrono_now() -> String {
+    chrono::Utc::now().format("%Y-%m-%d").to_string()
+}
