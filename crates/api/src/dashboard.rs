@@ -271,18 +271,9 @@ async fn list_page(req: &HttpRequest, state: &AppState, tenant: TenantId) -> Res
         with_steps: true,
     };
     for (name, value) in query_pairs(req) {
-        if value.is_empty() {
-            continue;
-        }
-        match name.as_str() {
-            "status" => {
-                query.status =
-                    Some(value.parse::<Status>().map_err(|e| ApiError::input(format!("status: {e}")))?)
-            }
-            "asyncProcessName" => query.name = Some(params::bounded("asyncProcessName", &value)?),
-            "referenceId" => query.reference_id = Some(params::bounded("referenceId", &value)?),
-            "cursor" => query.cursor = Some(params::bounded("cursor", &value)?),
-            _ => {}
+        // An empty form field means no filter.
+        if !value.is_empty() {
+            crate::processes::list_filter(&mut query, &name, &value)?;
         }
     }
     let filters = query.clone();

@@ -190,6 +190,21 @@ pub async fn retry(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
     Ok(accepted(&[record], SUMMARY))
 }
 
+/// One parameter of the process list (`status`, `asyncProcessName`, `referenceId`, `cursor`)
+/// into `query`; others are ignored. Shared by the API's list and the dashboard's.
+pub(crate) fn list_filter(query: &mut ListQuery, name: &str, value: &str) -> Result<(), ApiError> {
+    match name {
+        "status" => {
+            query.status = Some(value.parse::<Status>().map_err(|e| ApiError::input(format!("status: {e}")))?)
+        }
+        "asyncProcessName" => query.name = Some(params::bounded("asyncProcessName", value)?),
+        "referenceId" => query.reference_id = Some(params::bounded("referenceId", value)?),
+        "cursor" => query.cursor = Some(params::bounded("cursor", value)?),
+        _ => {}
+    }
+    Ok(())
+}
+
 /// `limit` of a paged call: 1 to `max`.
 fn page_limit(value: &str, max: u32) -> Result<u32, ApiError> {
     value
@@ -233,16 +248,10 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         with_steps: false,
     };
     for (name, value) in form_urlencoded::parse(req.query_string().as_bytes()) {
-        match name.as_ref() {
-            "status" => {
-                query.status =
-                    Some(value.parse::<Status>().map_err(|e| ApiError::input(format!("status: {e}")))?)
-            }
-            "asyncProcessName" => query.name = Some(params::bounded("asyncProcessName", &value)?),
-            "referenceId" => query.reference_id = Some(params::bounded("referenceId", &value)?),
-            "cursor" => query.cursor = Some(params::bounded("cursor", &value)?),
-            "limit" => query.limit = page_limit(&value, MAX_LIST_LIMIT)?,
-            _ => {}
+        if name == "limit" {
+            query.limit = page_limit(&value, MAX_LIST_LIMIT)?;
+        } else {
+            list_filter(&mut query, &name, &value)?;
         }
     }
     let store = state.processes.clone();
