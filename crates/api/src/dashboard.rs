@@ -9,8 +9,8 @@ use actix_web::http::header::{HOST, LOCATION, ORIGIN};
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use async_engine_domain::{
-    CommandError, Detail, IdKind, ItemsError, ItemsQuery, ListError, ListQuery, LookupId, OutcomeFilter,
-    ProcessStatus, Status, StatusQuery, TenantId,
+    Detail, IdKind, ItemsQuery, ListError, ListQuery, LookupId, OutcomeFilter, ProcessStatus, Status,
+    StatusQuery, TenantId,
 };
 
 use crate::AppState;
@@ -393,11 +393,7 @@ async fn items_page(req: &HttpRequest, state: &AppState, tenant: TenantId) -> Re
             _ => {}
         }
     }
-    let store = state.processes.clone();
-    let page = blocking(move || store.items(&query)).await?.map_err(|e| match e {
-        ItemsError::Storage(error) => error.into(),
-        refused => ApiError::Input(refused.to_string()),
-    })?;
+    let page = crate::processes::read_items(state, query).await?;
     let id_path =
         percent_encoding::utf8_percent_encode(id.as_str(), percent_encoding::NON_ALPHANUMERIC).to_string();
     let next_page = page.next_cursor.map(|cursor| {
@@ -463,10 +459,7 @@ async fn command(req: HttpRequest, state: web::Data<AppState>, retry: bool) -> H
             }
         })
         .await?
-        .map_err(|e| match e {
-            CommandError::Storage(error) => error.into(),
-            refused => ApiError::Input(refused.to_string()),
-        })?;
+        .map_err(crate::processes::command_error)?;
         if retry {
             (state.on_new_work)();
         }

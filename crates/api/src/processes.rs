@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use actix_web::http::header::LOCATION;
 use actix_web::{HttpRequest, HttpResponse, web};
 use async_engine_domain::{
-    CommandError, ItemsError, ItemsQuery, ListError, ListQuery, NewProcess, OutcomeFilter, ProcessId,
-    ProcessStatus, RawJson, ReferenceId, Started, Status,
+    CommandError, ItemsError, ItemsPage, ItemsQuery, ListError, ListQuery, NewProcess, OutcomeFilter,
+    ProcessId, ProcessStatus, RawJson, ReferenceId, Started, Status,
 };
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -147,7 +147,7 @@ pub async fn start(
     Ok(response)
 }
 
-fn command_error(error: CommandError) -> ApiError {
+pub(crate) fn command_error(error: CommandError) -> ApiError {
     match error {
         CommandError::Storage(error) => error.into(),
         refused => ApiError::Input(refused.to_string()),
@@ -203,6 +203,16 @@ pub(crate) fn list_filter(query: &mut ListQuery, name: &str, value: &str) -> Res
         _ => {}
     }
     Ok(())
+}
+
+/// A page of a step's items; a refusal (no such process, step or cursor) is the caller's
+/// mistake. Shared by the API's items call and the dashboard's items pages.
+pub(crate) async fn read_items(state: &AppState, query: ItemsQuery) -> Result<ItemsPage, ApiError> {
+    let store = state.processes.clone();
+    blocking(move || store.items(&query)).await?.map_err(|e| match e {
+        ItemsError::Storage(error) => error.into(),
+        refused => ApiError::Input(refused.to_string()),
+    })
 }
 
 /// `limit` of a paged call: 1 to `max`.
@@ -334,11 +344,7 @@ pub async fn items(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
             _ => {}
         }
     }
-    let store = state.processes.clone();
-    let page = blocking(move || store.items(&query)).await?.map_err(|e| match e {
-        ItemsError::Storage(error) => error.into(),
-        refused => ApiError::Input(refused.to_string()),
-    })?;
+    let page = read_items(&state, query).await?;
     Ok(HttpResponse::Ok().json(ItemsOut {
         items: page
             .items
