@@ -59,7 +59,9 @@ fn parse_start(body: &[u8]) -> Result<StartRequest, ApiError> {
     let additional_data = match fields.get("additionalData") {
         None => RawJson::empty_object(),
         Some(raw) if raw.get() == "null" => RawJson::empty_object(),
-        Some(raw) if raw.get().starts_with('{') => RawJson::from_raw(raw.clone()),
+        Some(raw) if raw.get().starts_with('{') => {
+            RawJson::from_input(raw.clone()).map_err(|e| ApiError::input(format!("additionalData {e}")))?
+        }
         Some(_) => return Err(ApiError::input("additionalData must be a JSON object")),
     };
     let callback_url = match fields.get("callbackUrl") {
@@ -70,7 +72,11 @@ fn parse_start(body: &[u8]) -> Result<StartRequest, ApiError> {
     Ok(StartRequest {
         name,
         reference_id,
-        items: items.into_iter().map(RawJson::from_raw).collect(),
+        items: items
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| RawJson::from_input(item).map_err(|e| ApiError::input(format!("item {index} {e}"))))
+            .collect::<Result<_, _>>()?,
         additional_data,
         callback_url,
     })

@@ -123,6 +123,8 @@ macro_rules! on_both_backends {
 // After the macro, which it uses. In a folder, so that cargo does not take it for a test binary.
 #[path = "http/auth.rs"]
 mod auth;
+#[path = "http/input.rs"]
+mod input;
 #[path = "http/waiting.rs"]
 mod waiting;
 

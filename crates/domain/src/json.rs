@@ -6,6 +6,44 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+/// The deepest nesting of arrays and objects accepted in items and additional data. serde_json
+/// checks the text of a `RawValue` without a depth limit, while ordinary parsers (Python's,
+/// serde_json's own for a `Value`: 128) refuse deep values: a value stored deeper than they
+/// read would break every answer that lists it, for every client of the tenant.
+pub const MAX_DEPTH: usize = 64;
+
+/// A value nested deeper than [`MAX_DEPTH`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("is nested deeper than {MAX_DEPTH} levels of arrays and objects (the limit)")]
+pub struct TooDeep;
+
+/// How deeply arrays and objects nest in `text` (0 for a scalar), read from the text alone
+/// without building anything: a bracket inside a string does not count.
+pub fn depth(text: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0_usize, 0_usize, false, false);
+    for &byte in text {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// One JSON value, stored and served as its text.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -19,6 +57,18 @@ impl RawJson {
 
     pub fn from_raw(raw: Box<RawValue>) -> Self {
         Self(raw)
+    }
+
+    /// A caller's value, refused when it nests deeper than [`MAX_DEPTH`].
+    pub fn from_input(raw: Box<RawValue>) -> Result<Self, TooDeep> {
+        let value = Self(raw);
+        value.check_depth()?;
+        Ok(value)
+    }
+
+    /// Refuses a value that nests deeper than [`MAX_DEPTH`].
+    pub fn check_depth(&self) -> Result<(), TooDeep> {
+        if depth(self.as_str().as_bytes()) > MAX_DEPTH { Err(TooDeep) } else { Ok(()) }
     }
 
     pub fn from_value(value: &serde_json::Value) -> Self {
@@ -67,6 +117,25 @@ mod tests {
     #[test]
     fn invalid_text_is_refused() {
         assert!(RawJson::from_text("{".to_owned()).is_err());
+    }
+
+    #[test]
+    fn depth_counts_brackets_outside_strings() {
+        assert_eq!(depth(b"1"), 0);
+        assert_eq!(depth(b"[]"), 1);
+        assert_eq!(depth(br#"{"a":[1,{"b":[]}],"c":{}}"#), 4);
+        assert_eq!(depth(br#"["[[[{{", "\\", "\"[[["]"#), 1);
+    }
+
+    #[test]
+    fn values_deeper_than_the_limit_are_refused() {
+        let nested = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+        let raw = |text: String| RawValue::from_string(text).unwrap();
+        assert!(RawJson::from_input(raw(nested(MAX_DEPTH))).is_ok());
+        assert_eq!(RawJson::from_input(raw(nested(MAX_DEPTH + 1))).err(), Some(TooDeep));
+        // serde_json's RawValue accepts any depth: the check is ours.
+        assert!(RawJson::from_input(raw(nested(100_000))).is_err());
+        assert!(TooDeep.to_string().contains("64"));
     }
 
     #[test]

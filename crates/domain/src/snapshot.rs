@@ -92,6 +92,12 @@ impl ProcessSnapshot {
         if !self.additional_data.as_str().trim_start().starts_with('{') {
             return bad("additionalData must be a JSON object".into());
         }
+        if let Err(e) = self.additional_data.check_depth() {
+            return bad(format!("additionalData {e}"));
+        }
+        if let Some(index) = self.items.iter().position(|item| item.check_depth().is_err()) {
+            return bad(format!("item {index} {}", crate::json::TooDeep));
+        }
         let item_count = self.items.len() as u64;
         for (number, step) in self.steps.iter().enumerate() {
             check_name("stepName", &step.name)?;
