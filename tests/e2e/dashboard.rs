@@ -1,6 +1,7 @@
 //! The dashboard in a real browser: headless Chromium driven through chromedriver (Debian's
 //! `chromium` and `chromium-driver`, installed by `.ci/run`). Skipped, with one line, where no
-//! browser is installed. It saves the README's screenshot, `docs/dashboard.png`.
+//! browser is installed. It saves the README's screenshot, `docs/dashboard.png`, and sends a
+//! page's own form as a browser does (its `Origin`, `Sec-Fetch-Site` and cookies).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -36,7 +37,7 @@ async fn script(client: &Client, code: &str) -> Value {
 }
 
 #[test]
-fn the_dashboard_shows_the_documented_example_and_a_running_process_live() {
+fn the_dashboard_shows_the_documented_example_and_a_running_process_live_and_its_forms_work() {
     if !std::path::Path::new(DRIVER).exists() || !std::path::Path::new(BROWSER).exists() {
         eprintln!(
             "dashboard browser test skipped: no {DRIVER} or {BROWSER} (Debian packages chromium, chromium-driver)"
@@ -138,6 +139,35 @@ fn the_dashboard_shows_the_documented_example_and_a_running_process_live() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(text(&client).await.contains("5 / 10"));
+
+        // The page's own form, as a person sends it: Cancel posts back to this server (under the
+        // pages' `Referrer-Policy: no-referrer` Chromium says `Origin: null`, with
+        // `Sec-Fetch-Site: same-origin`) and lands on the process's page again, aborted.
+        client.find(Locator::Css("form[action$='/cancel'] button")).await.unwrap().click().await.unwrap();
+        let path = format!("/processes/{running}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = client
+                .execute(
+                    "const s = document.getElementById('status'), m = document.querySelector('main');\
+                     return [location.pathname, s ? s.textContent : null, m ? m.innerText : null];",
+                    vec![],
+                )
+                .await;
+            // Mid-navigation the script may find no document to run in.
+            if let Ok(seen) = &seen
+                && seen[0] == json!(path)
+                && seen[1] == json!("Aborted")
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the Cancel form did not go through: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let status = std::thread::scope(|scope| {
+            scope.spawn(|| call(&server.base, "GET", &format!("/v1/asyncprocesses/{running}"), None).1).join().unwrap()
+        });
+        assert_eq!(status["AsyncProcessStatus"][0]["status"], "Aborted", "{status}");
         client.close().await.unwrap();
     });
     drop(driver);

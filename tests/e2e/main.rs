@@ -7,11 +7,15 @@
     reason = "test helpers: a failed unwrap is a failed test; `Running` waits for its child on drop"
 )]
 
+mod browser;
 mod cli;
 mod dashboard;
 mod engine;
+mod faults;
+mod guards;
 mod notifications;
 mod operations;
+mod resilience;
 mod security;
 
 use std::ffi::OsStr;
@@ -65,7 +69,12 @@ fn start(db: impl AsRef<OsStr>, env: &[(&str, &str)]) -> Running {
 }
 
 fn start_with(db: impl AsRef<OsStr>, args: &[&str], env: &[(&str, &str)]) -> Running {
-    let mut child = command(db, args, env).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    start_command(command(db, args, env))
+}
+
+/// Starts a prepared server command and waits for the line that says where it listens.
+fn start_command(mut command: Command) -> Running {
+    let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (lines, log) = mpsc::channel();
     std::thread::spawn(move || {

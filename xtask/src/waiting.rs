@@ -86,13 +86,15 @@ pub fn run(clients: Vec<usize>, seconds: u64) -> anyhow::Result<()> {
         limiter: Arc::new(StatusLimiter::new(0)),
         auth: Arc::new(Auth::disabled()),
         on_new_work: Arc::new(|| {}),
+        claims: Default::default(),
+        guard: Arc::default(),
         config,
     };
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let base = format!("http://{}", listener.local_addr()?);
     std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
-            match async_engine_api::serve(listener, state, Duration::from_secs(1)) {
+            match async_engine_api::serve(listener, state, Duration::from_secs(1), 10_000) {
                 Ok(server) => server.await,
                 Err(error) => Err(error),
             }
@@ -160,6 +162,7 @@ fn drive(store: &Store, stop: &AtomicBool) -> anyhow::Result<()> {
             let successes = task.items.iter().map(|(i, _)| *i).collect();
             store
                 .complete(
+                    None,
                     task.task_id,
                     &task.lease_token,
                     &TaskReport { successes, failures: vec![] },

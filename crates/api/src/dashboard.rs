@@ -1,11 +1,13 @@
 //! The web dashboard (contract §7, `GET /`): server-rendered pages from askama templates
 //! compiled into the binary, plain HTML and CSS with a few lines of script for live progress
-//! from the event stream; nothing is fetched from elsewhere. It honours auth and tenants like
-//! every other call: a browser signs in with an API token kept in a SameSite=Strict cookie.
+//! from the event stream (a served script: pages allow no inline script); nothing is fetched
+//! from elsewhere. It honours auth and tenants like every other call: a browser signs in with
+//! an API token once and then holds a signed, expiring session cookie (`auth.rs`), and every
+//! form carries a CSRF token that is checked before anything else.
 
-use actix_web::cookie::{Cookie, SameSite};
+use actix_web::cookie::{Cookie, SameSite, time};
 use actix_web::http::StatusCode;
-use actix_web::http::header::{HOST, LOCATION, ORIGIN};
+use actix_web::http::header::{CACHE_CONTROL, HOST, HeaderName, LOCATION, ORIGIN, RETRY_AFTER};
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use async_engine_domain::{
@@ -14,10 +16,10 @@ use async_engine_domain::{
 };
 
 use crate::AppState;
-use crate::auth::{Caller, SESSION_COOKIE, Scope};
+use crate::auth::{Auth, CSRF_COOKIE, CSRF_FIELD, Caller, SESSION_COOKIE, Scope};
 use crate::clock::{now_micros, rfc3339};
 use crate::error::ApiError;
-use crate::handlers::{blocking, read_body};
+use crate::handlers::{blocking, read_body, resource};
 use crate::params;
 
 /// Processes per list page.
@@ -27,16 +29,32 @@ const ITEMS_PAGE: u32 = 200;
 /// A process page lists its failure groups when it has at most this many outcomes; larger ones
 /// link to the items pages instead of reading every item.
 const MAX_LISTED: u64 = 5_000;
+/// The largest dashboard form (a token and a CSRF token).
+const MAX_FORM_BYTES: usize = 4096;
+/// The page script (live progress from the event stream) and style sheet, compiled in.
+const SCRIPT: &str = include_str!("../assets/dashboard.js");
+const STYLE: &str = include_str!("../assets/dashboard.css");
+/// Where the browser says a request comes from (Fetch Metadata): `same-origin`, `same-site`,
+/// `cross-site` or `none`.
+const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(list))
-        .route("/processes/{id}", web::get().to(process))
-        .route("/processes/{id}/steps/{step}/items", web::get().to(items))
-        .route("/processes/{id}/cancel", web::post().to(cancel))
-        .route("/processes/{id}/retry", web::post().to(retry))
-        .route("/login", web::get().to(login_form))
-        .route("/login", web::post().to(login))
-        .route("/logout", web::post().to(logout));
+    // Resources, like the API's, so that a wrong method gets a 405 naming the right ones.
+    const GET: &str = "GET, HEAD";
+    const POST: &str = "POST";
+    cfg.service(resource("/", GET).route(web::get().to(list)))
+        .service(resource("/processes/{id}", GET).route(web::get().to(process)))
+        .service(resource("/processes/{id}/steps/{step}/items", GET).route(web::get().to(items)))
+        .service(resource("/processes/{id}/cancel", POST).route(web::post().to(cancel)))
+        .service(resource("/processes/{id}/retry", POST).route(web::post().to(retry)))
+        .service(
+            resource("/login", "GET, HEAD, POST")
+                .route(web::get().to(login_form))
+                .route(web::post().to(login)),
+        )
+        .service(resource("/logout", POST).route(web::post().to(logout)))
+        .service(resource("/assets/dashboard.js", GET).route(web::get().to(script)))
+        .service(resource("/assets/dashboard.css", GET).route(web::get().to(style)));
 }
 
 struct StepView {
@@ -157,6 +175,7 @@ fn duration(micros: i64) -> String {
 #[template(path = "list.html")]
 struct ListPage {
     signed_in: bool,
+    csrf: String,
     statuses: Vec<&'static str>,
     filter_status: String,
     filter_name: String,
@@ -169,6 +188,7 @@ struct ListPage {
 #[template(path = "process.html")]
 struct ProcessPage {
     signed_in: bool,
+    csrf: String,
     process: ProcessView,
     running: bool,
     can_cancel: bool,
@@ -186,6 +206,7 @@ struct ItemView {
 #[template(path = "items.html")]
 struct ItemsPage {
     signed_in: bool,
+    csrf: String,
     id: String,
     id_path: String,
     step: u32,
@@ -198,6 +219,7 @@ struct ItemsPage {
 #[template(path = "message.html")]
 struct MessagePage {
     signed_in: bool,
+    csrf: String,
     title: String,
     text: String,
     login: bool,
@@ -215,12 +237,118 @@ fn html(status: StatusCode, page: &impl Template) -> HttpResponse {
     }
 }
 
+/// The browser's CSRF cookie (a new one when it has none) and the token its forms carry.
+struct Csrf {
+    cookie: String,
+    fresh: bool,
+    token: String,
+}
+
+impl Csrf {
+    fn of(req: &HttpRequest, auth: &Auth) -> Self {
+        let held = req
+            .cookie(CSRF_COOKIE)
+            .map(|c| c.value().to_owned())
+            .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()));
+        let (cookie, fresh) = match held {
+            Some(cookie) => (cookie, false),
+            None => match Auth::new_csrf_cookie() {
+                Ok(cookie) => (cookie, true),
+                // Forms then fail their check (403) rather than the page.
+                Err(error) => {
+                    tracing::error!(%error, "no CSRF cookie could be made");
+                    (String::new(), false)
+                }
+            },
+        };
+        let token = auth.csrf_token(&cookie, &session_cookie(req));
+        Csrf { cookie, fresh, token }
+    }
+}
+
+fn session_cookie(req: &HttpRequest) -> String {
+    req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned()).unwrap_or_default()
+}
+
+/// HttpOnly, SameSite=Lax, for the whole site; `Secure` when the request came over TLS.
+///
+/// Lax, not Strict: a browser following a link from another site (a chat message, a ticket)
+/// then arrives with its session and CSRF cookies, instead of seeing the sign-in page with a
+/// CSRF token made for no session, which its own next post (Strict cookies and all) would fail.
+/// Lax cookies go with other sites' top-level `GET`s only, never their posts or scripts' calls:
+/// the session then authorizes reads, whose answers the other site cannot see (no framing, no
+/// CORS), and forms, which need the CSRF token of a page that site cannot read.
+fn cookie(req: &HttpRequest, auth: &Auth, name: &'static str, value: String) -> Cookie<'static> {
+    Cookie::build(name, value)
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(auth.over_tls(req))
+        .finish()
+}
+
+/// A page, with the CSRF cookie its forms' tokens were made from when the browser lacked one.
+fn page(
+    req: &HttpRequest,
+    state: &AppState,
+    csrf: &Csrf,
+    status: StatusCode,
+    page: &impl Template,
+) -> HttpResponse {
+    let mut response = html(status, page);
+    if csrf.fresh {
+        add_cookie(&mut response, &cookie(req, &state.auth, CSRF_COOKIE, csrf.cookie.clone()));
+    }
+    response
+}
+
+fn add_cookie(response: &mut HttpResponse, cookie: &Cookie<'_>) {
+    if let Err(error) = response.add_cookie(cookie) {
+        tracing::error!(%error, "a dashboard cookie could not be set");
+    }
+}
+
+/// Refuses a form whose CSRF token is not the one of this browser's cookies, whatever its
+/// `Origin` or `Referer` say: another site can make a browser send a form, not read the token.
+fn check_csrf(req: &HttpRequest, auth: &Auth, form: &[(String, String)]) -> Result<(), ApiError> {
+    let csrf_cookie = req.cookie(CSRF_COOKIE).map(|c| c.value().to_owned()).unwrap_or_default();
+    let token = form.iter().find(|(name, _)| name == CSRF_FIELD).map_or("", |(_, value)| value.as_str());
+    if auth.csrf_matches(&csrf_cookie, &session_cookie(req), token) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "this form's CSRF token is missing or out of date; reload the page and send it again".into(),
+        ))
+    }
+}
+
+/// A form's fields, once its CSRF token has been checked.
+async fn checked_form(
+    req: &HttpRequest,
+    payload: web::Payload,
+    auth: &Auth,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let body = read_body(req, payload, MAX_FORM_BYTES).await?;
+    let form: Vec<(String, String)> =
+        form_urlencoded::parse(&body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    check_csrf(req, auth, &form)?;
+    Ok(form)
+}
+
 /// An error as a page: the sign-in form for a missing or unknown token, else the text.
-fn error_page(state: &AppState, error: ApiError) -> HttpResponse {
+fn error_page(req: &HttpRequest, state: &AppState, error: ApiError) -> HttpResponse {
+    let csrf = Csrf::of(req, &state.auth);
     let signed_in = state.auth.enabled();
+    let retry_after = match &error {
+        ApiError::AuthThrottled { retry_after_secs } => Some(*retry_after_secs),
+        _ => None,
+    };
     let (status, title, text, login) = match error {
         ApiError::Unauthorized(_) => {
             (StatusCode::UNAUTHORIZED, "Sign in", "This server asks for an API token.".to_owned(), true)
+        }
+        error @ ApiError::AuthThrottled { .. } => {
+            (StatusCode::TOO_MANY_REQUESTS, "Too many attempts", error.to_string(), false)
         }
         ApiError::Forbidden(text) => (StatusCode::FORBIDDEN, "Not allowed", text, false),
         ApiError::Input(text) => (StatusCode::BAD_REQUEST, "Not found", text, false),
@@ -235,7 +363,18 @@ fn error_page(state: &AppState, error: ApiError) -> HttpResponse {
         }
         other => (StatusCode::BAD_REQUEST, "Cannot do that", other.to_string(), false),
     };
-    html(status, &MessagePage { signed_in: signed_in && !login, title: title.to_owned(), text, login })
+    let message = MessagePage {
+        signed_in: signed_in && !login,
+        csrf: csrf.token.clone(),
+        title: title.to_owned(),
+        text,
+        login,
+    };
+    let mut response = page(req, state, &csrf, status, &message);
+    if let Some(seconds) = retry_after {
+        response.headers_mut().insert(RETRY_AFTER, seconds.into());
+    }
+    response
 }
 
 fn query_pairs(req: &HttpRequest) -> Vec<(String, String)> {
@@ -250,17 +389,23 @@ fn encode(text: &str) -> String {
 
 /// `GET /`: the process list, newest first, filtered and paged.
 async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let caller = match state.auth.authorize(&req, Scope::StatusRead) {
+    let caller = match state.auth.authorize_page(&req, Scope::StatusRead) {
         Ok(caller) => caller,
-        Err(error) => return error_page(&state, error),
+        Err(error) => return error_page(&req, &state, error),
     };
-    match list_page(&req, &state, caller.tenant).await {
-        Ok(page) => html(StatusCode::OK, &page),
-        Err(error) => error_page(&state, error),
+    let csrf = Csrf::of(&req, &state.auth);
+    match list_page(&req, &state, caller.tenant, csrf.token.clone()).await {
+        Ok(list) => page(&req, &state, &csrf, StatusCode::OK, &list),
+        Err(error) => error_page(&req, &state, error),
     }
 }
 
-async fn list_page(req: &HttpRequest, state: &AppState, tenant: TenantId) -> Result<ListPage, ApiError> {
+async fn list_page(
+    req: &HttpRequest,
+    state: &AppState,
+    tenant: TenantId,
+    csrf: String,
+) -> Result<ListPage, ApiError> {
     let mut query = ListQuery {
         tenant,
         status: None,
@@ -297,6 +442,7 @@ async fn list_page(req: &HttpRequest, state: &AppState, tenant: TenantId) -> Res
     });
     Ok(ListPage {
         signed_in: state.auth.enabled(),
+        csrf,
         statuses: Status::ALL.iter().map(|s| s.as_str()).collect(),
         filter_status: filters.status.map(|s| s.as_str().to_owned()).unwrap_or_default(),
         filter_name: filters.name.unwrap_or_default(),
@@ -312,17 +458,23 @@ fn path_id(req: &HttpRequest) -> Result<LookupId, ApiError> {
 
 /// `GET /processes/{id}`: one process, its steps, failure groups and additional data.
 async fn process(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let caller = match state.auth.authorize(&req, Scope::StatusRead) {
+    let caller = match state.auth.authorize_page(&req, Scope::StatusRead) {
         Ok(caller) => caller,
-        Err(error) => return error_page(&state, error),
+        Err(error) => return error_page(&req, &state, error),
     };
-    match process_page(&req, &state, &caller).await {
-        Ok(page) => html(StatusCode::OK, &page),
-        Err(error) => error_page(&state, error),
+    let csrf = Csrf::of(&req, &state.auth);
+    match process_page(&req, &state, &caller, csrf.token.clone()).await {
+        Ok(process) => page(&req, &state, &csrf, StatusCode::OK, &process),
+        Err(error) => error_page(&req, &state, error),
     }
 }
 
-async fn process_page(req: &HttpRequest, state: &AppState, caller: &Caller) -> Result<ProcessPage, ApiError> {
+async fn process_page(
+    req: &HttpRequest,
+    state: &AppState,
+    caller: &Caller,
+    csrf: String,
+) -> Result<ProcessPage, ApiError> {
     let id = path_id(req)?;
     let query = StatusQuery {
         tenant: caller.tenant.clone(),
@@ -348,6 +500,7 @@ async fn process_page(req: &HttpRequest, state: &AppState, caller: &Caller) -> R
     let status = process.status;
     Ok(ProcessPage {
         signed_in: state.auth.enabled(),
+        csrf,
         process: ProcessView::new(&process, groups_shown),
         running: !status.is_final(),
         can_cancel: caller.may(Scope::ProcessesWrite) && !status.is_final(),
@@ -357,17 +510,23 @@ async fn process_page(req: &HttpRequest, state: &AppState, caller: &Caller) -> R
 
 /// `GET /processes/{id}/steps/{step}/items`: a page of one step's items.
 async fn items(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let caller = match state.auth.authorize(&req, Scope::StatusRead) {
+    let caller = match state.auth.authorize_page(&req, Scope::StatusRead) {
         Ok(caller) => caller,
-        Err(error) => return error_page(&state, error),
+        Err(error) => return error_page(&req, &state, error),
     };
-    match items_page(&req, &state, caller.tenant).await {
-        Ok(page) => html(StatusCode::OK, &page),
-        Err(error) => error_page(&state, error),
+    let csrf = Csrf::of(&req, &state.auth);
+    match items_page(&req, &state, caller.tenant, csrf.token.clone()).await {
+        Ok(items) => page(&req, &state, &csrf, StatusCode::OK, &items),
+        Err(error) => error_page(&req, &state, error),
     }
 }
 
-async fn items_page(req: &HttpRequest, state: &AppState, tenant: TenantId) -> Result<ItemsPage, ApiError> {
+async fn items_page(
+    req: &HttpRequest,
+    state: &AppState,
+    tenant: TenantId,
+    csrf: String,
+) -> Result<ItemsPage, ApiError> {
     let id = path_id(req)?;
     let step = req
         .match_info()
@@ -402,6 +561,7 @@ async fn items_page(req: &HttpRequest, state: &AppState, tenant: TenantId) -> Re
     });
     Ok(ItemsPage {
         signed_in: state.auth.enabled(),
+        csrf,
         id: id.as_str().to_owned(),
         id_path,
         step,
@@ -420,18 +580,33 @@ async fn items_page(req: &HttpRequest, state: &AppState, tenant: TenantId) -> Re
     })
 }
 
-/// A form POST from another site must not act for a signed-in (or local) user: browsers send
-/// `Origin` with such requests, and it must name this server.
-fn same_origin(req: &HttpRequest) -> Result<(), ApiError> {
-    let Some(origin) = req.headers().get(ORIGIN).and_then(|v| v.to_str().ok()) else {
+/// A form POST from another site must not act for a signed-in (or local) user: on top of the
+/// CSRF token (the check that holds), what the browser says of the form's origin must not be
+/// another site. `Sec-Fetch-Site` decides where browsers send it (`same-origin`, or `none` for
+/// the user's own doing); else an `Origin` must name this server, by `Host` or by
+/// `server.public_url` (a proxy may rewrite `Host`). `Origin: null` is what browsers send for
+/// a page's own form under the pages' `Referrer-Policy: no-referrer`: it says nothing, so it
+/// counts as absent.
+fn same_origin(req: &HttpRequest, auth: &Auth) -> Result<(), ApiError> {
+    let header = |name: HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let from_elsewhere = || Err(ApiError::Forbidden("this form was sent from another site".into()));
+    if let Some(site) = header(SEC_FETCH_SITE) {
+        return if site.eq_ignore_ascii_case("same-origin") || site.eq_ignore_ascii_case("none") {
+            Ok(())
+        } else {
+            // `cross-site`, `same-site` (another host of the same site), or nothing a browser sends.
+            from_elsewhere()
+        };
+    }
+    let Some(origin) = header(ORIGIN).filter(|origin| !origin.eq_ignore_ascii_case("null")) else {
         return Ok(());
     };
-    let host = req.headers().get(HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let host = header(HOST).unwrap_or_default();
     let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    if origin_host == host {
+    if (!host.is_empty() && origin_host.eq_ignore_ascii_case(host)) || auth.is_public_origin(origin) {
         Ok(())
     } else {
-        Err(ApiError::Forbidden("this form was sent from another site".into()))
+        from_elsewhere()
     }
 }
 
@@ -440,13 +615,16 @@ fn back_to(id: &str) -> HttpResponse {
     HttpResponse::SeeOther().insert_header((LOCATION, format!("/processes/{path}"))).finish()
 }
 
-async fn command(req: HttpRequest, state: web::Data<AppState>, retry: bool) -> HttpResponse {
-    let caller = match state.auth.authorize(&req, Scope::ProcessesWrite) {
-        Ok(caller) => caller,
-        Err(error) => return error_page(&state, error),
-    };
+async fn command(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    retry: bool,
+) -> HttpResponse {
     let run = async {
-        same_origin(&req)?;
+        checked_form(&req, payload, &state.auth).await?;
+        same_origin(&req, &state.auth)?;
+        let caller = state.auth.authorize_page(&req, Scope::ProcessesWrite)?;
         let id = path_id(&req)?.as_str().to_owned();
         let store = state.processes.clone();
         let target = id.clone();
@@ -465,46 +643,77 @@ async fn command(req: HttpRequest, state: web::Data<AppState>, retry: bool) -> H
         }
         Ok::<_, ApiError>(back_to(&id))
     };
-    run.await.unwrap_or_else(|error| error_page(&state, error))
+    run.await.unwrap_or_else(|error| error_page(&req, &state, error))
 }
 
-async fn cancel(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    command(req, state, false).await
+async fn cancel(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    command(req, payload, state, false).await
 }
 
-async fn retry(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    command(req, state, true).await
+async fn retry(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    command(req, payload, state, true).await
 }
 
-async fn login_form(state: web::Data<AppState>) -> HttpResponse {
-    error_page(&state, ApiError::Unauthorized(String::new()))
+async fn login_form(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    error_page(&req, &state, ApiError::Unauthorized(String::new()))
 }
 
-/// `POST /login`: a token that is a key of this server becomes the browser's session cookie.
+/// `POST /login`: a token that is a key of this server starts a session, whose signed cookie
+/// names the key (never the token) and expires after `auth.session_ttl_secs`. Failed tokens
+/// count towards the address's throttle like the API's.
 async fn login(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
     let run = async {
-        same_origin(&req)?;
-        let body = read_body(&req, payload, 4096).await?;
-        let token = form_urlencoded::parse(&body)
-            .find(|(name, _)| name == "token")
-            .map(|(_, value)| value.trim().to_owned())
-            .unwrap_or_default();
-        state.auth.authenticate(Some(&token))?.require(Scope::StatusRead)?;
-        let cookie = Cookie::build(SESSION_COOKIE, token)
-            .path("/")
-            .http_only(true)
-            .same_site(SameSite::Strict)
-            .finish();
-        Ok::<_, ApiError>(HttpResponse::SeeOther().insert_header((LOCATION, "/")).cookie(cookie).finish())
+        let form = checked_form(&req, payload, &state.auth).await?;
+        same_origin(&req, &state.auth)?;
+        let home = HttpResponse::SeeOther().insert_header((LOCATION, "/")).finish();
+        if !state.auth.enabled() {
+            return Ok(home);
+        }
+        let token = form.iter().find(|(name, _)| name == "token").map_or("", |(_, value)| value.trim());
+        let caller = state.auth.check_token(&req, Some(token))?;
+        caller.require(Scope::StatusRead)?;
+        let (session, lasts) = state.auth.start_session(&caller)?;
+        let mut session = cookie(&req, &state.auth, SESSION_COOKIE, session);
+        session.set_max_age(time::Duration::seconds(i64::try_from(lasts.as_secs()).unwrap_or(i64::MAX)));
+        let mut response = home;
+        add_cookie(&mut response, &session);
+        Ok::<_, ApiError>(response)
     };
-    run.await.unwrap_or_else(|error| error_page(&state, error))
+    run.await.unwrap_or_else(|error| error_page(&req, &state, error))
 }
 
-async fn logout() -> HttpResponse {
-    let mut cookie =
-        Cookie::build(SESSION_COOKIE, "").path("/").http_only(true).same_site(SameSite::Strict).finish();
-    cookie.make_removal();
-    HttpResponse::SeeOther().insert_header((LOCATION, "/")).cookie(cookie).finish()
+/// `POST /logout`: ends the session (on this node at once; the cookie is dropped everywhere).
+async fn logout(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    let run = async {
+        checked_form(&req, payload, &state.auth).await?;
+        same_origin(&req, &state.auth)?;
+        if let Some(session) = req.cookie(SESSION_COOKIE) {
+            state.auth.end_session(session.value());
+        }
+        let mut removal = cookie(&req, &state.auth, SESSION_COOKIE, String::new());
+        removal.make_removal();
+        let mut response = HttpResponse::SeeOther().insert_header((LOCATION, "/")).finish();
+        add_cookie(&mut response, &removal);
+        Ok::<_, ApiError>(response)
+    };
+    run.await.unwrap_or_else(|error| error_page(&req, &state, error))
+}
+
+/// `GET /assets/dashboard.js`: static, so revalidated rather than stored for long (a new
+/// binary may bring a new one).
+async fn script() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header((CACHE_CONTROL, "no-cache"))
+        .body(SCRIPT)
+}
+
+/// `GET /assets/dashboard.css`.
+async fn style() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .insert_header((CACHE_CONTROL, "no-cache"))
+        .body(STYLE)
 }
 
 #[cfg(test)]

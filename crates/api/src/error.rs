@@ -28,6 +28,17 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The body did not arrive within `server.body_timeout_secs`.
+    #[error("the request body did not arrive within {secs} s (server.body_timeout_secs)")]
+    BodyTimeout { secs: u64 },
+    /// A `/v1` body that is not JSON: a page on another site can send those without asking.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A `Host` this server does not answer to (`server.allowed_hosts`).
+    #[error("{0}")]
+    MisdirectedRequest(String),
+    #[error("the request target (path and query) is longer than {limit} bytes")]
+    UriTooLong { limit: usize },
     /// The same status asked for again sooner than `limits.min_status_interval_secs`.
     #[error(
         "this process's status was asked for less than {interval_secs} s ago \
@@ -35,6 +46,20 @@ pub enum ApiError {
          change with waitSeconds or the events stream"
     )]
     TooManyRequests { interval_secs: u64, retry_after_secs: u64 },
+    /// Too many failed authentications from one client address (`auth.max_failures_per_minute`).
+    #[error(
+        "too many failed authentications from this address (auth.max_failures_per_minute); \
+         try again in {retry_after_secs} s"
+    )]
+    AuthThrottled { retry_after_secs: u64 },
+    /// A caller (its API key, or without auth its address) already holds
+    /// `limits.max_waiting_claims_per_key` claims with `waitSeconds`, and nothing was due.
+    #[error(
+        "nothing is due, and this caller (its API key; without auth, its address) already has \
+         {limit} claims waiting (limits.max_waiting_claims_per_key); try again in \
+         {retry_after_secs} s"
+    )]
+    TooManyWaitingClaims { limit: usize, retry_after_secs: u64 },
     /// Anything that is not the caller's fault; the text goes to the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -54,7 +79,15 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
             ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),
-            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests"),
+            ApiError::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "Request Timeout"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type")
+            }
+            ApiError::MisdirectedRequest(_) => (StatusCode::MISDIRECTED_REQUEST, "Misdirected Request"),
+            ApiError::UriTooLong { .. } => (StatusCode::URI_TOO_LONG, "URI Too Long"),
+            ApiError::TooManyRequests { .. }
+            | ApiError::AuthThrottled { .. }
+            | ApiError::TooManyWaitingClaims { .. } => (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal Error"),
         }
     }
@@ -86,7 +119,9 @@ impl ResponseError for ApiError {
         };
         let mut response = envelope_response(status, status_message, &shown);
         match self {
-            ApiError::TooManyRequests { retry_after_secs, .. } => {
+            ApiError::TooManyRequests { retry_after_secs, .. }
+            | ApiError::AuthThrottled { retry_after_secs }
+            | ApiError::TooManyWaitingClaims { retry_after_secs, .. } => {
                 response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             ApiError::Unauthorized(_) => {
@@ -144,7 +179,13 @@ mod tests {
             (ApiError::Forbidden("no".into()), 403, "Forbidden"),
             (ApiError::Conflict("stale".into()), 409, "Conflict"),
             (ApiError::PayloadTooLarge { limit: 10 }, 413, "Payload Too Large"),
+            (ApiError::BodyTimeout { secs: 3 }, 408, "Request Timeout"),
+            (ApiError::UnsupportedMediaType("text/plain".into()), 415, "Unsupported Media Type"),
+            (ApiError::MisdirectedRequest("evil.example".into()), 421, "Misdirected Request"),
+            (ApiError::UriTooLong { limit: 8 }, 414, "URI Too Long"),
             (ApiError::TooManyRequests { interval_secs: 60, retry_after_secs: 5 }, 429, "Too Many Requests"),
+            (ApiError::AuthThrottled { retry_after_secs: 6 }, 429, "Too Many Requests"),
+            (ApiError::TooManyWaitingClaims { limit: 16, retry_after_secs: 1 }, 429, "Too Many Requests"),
         ];
         for (error, code, text) in kinds {
             let (status, body) = body(error).await;

@@ -24,31 +24,40 @@ use crate::{AppState, processes, tasks};
 
 const STATUS_PREFIX: &str = "/v1/asyncprocesses/";
 
+/// A route's resource, answering any method it has no route for with a 405 whose `Allow`
+/// header is `allow`: the resource's methods, HEAD included for every GET route (served by
+/// `guard::head_as_get`). The API's and the dashboard's routes are all made with this.
+pub(crate) fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path.to_owned()).default_service(web::to(move |req| method_not_allowed(req, allow)))
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    let resource = |path: &str| web::resource(path.to_owned()).default_service(web::to(method_not_allowed));
+    const GET: &str = "GET, HEAD";
+    const POST: &str = "POST";
     cfg.service(
-        resource("/v1/asyncprocesses")
+        resource("/v1/asyncprocesses", "GET, HEAD, POST")
             .route(web::get().to(processes::list))
             .route(web::post().to(processes::start)),
     )
-    .service(resource(&format!("{STATUS_PREFIX}{{id}}")).route(web::get().to(get_status)))
-    .service(resource("/v1/asyncprocesses/{id}/events").route(web::get().to(events)))
+    .service(resource(&format!("{STATUS_PREFIX}{{id}}"), GET).route(web::get().to(get_status)))
+    .service(resource("/v1/asyncprocesses/{id}/events", GET).route(web::get().to(events)))
     .service(
-        resource("/v1/asyncprocesses/{id}/steps/{stepNumber}/items").route(web::get().to(processes::items)),
+        resource("/v1/asyncprocesses/{id}/steps/{stepNumber}/items", GET)
+            .route(web::get().to(processes::items)),
     )
-    .service(resource("/v1/asyncprocesses/{id}/deliveries").route(web::get().to(processes::deliveries)))
-    .service(resource("/v1/asyncprocesses/{id}/cancel").route(web::post().to(processes::cancel)))
-    .service(resource("/v1/asyncprocesses/{id}/retry").route(web::post().to(processes::retry)))
-    .service(resource("/v1/actions/getAsyncJobStatus").route(web::post().to(action_status)))
-    .service(resource("/v1/processdefinitions").route(web::get().to(processes::definitions)))
-    .service(resource("/v1/tasks/claim").route(web::post().to(tasks::claim)))
-    .service(resource("/v1/tasks/{taskId}/complete").route(web::post().to(tasks::complete)))
-    .service(resource("/v1/tasks/{taskId}/heartbeat").route(web::post().to(tasks::heartbeat)))
-    .service(resource("/v1/tasks/{taskId}/fail").route(web::post().to(tasks::fail)))
-    .service(resource("/metrics").route(web::get().to(crate::metrics::render)))
-    .service(resource("/healthz").route(web::get().to(healthz)))
-    .service(resource("/openapi.json").route(web::get().to(crate::openapi::openapi_json)))
-    .service(resource("/readyz").route(web::get().to(readyz)));
+    .service(resource("/v1/asyncprocesses/{id}/deliveries", GET).route(web::get().to(processes::deliveries)))
+    .service(resource("/v1/asyncprocesses/{id}/cancel", POST).route(web::post().to(processes::cancel)))
+    .service(resource("/v1/asyncprocesses/{id}/retry", POST).route(web::post().to(processes::retry)))
+    .service(resource("/v1/actions/getAsyncJobStatus", POST).route(web::post().to(action_status)))
+    .service(resource("/v1/processdefinitions", GET).route(web::get().to(processes::definitions)))
+    .service(resource("/v1/tasks/claim", POST).route(web::post().to(tasks::claim)))
+    .service(resource("/v1/tasks/{taskId}/complete", POST).route(web::post().to(tasks::complete)))
+    .service(resource("/v1/tasks/{taskId}/heartbeat", POST).route(web::post().to(tasks::heartbeat)))
+    .service(resource("/v1/tasks/{taskId}/fail", POST).route(web::post().to(tasks::fail)))
+    .service(resource("/metrics", GET).route(web::get().to(crate::metrics::render)))
+    .service(resource("/healthz", GET).route(web::get().to(healthz)))
+    .service(resource("/openapi.json", GET).route(web::get().to(crate::openapi::openapi_json)))
+    .service(resource("/readyz", GET).route(web::get().to(readyz)));
 }
 
 /// Runs storage work on actix's blocking pool: diesel is synchronous.
@@ -63,12 +72,12 @@ pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stat
 /// `GET /v1/asyncprocesses/{id}`, plain, conditional (`If-None-Match`) or waiting
 /// (`waitSeconds`, contract §6).
 /// The status of processes by asyncProcessId or referenceId (contract §3, §6).
-#[utoipa::path(get, path = "/v1/asyncprocesses/{id}", tag = "status", security((), ("bearer" = [])),
+#[utoipa::path(get, path = "/v1/asyncprocesses/{id}", tag = "status", operation_id = "getAsyncProcessStatus",
     params(("id" = String, Path, description = "An asyncProcessId or a referenceId", min_length = 1, max_length = 255),
         ("verbose" = Option<bool>, Query, description = "false: no itemsProcessed"),
         ("itemsList" = Option<bool>, Query, description = "false: steps without their item lists"),
         ("failMessage" = Option<bool>, Query, description = "false: failure groups without statusMessage"),
-        ("idType" = Option<String>, Query, description = "asyncProcessId or referenceId"),
+        ("idType" = Option<crate::openapi::IdType>, Query, description = "Read the ID only as an asyncProcessId or only as a referenceId"),
         ("waitSeconds" = Option<u32>, Query, minimum = 1, maximum = 60, description = "With If-None-Match: hold the answer until it changes, else 304"),
         ("If-None-Match" = Option<String>, Header, description = "ETags already held")),
     responses(
@@ -101,9 +110,9 @@ pub(crate) async fn get_status(
 }
 
 /// `GET /v1/asyncprocesses/{id}/events`
-#[utoipa::path(get, path = "/v1/asyncprocesses/{id}/events", tag = "status", security((), ("bearer" = [])),
+#[utoipa::path(get, path = "/v1/asyncprocesses/{id}/events", tag = "status", operation_id = "streamAsyncProcessEvents",
     params(("id" = String, Path, description = "An asyncProcessId or a referenceId", min_length = 1, max_length = 255),
-        ("idType" = Option<String>, Query, description = "asyncProcessId or referenceId"),
+        ("idType" = Option<crate::openapi::IdType>, Query, description = "Read the ID only as an asyncProcessId or only as a referenceId"),
         ("verbose" = Option<bool>, Query, description = "false: no itemsProcessed")),
     responses(
         (status = 200, description = "Server-Sent Events: a status event (the envelope, itemsList=false) now and at each change; closed after a final state", content_type = "text/event-stream", body = String),
@@ -122,7 +131,7 @@ pub(crate) async fn events(req: HttpRequest, state: web::Data<AppState>) -> Resu
 }
 
 /// `POST /v1/actions/getAsyncJobStatus`: the page's `getAsyncJobStatus` action.
-#[utoipa::path(post, path = "/v1/actions/getAsyncJobStatus", tag = "status", security((), ("bearer" = [])),
+#[utoipa::path(post, path = "/v1/actions/getAsyncJobStatus", tag = "status", operation_id = "getAsyncJobStatus",
     request_body = crate::openapi::ActionBody,
     responses(
         (status = 202, description = "The records", body = Envelope),
@@ -281,7 +290,8 @@ fn check_governor_limit(state: &AppState, query: &StatusQuery) -> Result<(), Api
 }
 
 /// Reads a request body of at most `limit` bytes, refusing a larger one before reading it
-/// when its length is declared.
+/// when its length is declared, and one that takes longer than `server.body_timeout_secs` to
+/// arrive (a client trickling bytes would otherwise hold its connection for ever).
 pub async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
@@ -292,23 +302,37 @@ pub async fn read_body(
     if declared.is_some_and(|length| length > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let mut body = Vec::with_capacity(declared.unwrap_or(0));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::input(format!("the request body could not be read: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge { limit });
+    let timeout = req
+        .app_data::<web::Data<AppState>>()
+        .map_or_else(|| crate::ApiConfig::default().body_timeout, |state| state.config.body_timeout);
+    let reading = async {
+        let mut body = Vec::with_capacity(declared.unwrap_or(0));
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::input(format!("the request body could not be read: {e}")))?;
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
+        Ok(body)
+    };
+    match tokio::time::timeout(timeout, reading).await {
+        Ok(read) => read,
+        Err(_) => Err(ApiError::BodyTimeout { secs: timeout.as_secs() }),
     }
-    Ok(body)
 }
 
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound { method: req.method().to_string(), path: req.path().to_owned() })
 }
 
-async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed { method: req.method().to_string(), path: req.path().to_owned() })
+async fn method_not_allowed(req: HttpRequest, allow: &'static str) -> HttpResponse {
+    let error = ApiError::MethodNotAllowed { method: req.method().to_string(), path: req.path().to_owned() };
+    let mut response = actix_web::ResponseError::error_response(&error);
+    let (name, value) = crate::guard::allow_header(allow);
+    response.headers_mut().insert(name, value);
+    response
 }
 
 /// The request id header, taken from the caller when it sends a sensible one.
@@ -360,7 +384,7 @@ pub async fn log_request(
 }
 
 /// `GET /healthz`: the process is alive and serving.
-#[utoipa::path(get, path = "/healthz", tag = "operations",
+#[utoipa::path(get, path = "/healthz", tag = "operations", operation_id = "getHealth",
     responses((status = 200, description = "Alive", body = crate::openapi::Health)))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
@@ -368,7 +392,7 @@ pub async fn healthz() -> HttpResponse {
 
 /// `GET /readyz`: the database answers and its schema is current; else 503 with the reason
 /// (in words for operators; details in the log).
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+#[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "getReadiness",
     responses((status = 200, description = "Ready for traffic", body = crate::openapi::Health),
         (status = 503, description = "Not ready: the database or its schema", body = crate::openapi::Health),
         (status = 500, description = "The check itself failed", body = Envelope)))]
@@ -427,6 +451,8 @@ mod tests {
     use serde_json::{Value, json};
 
     use crate::{ApiConfig, AppState, SuccessCode, test_support};
+
+    const JSON: (&str, &str) = ("content-type", "application/json");
 
     fn raw(value: Value) -> RawJson {
         RawJson::from_value(&value)
@@ -601,8 +627,10 @@ mod tests {
             (b"{not json", "not valid JSON"),
             (b"[]", "JSON object"),
         ] {
-            let request =
-                TestRequest::post().uri("/v1/actions/getAsyncJobStatus").set_payload(payload.to_vec());
+            let request = TestRequest::post()
+                .uri("/v1/actions/getAsyncJobStatus")
+                .set_payload(payload.to_vec())
+                .insert_header(JSON);
             let (status, body) = call(untouched(), ApiConfig::default(), request).await;
             assert_input_error(status, &body, mention);
         }
@@ -679,7 +707,8 @@ mod tests {
         assert_eq!(status, 405);
         let config = ApiConfig { max_body_bytes: 300, ..ApiConfig::default() };
         let big = format!(r#"{{"id":"{}"}}"#, "x".repeat(400));
-        let request = TestRequest::post().uri("/v1/actions/getAsyncJobStatus").set_payload(big);
+        let request =
+            TestRequest::post().uri("/v1/actions/getAsyncJobStatus").set_payload(big).insert_header(JSON);
         let (status, body) = call(untouched(), config, request).await;
         assert_eq!((status, body["statusMessage"].as_str()), (413, Some("Payload Too Large")));
     }

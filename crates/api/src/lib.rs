@@ -3,11 +3,14 @@
 
 pub mod auth;
 pub mod callback;
+mod claims;
 mod clock;
 mod dashboard;
 pub mod envelope;
 pub mod error;
+pub mod guard;
 mod handlers;
+mod headers;
 mod limits;
 pub mod metrics;
 pub mod openapi;
@@ -25,7 +28,7 @@ use std::time::Duration;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
-use actix_web::middleware::{ErrorHandlers, from_fn};
+use actix_web::middleware::{Condition, ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 use async_engine_domain::{
     DeliveryStore, Operations, ProcessDefinition, ProcessStatus, ProcessStore, StatusReader, TaskStore,
@@ -33,7 +36,9 @@ use async_engine_domain::{
 
 pub use crate::auth::{ApiKey, Auth, Scope};
 pub use crate::callback::CallbackPolicy;
+pub use crate::claims::ClaimWaiters;
 use crate::envelope::{Envelope, Record, Shape};
+pub use crate::guard::{CorsOrigins, HostPolicy, RequestGuard};
 pub use crate::limits::StatusLimiter;
 pub use crate::watch::Watcher;
 
@@ -76,6 +81,14 @@ pub struct ApiConfig {
     pub watch_interval: Duration,
     /// `limits.min_status_interval_secs`: 0 is off.
     pub min_status_interval_secs: u64,
+    /// `server.body_timeout_secs`: the longest a request body may take to arrive (then 408).
+    pub body_timeout: Duration,
+    /// `engine.idle_poll_ms`: how often waiting claims' queues are checked for work made
+    /// elsewhere (one small read per waited-on queue, however many claims wait).
+    pub claim_poll: Duration,
+    /// `limits.max_waiting_claims_per_key`: claims with `waitSeconds` one key (without auth,
+    /// one client address) may have waiting; one more claims once without waiting.
+    pub max_waiting_claims_per_key: usize,
 }
 
 impl Default for ApiConfig {
@@ -87,6 +100,9 @@ impl Default for ApiConfig {
             max_items_per_response: 10_000,
             watch_interval: Duration::from_millis(250),
             min_status_interval_secs: 0,
+            body_timeout: Duration::from_secs(30),
+            claim_poll: Duration::from_millis(250),
+            max_waiting_claims_per_key: 16,
         }
     }
 }
@@ -109,8 +125,14 @@ pub struct AppState {
     pub limiter: Arc<StatusLimiter>,
     /// API keys, or none (every caller anonymous).
     pub auth: Arc<Auth>,
-    /// Called when new tasks may be due, to wake this node's idle engine workers.
+    /// Called when new tasks may be due, to wake this node's idle engine workers (and, from
+    /// [`AppState::new`], this node's waiting claims).
     pub on_new_work: Arc<dyn Fn() + Send + Sync>,
+    /// External workers' claims waiting for work (`waitSeconds`).
+    pub claims: ClaimWaiters,
+    /// `server.allowed_hosts` and `server.cors_origins` (by default: no names beyond
+    /// localhost and IP addresses, no origins).
+    pub guard: Arc<RequestGuard>,
     pub config: ApiConfig,
 }
 
@@ -127,6 +149,8 @@ impl AppState {
     where
         S: StatusReader + ProcessStore + TaskStore + DeliveryStore + Operations + Clone + 'static,
     {
+        let claims = ClaimWaiters::new(config.claim_poll, config.max_waiting_claims_per_key);
+        let waking = claims.clone();
         Self {
             status: Arc::new(store.clone()),
             processes: Arc::new(store.clone()),
@@ -138,7 +162,12 @@ impl AppState {
             watcher: Watcher::new(config.watch_interval),
             limiter: Arc::new(StatusLimiter::new(config.min_status_interval_secs)),
             auth: Arc::new(auth),
-            on_new_work,
+            on_new_work: Arc::new(move || {
+                waking.poke();
+                on_new_work();
+            }),
+            claims,
+            guard: Arc::new(RequestGuard::default()),
             config,
         }
     }
@@ -170,10 +199,20 @@ pub fn app(
         InitError = (),
     >,
 > {
+    let origins = &state.guard.origins;
+    let cors = Condition::new(!origins.list().is_empty(), origins.cors());
     App::new()
         .app_data(web::Data::new(state))
+        // Innermost first: HEAD is routed as GET; the guard refuses before any route runs;
+        // CORS answers listed origins' preflights and adds its headers; ErrorHandlers puts
+        // what actix or actix-cors produced themselves (a refused preflight) in the envelope.
+        .wrap(from_fn(guard::head_as_get))
+        .wrap(from_fn(guard::check))
+        .wrap(cors)
         .wrap(ErrorHandlers::new().default_handler(handlers::ensure_envelope))
         .wrap(from_fn(handlers::log_request))
+        // Outermost: every answer, the envelopes made above included, gets the security headers.
+        .wrap(from_fn(headers::security_headers))
         .configure(handlers::routes)
         .configure(dashboard::routes)
         .default_service(web::to(handlers::not_found))
@@ -182,8 +221,18 @@ pub fn app(
 /// Starts serving on an already bound listener. The caller owns stopping: it awaits the
 /// returned server and stops it through `Server::handle` (actix's own signal handling is off,
 /// since it would stop abruptly on SIGINT).
-pub fn serve(listener: TcpListener, state: AppState, shutdown_timeout: Duration) -> std::io::Result<Server> {
+/// Serves on `listener` with at most `max_connections` client connections open at once.
+pub fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown_timeout: Duration,
+    max_connections: usize,
+) -> std::io::Result<Server> {
+    // actix's cap is per worker; the workers are named here so the total holds.
+    let workers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let server = HttpServer::new(move || app(state.clone()))
+        .workers(workers)
+        .max_connections(max_connections.div_ceil(workers).max(1))
         .disable_signals()
         .listen(listener)?
         .shutdown_timeout(shutdown_timeout.as_secs())

@@ -3,6 +3,7 @@
 //! `Retry-After`. Waiting reads (long-polls and event streams) are not counted: they are
 //! served from the shared watcher and cost the database nothing per client.
 
+use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,18 +17,42 @@ use crate::error::ApiError;
 /// stays proportional to the clients of the last interval.
 const SWEEP_EVERY: u64 = 4096;
 
-pub struct StatusLimiter {
-    limiter: Option<DefaultKeyedRateLimiter<(String, String)>>,
-    interval_secs: u64,
+/// A governor keyed limiter that sweeps keys it no longer limits, and says how long to wait in
+/// whole seconds (for `Retry-After`). Shared by the status interval and the throttle of failed
+/// authentication (`auth.rs`).
+pub(crate) struct KeyedLimiter<K: Hash + Eq + Clone> {
+    limiter: DefaultKeyedRateLimiter<K>,
     checks: AtomicU64,
+}
+
+impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
+    pub(crate) fn new(quota: Quota) -> Self {
+        Self { limiter: RateLimiter::keyed(quota), checks: AtomicU64::new(0) }
+    }
+
+    /// Counts one cell for `key`, or refuses it with the whole seconds until one is allowed.
+    pub(crate) fn check(&self, key: &K) -> Result<(), u64> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            self.limiter.retain_recent();
+        }
+        self.limiter.check_key(key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+        })
+    }
+}
+
+pub struct StatusLimiter {
+    limiter: Option<KeyedLimiter<(String, String)>>,
+    interval_secs: u64,
 }
 
 impl StatusLimiter {
     /// `interval_secs = 0` limits nothing.
     pub fn new(interval_secs: u64) -> Self {
         let limiter = Quota::with_period(Duration::from_secs(interval_secs))
-            .map(|quota| RateLimiter::keyed(quota.allow_burst(NonZeroU32::MIN)));
-        Self { limiter, interval_secs, checks: AtomicU64::new(0) }
+            .map(|quota| KeyedLimiter::new(quota.allow_burst(NonZeroU32::MIN)));
+        Self { limiter, interval_secs }
     }
 
     /// Counts one read of `id` by `client`, or refuses it with the seconds to wait.
@@ -35,15 +60,8 @@ impl StatusLimiter {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
-        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            limiter.retain_recent();
-        }
-        limiter.check_key(&(client.to_owned(), id.to_owned())).map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            ApiError::TooManyRequests {
-                interval_secs: self.interval_secs,
-                retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-            }
+        limiter.check(&(client.to_owned(), id.to_owned())).map_err(|retry_after_secs| {
+            ApiError::TooManyRequests { interval_secs: self.interval_secs, retry_after_secs }
         })
     }
 }

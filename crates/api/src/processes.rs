@@ -75,7 +75,9 @@ fn parse_start(body: &[u8]) -> Result<StartRequest, ApiError> {
         items: items
             .into_iter()
             .enumerate()
-            .map(|(index, item)| RawJson::from_input(item).map_err(|e| ApiError::input(format!("item {index} {e}"))))
+            .map(|(index, item)| {
+                RawJson::from_input(item).map_err(|e| ApiError::input(format!("item {index} {e}")))
+            })
             .collect::<Result<_, _>>()?,
         additional_data,
         callback_url,
@@ -83,9 +85,9 @@ fn parse_start(body: &[u8]) -> Result<StartRequest, ApiError> {
 }
 
 /// `POST /v1/asyncprocesses`
-#[utoipa::path(post, path = "/v1/asyncprocesses", tag = "processes", security((), ("bearer" = [])),
+#[utoipa::path(post, path = "/v1/asyncprocesses", tag = "processes", operation_id = "startAsyncProcess",
     request_body = crate::openapi::StartBody,
-    params(("Idempotency-Key" = Option<String>, Header, description = "A repeated key returns the first process")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "A repeated key returns the first process")),
     responses(
         (status = 202, description = "Started (or the process of a repeated Idempotency-Key)", body = Envelope),
         (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
@@ -166,7 +168,7 @@ fn command_target(req: &HttpRequest) -> Result<String, ApiError> {
 }
 
 /// `POST /v1/asyncprocesses/{id}/cancel`
-#[utoipa::path(post, path = "/v1/asyncprocesses/{id}/cancel", tag = "processes", security((), ("bearer" = [])),
+#[utoipa::path(post, path = "/v1/asyncprocesses/{id}/cancel", tag = "processes", operation_id = "cancelAsyncProcess",
     params(("id" = String, Path, description = "An asyncProcessId", min_length = 1, max_length = 255)),
     responses((status = 202, description = "Aborted", body = Envelope), (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
         (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = Envelope),
@@ -181,7 +183,7 @@ pub async fn cancel(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
 }
 
 /// `POST /v1/asyncprocesses/{id}/retry`
-#[utoipa::path(post, path = "/v1/asyncprocesses/{id}/retry", tag = "processes", security((), ("bearer" = [])),
+#[utoipa::path(post, path = "/v1/asyncprocesses/{id}/retry", tag = "processes", operation_id = "retryAsyncProcess",
     params(("id" = String, Path, description = "An asyncProcessId", min_length = 1, max_length = 255)),
     responses((status = 202, description = "Its failed items run again", body = Envelope), (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
         (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = Envelope),
@@ -239,12 +241,12 @@ struct ListEnvelope<'a> {
 }
 
 /// `GET /v1/asyncprocesses?status=&asyncProcessName=&referenceId=&limit=&cursor=`
-#[utoipa::path(get, path = "/v1/asyncprocesses", tag = "processes", security((), ("bearer" = [])),
+#[utoipa::path(get, path = "/v1/asyncprocesses", tag = "processes", operation_id = "listAsyncProcesses",
     params(("status" = Option<crate::openapi::StatusName>, Query),
-        ("asyncProcessName" = Option<String>, Query, max_length = 255),
-        ("referenceId" = Option<String>, Query, max_length = 255),
+        ("asyncProcessName" = Option<String>, Query, min_length = 1, max_length = 255),
+        ("referenceId" = Option<String>, Query, min_length = 1, max_length = 255),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
-        ("cursor" = Option<String>, Query, description = "nextCursor of the previous page")),
+        ("cursor" = Option<String>, Query, min_length = 1, max_length = 255, description = "nextCursor of the previous page")),
     responses(
         (status = 202, description = "A page, newest first", body = ListEnvelope),
         (status = 200, description = "A page (api.success_code 200)", body = ListEnvelope),
@@ -295,7 +297,9 @@ struct ItemsOut<'a> {
     next_cursor: Option<String>,
 }
 
+/// One item of a step, with its failure's code and message when it failed there.
 #[derive(Serialize, ToSchema)]
+#[schema(as = StepItem)]
 #[serde(rename_all = "camelCase")]
 struct ItemOut<'a> {
     index: u64,
@@ -308,12 +312,12 @@ struct ItemOut<'a> {
 }
 
 /// `GET /v1/asyncprocesses/{id}/steps/{stepNumber}/items?outcome=&limit=&cursor=` (contract §6)
-#[utoipa::path(get, path = "/v1/asyncprocesses/{id}/steps/{stepNumber}/items", tag = "status", security((), ("bearer" = [])),
+#[utoipa::path(get, path = "/v1/asyncprocesses/{id}/steps/{stepNumber}/items", tag = "status", operation_id = "listStepItems",
     params(("id" = String, Path, description = "An asyncProcessId", min_length = 1, max_length = 255),
         ("stepNumber" = u32, Path, description = "0 for the first step"),
-        ("outcome" = Option<String>, Query, description = "successful or failed"),
+        ("outcome" = Option<crate::openapi::Outcome>, Query, description = "Only the items that succeeded, or only those that failed, at this step"),
         ("limit" = Option<u32>, Query, minimum = 1, description = "At most limits.max_items_per_response"),
-        ("cursor" = Option<String>, Query, description = "nextCursor of the previous page")),
+        ("cursor" = Option<String>, Query, min_length = 1, max_length = 255, description = "nextCursor of the previous page")),
     responses((status = 200, description = "A page of the step's items in recording order", body = ItemsOut),
         (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
         (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = Envelope),
@@ -388,7 +392,7 @@ struct DeliveriesOut {
 
 /// `GET /v1/asyncprocesses/{id}/deliveries`: the FinishProcess notifications of a process and
 /// how each attempt went, for operators.
-#[utoipa::path(get, path = "/v1/asyncprocesses/{id}/deliveries", tag = "processes", security((), ("bearer" = [])),
+#[utoipa::path(get, path = "/v1/asyncprocesses/{id}/deliveries", tag = "processes", operation_id = "listDeliveries",
     params(("id" = String, Path, description = "An asyncProcessId", min_length = 1, max_length = 255)),
     responses((status = 200, description = "The process's FinishProcess notifications and their attempts", body = DeliveriesOut),
         (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
@@ -447,7 +451,7 @@ struct StepOut<'a> {
 }
 
 /// `GET /v1/processdefinitions`
-#[utoipa::path(get, path = "/v1/processdefinitions", tag = "processes", security((), ("bearer" = [])),
+#[utoipa::path(get, path = "/v1/processdefinitions", tag = "processes", operation_id = "listProcessDefinitions",
     responses((status = 200, description = "The configured definitions", body = DefinitionsOut),
         (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = Envelope),
         (status = 403, description = "The key lacks the scope", body = Envelope),

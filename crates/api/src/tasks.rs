@@ -1,7 +1,7 @@
 //! The external workers' calls (contract §4.4): claim, complete, heartbeat, fail. Answers are
 //! plain JSON; errors use the envelope.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use async_engine_domain::{ClaimRequest, ClaimedTask, FailureSnapshot, RawJson, TaskError, TaskReport};
@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::auth::Scope;
+use crate::claims::waiter_key;
 use crate::clock::{now_micros, rfc3339};
 use crate::error::ApiError;
 use crate::handlers::{blocking, read_body};
@@ -19,8 +20,6 @@ const MAX_TASKS: u32 = 100;
 const MAX_TOKEN_CHARS: usize = 128;
 const MAX_LEASE_SECS: u64 = 3_600;
 const MAX_WAIT_SECS: u64 = 30;
-/// How often a waiting claim looks again.
-const WAIT_POLL: Duration = Duration::from_millis(200);
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::input(format!("invalid body: {e}")))
@@ -53,31 +52,41 @@ fn check_text(name: &str, value: &str, max: usize) -> Result<(), ApiError> {
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ClaimBody {
+    /// The NAME of a `queue:NAME` step handler (the prefix may be given too).
+    #[schema(pattern = r"^(queue:)?[A-Za-z0-9._-]{1,100}$")]
     queue: String,
+    #[schema(min_length = 1, max_length = 255)]
     worker_id: String,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     max_tasks: Option<u32>,
+    /// Default `engine.lease_secs`; a step's `timeout_secs` caps it.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 3600)]
     lease_seconds: Option<u64>,
+    /// Hold the claim this long when nothing is due.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 30)]
     wait_seconds: Option<u64>,
 }
 
 /// `POST /v1/tasks/claim`
-#[utoipa::path(post, path = "/v1/tasks/claim", tag = "tasks", security((), ("bearer" = [])),
+#[utoipa::path(post, path = "/v1/tasks/claim", tag = "tasks", operation_id = "claimTasks",
     request_body = ClaimBody,
     responses((status = 200, description = "Leased tasks; empty when none was due within waitSeconds", body = ClaimOut),
         (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = crate::envelope::Envelope),
         (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = crate::envelope::Envelope),
         (status = 403, description = "The key lacks the scope", body = crate::envelope::Envelope),
         (status = 413, description = "The body is larger than limits.max_body_bytes", body = crate::envelope::Envelope),
+        (status = 429, description = "With waitSeconds: the caller (its API key; without auth, its client address) already has limits.max_waiting_claims_per_key claims waiting, and nothing was due; try again after Retry-After",
+            body = crate::envelope::Envelope, headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 500, description = "The server failed; the cause is in its log", body = crate::envelope::Envelope)))]
 pub async fn claim(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = state.auth.authorize(&req, Scope::TasksWork)?.tenant;
+    let caller = state.auth.authorize(&req, Scope::TasksWork)?;
     let body: ClaimBody = parse(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
     let name = body.queue.strip_prefix("queue:").unwrap_or(&body.queue);
     if name.is_empty()
@@ -99,25 +108,62 @@ pub async fn claim(
     if wait > MAX_WAIT_SECS {
         return Err(ApiError::input(format!("waitSeconds must be 0..={MAX_WAIT_SECS}")));
     }
-    let deadline = Instant::now() + Duration::from_secs(wait);
-    let queue = format!("queue:{name}");
-    loop {
-        let request = ClaimRequest {
-            queues: vec![queue.clone()],
-            tenant: Some(tenant.clone()),
-            worker_id: body.worker_id.clone(),
-            max_tasks,
-            lease_micros: i64::try_from(lease * 1_000_000).unwrap_or(i64::MAX),
-            now_micros: now_micros(),
-        };
-        let store = state.tasks.clone();
-        let tasks = blocking(move || store.claim(&request)).await??;
-        if !tasks.is_empty() || Instant::now() >= deadline {
-            let tasks: Vec<TaskOut> = tasks.iter().map(TaskOut::new).collect();
-            return Ok(HttpResponse::Ok().json(ClaimOut { tasks }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    let request = ClaimRequest {
+        queues: vec![format!("queue:{name}")],
+        tenant: Some(caller.tenant.clone()),
+        worker_id: body.worker_id,
+        max_tasks,
+        lease_micros: i64::try_from(lease * 1_000_000).unwrap_or(i64::MAX),
+        now_micros: 0,
+    };
+    let answer = |tasks: Vec<ClaimedTask>| {
+        let tasks: Vec<TaskOut> = tasks.iter().map(TaskOut::new).collect();
+        HttpResponse::Ok().json(ClaimOut { tasks })
+    };
+    // Counted from before the first look, so that work made between that look and the wait
+    // wakes it. Over the caller's cap it still looks once, and is refused only if that found
+    // nothing: a worker with work to do is never held back by the others' waits.
+    let waiting = match wait {
+        0 => None,
+        _ => {
+            let key = waiter_key(&caller, state.auth.client_address(&req));
+            match state.claims.enter(&state.tasks, &key, &caller.tenant, &request.queues[0]) {
+                Ok(waiting) => waiting,
+                Err(over_cap) => {
+                    let tasks = claim_now(&state, &request).await?;
+                    return if tasks.is_empty() { Err(over_cap) } else { Ok(answer(tasks)) };
+                }
+            }
         }
-        actix_web::rt::time::sleep(WAIT_POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+    };
+    let Some(waiting) = waiting else {
+        return Ok(answer(claim_now(&state, &request).await?));
+    };
+    loop {
+        let ready = waiting.ready();
+        let woken = ready.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let tasks = claim_now(&state, &request).await?;
+        if !tasks.is_empty() {
+            if tasks.len() >= usize::try_from(max_tasks).unwrap_or(usize::MAX) {
+                waiting.pass_on();
+            }
+            return Ok(answer(tasks));
+        }
+        // No look at the deadline: any work made meanwhile would have woken us.
+        if tokio::time::timeout_at(deadline, woken).await.is_err() || waiting.closed() {
+            return Ok(answer(Vec::new()));
+        }
     }
+}
+
+/// One claim, on the blocking pool; a waiting claim asks only when woken.
+async fn claim_now(state: &AppState, request: &ClaimRequest) -> Result<Vec<ClaimedTask>, ApiError> {
+    let request = ClaimRequest { now_micros: now_micros(), ..request.clone() };
+    let store = state.tasks.clone();
+    Ok(blocking(move || store.claim(&request)).await??)
 }
 
 #[derive(Serialize, ToSchema)]
@@ -165,7 +211,9 @@ struct TaskOut<'a> {
     items: Vec<ItemOut<'a>>,
 }
 
+/// One item of a claimed task.
 #[derive(Serialize, ToSchema)]
+#[schema(as = TaskItem)]
 struct ItemOut<'a> {
     index: u64,
     #[schema(value_type = Value)]
@@ -196,12 +244,14 @@ struct FailedGroup {
     items: Vec<u64>,
     #[serde(alias = "statusCode")]
     code: i64,
+    #[schema(min_length = 1, max_length = 1000)]
     status_message: String,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CompleteBody {
+    #[schema(min_length = 1, max_length = 128)]
     lease_token: String,
     #[serde(default)]
     successfully: Vec<u64>,
@@ -210,7 +260,7 @@ struct CompleteBody {
 }
 
 /// `POST /v1/tasks/{taskId}/complete`
-#[utoipa::path(post, path = "/v1/tasks/{taskId}/complete", tag = "tasks", security((), ("bearer" = [])),
+#[utoipa::path(post, path = "/v1/tasks/{taskId}/complete", tag = "tasks", operation_id = "completeTask",
     params(("taskId" = i64, Path, description = "The claimed task")), request_body = CompleteBody,
     responses((status = 200, description = "Recorded", body = Completed),
         (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = crate::envelope::Envelope),
@@ -224,9 +274,9 @@ pub async fn complete(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    // The lease token is the capability: only the worker that claimed the task (within its
-    // tenant) knows it.
-    state.auth.authorize(&req, Scope::TasksWork)?;
+    // The lease token is the capability: only the worker that claimed the task knows it, and
+    // only within its tenant (another tenant's task answers like one that does not exist).
+    let tenant = state.auth.authorize(&req, Scope::TasksWork)?.tenant;
     let id = task_id(&req)?;
     let body: CompleteBody = parse(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
     check_text("leaseToken", &body.lease_token, MAX_TOKEN_CHARS)?;
@@ -243,7 +293,7 @@ pub async fn complete(
     };
     let recorded = report.successes.len() + report.failures.iter().map(|f| f.items.len()).sum::<usize>();
     let store = state.tasks.clone();
-    blocking(move || store.complete(id, &body.lease_token, &report, now_micros()))
+    blocking(move || store.complete(Some(tenant), id, &body.lease_token, &report, now_micros()))
         .await?
         .map_err(task_error)?;
     metrics::counter!("async_engine_items_recorded_total", "by" => "worker").increment(recorded as u64);
@@ -254,13 +304,15 @@ pub async fn complete(
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct HeartbeatBody {
+    #[schema(min_length = 1, max_length = 128)]
     lease_token: String,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 3600)]
     lease_seconds: Option<u64>,
 }
 
 /// `POST /v1/tasks/{taskId}/heartbeat`
-#[utoipa::path(post, path = "/v1/tasks/{taskId}/heartbeat", tag = "tasks", security((), ("bearer" = [])),
+#[utoipa::path(post, path = "/v1/tasks/{taskId}/heartbeat", tag = "tasks", operation_id = "extendTaskLease",
     params(("taskId" = i64, Path, description = "The claimed task")), request_body = HeartbeatBody,
     responses((status = 200, description = "The lease's new expiry", body = Extended),
         (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = crate::envelope::Envelope),
@@ -274,7 +326,7 @@ pub async fn heartbeat(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.auth.authorize(&req, Scope::TasksWork)?;
+    let tenant = state.auth.authorize(&req, Scope::TasksWork)?.tenant;
     let id = task_id(&req)?;
     let body: HeartbeatBody = parse(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
     check_text("leaseToken", &body.lease_token, MAX_TOKEN_CHARS)?;
@@ -284,23 +336,26 @@ pub async fn heartbeat(
     }
     let micros = i64::try_from(lease * 1_000_000).unwrap_or(i64::MAX);
     let store = state.tasks.clone();
-    let expires = blocking(move || store.heartbeat(id, &body.lease_token, micros, now_micros()))
-        .await?
-        .map_err(task_error)?;
+    let expires =
+        blocking(move || store.heartbeat(Some(tenant), id, &body.lease_token, micros, now_micros()))
+            .await?
+            .map_err(task_error)?;
     Ok(HttpResponse::Ok().json(Extended { task_id: id, lease_expires_at: rfc3339(expires) }))
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct FailBody {
+    #[schema(min_length = 1, max_length = 128)]
     lease_token: String,
+    #[schema(min_length = 1, max_length = 1000)]
     status_message: String,
     #[serde(default)]
     retryable: bool,
 }
 
 /// `POST /v1/tasks/{taskId}/fail`
-#[utoipa::path(post, path = "/v1/tasks/{taskId}/fail", tag = "tasks", security((), ("bearer" = [])),
+#[utoipa::path(post, path = "/v1/tasks/{taskId}/fail", tag = "tasks", operation_id = "failTask",
     params(("taskId" = i64, Path, description = "The claimed task")), request_body = FailBody,
     responses((status = 200, description = "Given back", body = GivenBack),
         (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = crate::envelope::Envelope),
@@ -314,15 +369,17 @@ pub async fn fail(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.auth.authorize(&req, Scope::TasksWork)?;
+    let tenant = state.auth.authorize(&req, Scope::TasksWork)?.tenant;
     let id = task_id(&req)?;
     let body: FailBody = parse(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
     check_text("leaseToken", &body.lease_token, MAX_TOKEN_CHARS)?;
     check_text("statusMessage", &body.status_message, 1_000)?;
     let store = state.tasks.clone();
-    blocking(move || store.fail(id, &body.lease_token, &body.status_message, body.retryable, now_micros()))
-        .await?
-        .map_err(task_error)?;
+    blocking(move || {
+        store.fail(Some(tenant), id, &body.lease_token, &body.status_message, body.retryable, now_micros())
+    })
+    .await?
+    .map_err(task_error)?;
     (state.on_new_work)();
     Ok(HttpResponse::Ok().json(GivenBack { task_id: id, retryable: body.retryable }))
 }
@@ -381,7 +438,7 @@ mod tests {
         ];
         for (error, code) in cases {
             let mut tasks = MockTaskStore::new();
-            tasks.expect_complete().returning(move |_, _, _, _| Err(error.clone()));
+            tasks.expect_complete().returning(move |_, _, _, _, _| Err(error.clone()));
             let body = json!({ "leaseToken": "t", "successfully": [0] });
             let (status, answer) = post(tasks, "/v1/tasks/7/complete", body).await;
             assert_eq!((status, answer["code"].as_u64()), (code, Some(u64::from(code))));

@@ -12,7 +12,7 @@ use async_engine_domain::work::{MockProcessStore, MockTaskStore};
 use async_engine_domain::{FailurePolicy, Handler, ProcessDefinition, StepDefinition};
 use serde_json::Value;
 
-use crate::{ApiConfig, AppState, Auth, CallbackPolicy, StatusLimiter, Watcher, app};
+use crate::{ApiConfig, AppState, Auth, CallbackPolicy, ClaimWaiters, StatusLimiter, Watcher, app};
 
 /// Mocks with no expectations (any call fails the test) and one definition, "P".
 pub fn state() -> AppState {
@@ -39,6 +39,8 @@ pub fn state() -> AppState {
         limiter: Arc::new(StatusLimiter::new(0)),
         auth: Arc::new(Auth::disabled()),
         on_new_work: Arc::new(|| {}),
+        claims: ClaimWaiters::default(),
+        guard: Arc::default(),
         config: ApiConfig::default(),
     }
 }

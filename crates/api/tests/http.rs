@@ -31,21 +31,26 @@ impl TestServer {
     }
 
     fn start_full(db: TestDb, definitions: Vec<ProcessDefinition>, config: ApiConfig, auth: Auth) -> Self {
-        let store = db.store.clone();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
         let state = AppState::new(
-            store.clone(),
+            db.store.clone(),
             definitions,
             CallbackPolicy::default(),
             auth,
             Arc::new(|| {}),
             config,
         );
+        Self::start_state(db, state)
+    }
+
+    /// Serves `state`, which must have been made over `db`'s store.
+    fn start_state(db: TestDb, state: AppState) -> Self {
+        let store = db.store.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
         let (ready, started) = mpsc::channel();
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
-                let server = serve(listener, state, Duration::from_secs(1)).unwrap();
+                let server = serve(listener, state, Duration::from_secs(1), 10_000).unwrap();
                 ready.send(()).unwrap();
                 server.await
             })
@@ -123,8 +128,14 @@ macro_rules! on_both_backends {
 // After the macro, which it uses. In a folder, so that cargo does not take it for a test binary.
 #[path = "http/auth.rs"]
 mod auth;
+#[path = "http/guards.rs"]
+mod guards;
+#[path = "http/headers.rs"]
+mod headers;
 #[path = "http/input.rs"]
 mod input;
+#[path = "http/tasks.rs"]
+mod tasks;
 #[path = "http/waiting.rs"]
 mod waiting;
 

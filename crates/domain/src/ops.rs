@@ -21,11 +21,14 @@ pub enum NotReady {
     Unreachable(String),
     #[error("{0} database migration(s) are pending")]
     MigrationsPending(usize),
+    #[error("writes to the database are failing (disk full or failing) as of {0} s ago")]
+    WritesFailing(u64),
 }
 
 #[cfg_attr(feature = "mocks", mockall::automock)]
 pub trait Operations: Send + Sync {
-    /// Quickly (within a couple of seconds, even when the database is down).
+    /// Quickly (within a couple of seconds, even when the database is down). Not ready also
+    /// while writes fail for want of disk (seen in the last few seconds), though reads work.
     fn readiness(&self) -> Result<(), NotReady>;
     fn gauges(&self) -> Result<Gauges, RepositoryError>;
     /// Deletes up to `limit` processes that finished (Success, Failed, Aborted) before

@@ -193,15 +193,24 @@ pub trait ProcessStore: Send + Sync {
 }
 
 /// Leasing tasks and recording their outcomes, exactly once.
+///
+/// `tenant` of the lease calls is the caller's: `Some` for an external worker, whose calls on
+/// another tenant's task are refused exactly like calls on a task that does not exist (same
+/// error, same text, nothing changed); `None` for the engine, which runs built-in steps for
+/// every tenant.
 #[cfg_attr(feature = "mocks", mockall::automock)]
 pub trait TaskStore: Send + Sync {
     /// Leases up to `max_tasks` due tasks (queued, or with an expired lease). A task whose
     /// lease expired on its last attempt has its items recorded as failed instead.
     fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedTask>, RepositoryError>;
+    /// Whether [`TaskStore::claim`] with this request may find a due task now, without
+    /// leasing anything: the one small read that tells waiting claims whether to look.
+    fn any_due(&self, request: &ClaimRequest) -> Result<bool, RepositoryError>;
     /// Records every item's outcome, releases the task and moves the process on, in one
     /// transaction.
     fn complete(
         &self,
+        tenant: Option<TenantId>,
         task_id: i64,
         lease_token: &str,
         report: &TaskReport,
@@ -210,6 +219,7 @@ pub trait TaskStore: Send + Sync {
     /// Extends a lease; returns the new expiry.
     fn heartbeat(
         &self,
+        tenant: Option<TenantId>,
         task_id: i64,
         lease_token: &str,
         lease_micros: i64,
@@ -219,6 +229,7 @@ pub trait TaskStore: Send + Sync {
     /// is recorded as failed with `message`.
     fn fail(
         &self,
+        tenant: Option<TenantId>,
         task_id: i64,
         lease_token: &str,
         message: &str,

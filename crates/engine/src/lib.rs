@@ -66,33 +66,59 @@ pub struct EngineConfig {
     pub node: String,
 }
 
-/// Wakes idle workers when new work was created on this node.
+/// A wake-up listener: called on every [`Waker::wake`], on the waking thread, so it must
+/// return at once.
+pub type Listener = Arc<dyn Fn() + Send + Sync>;
+
+/// The signal of new work made on this node (a start, a retry, a completion that may have
+/// made the next step's tasks, a task given back): wakes this node's idle workers at once,
+/// and tells every listener (the API's waiting claims). Work made on other nodes, and leases
+/// that expire, are found by polling instead.
 #[derive(Clone, Default)]
-pub struct Waker(Arc<(Mutex<u64>, Condvar)>);
+pub struct Waker(Arc<Signal>);
+
+#[derive(Default)]
+struct Signal {
+    generation: Mutex<u64>,
+    changed: Condvar,
+    listeners: Mutex<Vec<Listener>>,
+}
 
 impl Waker {
     pub fn wake(&self) {
-        let (generation, signal) = &*self.0;
-        if let Ok(mut generation) = generation.lock() {
+        let signal = &*self.0;
+        if let Ok(mut generation) = signal.generation.lock() {
             *generation = generation.wrapping_add(1);
         }
-        signal.notify_all();
+        signal.changed.notify_all();
+        // Outside the lock: a listener that wakes in turn must not deadlock on it.
+        let listeners = signal.listeners.lock().map(|l| l.clone()).unwrap_or_default();
+        for listener in listeners {
+            listener();
+        }
+    }
+
+    /// Adds a listener, called on every wake from now on.
+    pub fn listen(&self, listener: Listener) {
+        if let Ok(mut listeners) = self.0.listeners.lock() {
+            listeners.push(listener);
+        }
     }
 
     fn wait(&self, seen: u64, timeout: Duration) -> u64 {
-        let (generation, signal) = &*self.0;
-        let Ok(guard) = generation.lock() else { return seen };
+        let signal = &*self.0;
+        let Ok(guard) = signal.generation.lock() else { return seen };
         if *guard != seen {
             return *guard;
         }
-        match signal.wait_timeout(guard, timeout) {
+        match signal.changed.wait_timeout(guard, timeout) {
             Ok((guard, _)) => *guard,
             Err(_) => seen,
         }
     }
 
     fn generation(&self) -> u64 {
-        self.0.0.lock().map(|g| *g).unwrap_or(0)
+        self.0.generation.lock().map(|g| *g).unwrap_or(0)
     }
 }
 
@@ -204,7 +230,7 @@ impl Worker {
         let Some(handler) = self.handlers.for_queue(&task.queue) else {
             let message = format!("no handler for queue {}", task.queue);
             let result = self.persist(&mut lease_until, || {
-                self.store.fail(task.task_id, &task.lease_token, &message, false, now_micros())
+                self.store.fail(None, task.task_id, &task.lease_token, &message, false, now_micros())
             });
             self.settle(task, result);
             return;
@@ -212,7 +238,7 @@ impl Worker {
         let result = match catch_unwind(AssertUnwindSafe(|| handler.run(task))) {
             Ok(report) => {
                 let result = self.persist(&mut lease_until, || {
-                    self.store.complete(task.task_id, &task.lease_token, &report, now_micros())
+                    self.store.complete(None, task.task_id, &task.lease_token, &report, now_micros())
                 });
                 if result.is_ok() {
                     let items =
@@ -226,7 +252,7 @@ impl Worker {
                 let message = format!("handler {} panicked", task.queue);
                 tracing::error!(task = task.task_id, "{message}");
                 self.persist(&mut lease_until, || {
-                    self.store.fail(task.task_id, &task.lease_token, &message, true, now_micros())
+                    self.store.fail(None, task.task_id, &task.lease_token, &message, true, now_micros())
                 })
             }
         };
@@ -241,7 +267,7 @@ impl Worker {
         if task.lease_expires_at_micros.saturating_sub(now) > lease / 2 {
             return Some(task.lease_expires_at_micros);
         }
-        match self.store.heartbeat(task.task_id, &task.lease_token, lease, now) {
+        match self.store.heartbeat(None, task.task_id, &task.lease_token, lease, now) {
             Ok(expires) => Some(expires),
             Err(TaskError::Conflict(reason)) => {
                 tracing::info!(task = task.task_id, %reason, "lease lost before the task ran; skipped");
@@ -277,7 +303,10 @@ impl Worker {
     fn settle(&self, task: &ClaimedTask, result: Result<(), TaskError>) {
         match result {
             Ok(()) => {
-                tracing::debug!(task = task.task_id, process = %task.async_process_id, step = task.step_number, "task done")
+                tracing::debug!(task = task.task_id, process = %task.async_process_id, step = task.step_number, "task done");
+                // The next step's tasks may be due now (for other workers of this node, or
+                // external workers waiting in a claim), or the task itself again later.
+                self.waker.wake();
             }
             // Taken over after an expired lease, or the process was cancelled: the other
             // outcome stands and ours is dropped, which is what makes recording exactly-once.
@@ -369,8 +398,8 @@ mod tests {
         let (mut store, _) = claims_once(vec![fresh(task(7, "builtin:noop", 3))]);
         let completed = Arc::new(AtomicUsize::new(0));
         let seen = completed.clone();
-        store.expect_complete().times(1).returning(move |id, token, report, _| {
-            assert_eq!((id, token), (7, "token-7"));
+        store.expect_complete().times(1).returning(move |tenant, id, token, report, _| {
+            assert_eq!((tenant, id, token), (None, 7, "token-7"), "the engine works for every tenant");
             assert_eq!(report.successes, [0, 1, 2]);
             seen.fetch_add(1, Ordering::SeqCst);
             Ok(())
@@ -380,15 +409,58 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_task_wakes_the_listeners() {
+        let (mut store, _) = claims_once(vec![fresh(task(1, "builtin:noop", 1))]);
+        store.expect_complete().times(1).returning(|_, _, _, _, _| Ok(()));
+        let waker = Waker::default();
+        let heard = Arc::new(AtomicUsize::new(0));
+        let counter = heard.clone();
+        waker.listen(Arc::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }));
+        let running = start(Arc::new(store), Handlers::builtin(), config(), waker).unwrap();
+        for _ in 0..500 {
+            if heard.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Read before stopping, which wakes everyone too.
+        let woken = heard.load(Ordering::SeqCst);
+        running.stop();
+        assert_eq!(woken, 1, "the completion may have made the next step's tasks");
+    }
+
+    #[test]
+    fn a_wake_reaches_idle_workers_and_every_listener() {
+        let waker = Waker::default();
+        let heard = Arc::new(AtomicUsize::new(0));
+        for _ in 0..2 {
+            let counter = heard.clone();
+            waker.listen(Arc::new(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        let seen = waker.generation();
+        let sleeper = {
+            let waker = waker.clone();
+            std::thread::spawn(move || waker.wait(seen, Duration::from_secs(60)))
+        };
+        waker.wake();
+        assert_eq!(sleeper.join().unwrap(), seen + 1, "woken, not timed out");
+        assert_eq!(heard.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
     fn a_batch_task_with_half_its_lease_gone_is_renewed_or_skipped() {
         // Both leases are nearly over: task 1's renewal works, task 2's lease was lost.
         let (mut store, claims) = claims_once(vec![task(1, "builtin:noop", 1), task(2, "builtin:noop", 1)]);
-        store.expect_heartbeat().returning(|id, _, lease, now| {
+        store.expect_heartbeat().returning(|_, id, _, lease, now| {
             if id == 1 { Ok(now + lease) } else { Err(TaskError::Conflict("taken over".into())) }
         });
         let completed = Arc::new(AtomicUsize::new(0));
         let seen = completed.clone();
-        store.expect_complete().times(1).returning(move |id, _, _, _| {
+        store.expect_complete().times(1).returning(move |_, id, _, _, _| {
             assert_eq!(id, 1, "the task whose lease was lost is not run");
             seen.fetch_add(1, Ordering::SeqCst);
             Ok(())
@@ -404,7 +476,7 @@ mod tests {
         let (mut store, _) = claims_once(vec![fresh(task(1, "builtin:noop", 1))]);
         let attempts = Arc::new(AtomicUsize::new(0));
         let seen = attempts.clone();
-        store.expect_complete().returning(move |_, _, _, _| {
+        store.expect_complete().returning(move |_, _, _, _, _| {
             if seen.fetch_add(1, Ordering::SeqCst) < 2 {
                 Err(TaskError::Storage(RepositoryError::Unavailable("database is locked".into())))
             } else {
@@ -427,7 +499,7 @@ mod tests {
         let (mut store, _) = claims_once(vec![fresh(task(1, "builtin:panics", 1))]);
         let failed = Arc::new(AtomicUsize::new(0));
         let seen = failed.clone();
-        store.expect_fail().times(1).returning(move |_, _, message, retryable, _| {
+        store.expect_fail().times(1).returning(move |_, _, _, message, retryable, _| {
             assert!(retryable);
             assert!(message.contains("panicked"));
             seen.fetch_add(1, Ordering::SeqCst);
@@ -451,7 +523,7 @@ mod tests {
         });
         let completions = Arc::new(AtomicUsize::new(0));
         let seen = completions.clone();
-        store.expect_complete().returning(move |id, _, _, _| {
+        store.expect_complete().returning(move |_, id, _, _, _| {
             seen.fetch_add(1, Ordering::SeqCst);
             if id == 1 { Err(TaskError::Conflict("taken over".into())) } else { Ok(()) }
         });

@@ -6,11 +6,15 @@
 //! and process locks are no-ops. PostgreSQL runs writers side by side: every transaction that
 //! changes a process first takes a transaction-scoped advisory lock on it, so two completions
 //! of one process's tasks never interleave; claims only *try* that lock and skip busy
-//! processes, so no lock cycle can form.
+//! processes, so no lock cycle can form. Every PostgreSQL session is bounded
+//! ([`SessionTimeouts`]), so a node that stops answering inside a transaction loses it, and
+//! its locks, instead of holding every other node up.
 
-use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use std::time::Duration;
+
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::result::Error as DieselError;
-use diesel::sql_types::{BigInt, Bool};
+use diesel::sql_types::{BigInt, Bool, Text};
 use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl, SqliteConnection};
 
 use crate::error::Error;
@@ -20,6 +24,58 @@ pub enum DbConnection {
     // PostgreSQL first: SQLite would accept any string as a file name.
     Pg(PgConnection),
     Sqlite(SqliteConnection),
+}
+
+/// Bounds every pooled PostgreSQL session gets when it is made (SQLite has one writer, whose
+/// `busy_timeout` bounds waits already). A node that stops answering (paused, partitioned, its
+/// connection hung) while inside a transaction would otherwise hold that transaction's locks,
+/// the process's among them, for as long as it stays silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionTimeouts {
+    /// `statement_timeout`: the longest a statement may run; a backstop for a runaway one.
+    pub statement: Duration,
+    /// `lock_timeout`: the longest a statement waits for a lock (a process lock included)
+    /// before failing; the transaction then rolls back and its caller tries again.
+    pub lock: Duration,
+    /// `idle_in_transaction_session_timeout`: a session that sits inside a transaction without
+    /// sending anything this long is ended by the server, which rolls its transaction back and
+    /// frees its locks.
+    pub idle_in_transaction: Duration,
+}
+
+impl SessionTimeouts {
+    /// The defaults, derived from the task lease: a silent node's transaction and locks are
+    /// gone one lease after it fell silent, when its task leases expire too; no engine
+    /// transaction idles or waits for a lock anywhere near that long. Statements get ten
+    /// leases and at least five minutes, a bound for the longest legitimate one (purging a
+    /// process of a million items, one statement): with a short lease, ten leases alone would
+    /// fail that purge on every run, and retention, oldest first, would never get past it.
+    pub fn from_lease(lease: Duration) -> Self {
+        const STATEMENT_FLOOR: Duration = Duration::from_secs(300);
+        Self {
+            statement: lease.saturating_mul(10).max(STATEMENT_FLOOR),
+            lock: lease,
+            idle_in_transaction: lease,
+        }
+    }
+
+    /// Sets the bounds on one PostgreSQL session.
+    pub(crate) fn apply(&self, pg: &mut PgConnection) -> Result<(), DieselError> {
+        let ms = |d: Duration| d.as_millis().max(1);
+        pg.batch_execute(&format!(
+            "SET statement_timeout = {}; SET lock_timeout = {}; SET idle_in_transaction_session_timeout = {};",
+            ms(self.statement),
+            ms(self.lock),
+            ms(self.idle_in_transaction)
+        ))
+    }
+}
+
+impl Default for SessionTimeouts {
+    /// Those of the default lease, 60 s.
+    fn default() -> Self {
+        Self::from_lease(Duration::from_secs(60))
+    }
 }
 
 /// Runs `work` in a transaction that may write; commits on `Ok`, rolls back on `Err`.
@@ -39,7 +95,9 @@ pub fn write_transaction<T>(
             Ok(value)
         }
         Err(error) => match <DbConnection as Connection>::TransactionManager::rollback_transaction(conn) {
-            Ok(()) | Err(DieselError::BrokenTransactionManager) => Err(error),
+            // SQLite rolls a transaction back itself on some errors (a full disk, an I/O
+            // error): the rollback then finds none, and the error that matters is the first.
+            Ok(()) | Err(DieselError::BrokenTransactionManager | DieselError::NotInTransaction) => Err(error),
             Err(rollback) => Err(rollback.into()),
         },
     }
@@ -68,7 +126,8 @@ struct Locked {
 }
 
 /// Waits until this transaction holds the process's lock (PostgreSQL; SQLite's write lock
-/// already excludes every other writer).
+/// already excludes every other writer). The wait is bounded by the session's `lock_timeout`:
+/// past it the statement fails, and the transaction with it, having recorded nothing.
 pub fn lock_process(conn: &mut DbConnection, process_id: i64) -> Result<(), Error> {
     if let DbConnection::Pg(pg) = conn {
         diesel::sql_query("SELECT pg_advisory_xact_lock($1)").bind::<BigInt, _>(process_id).execute(pg)?;
@@ -89,20 +148,75 @@ pub fn try_lock_process(conn: &mut DbConnection, process_id: i64) -> Result<bool
     }
 }
 
+#[derive(QueryableByName)]
+struct Key {
+    #[diesel(sql_type = BigInt)]
+    key: i64,
+}
+
+/// Processes whose lock other sessions hold right now (PostgreSQL; none on SQLite), for a
+/// claim to look past their tasks in its query instead of reading them only to pass them over.
+/// A handful of keys, one per transaction in flight; a snapshot, so the claim still *tries*
+/// each lock it takes.
+pub fn busy_processes(conn: &mut DbConnection) -> Result<Vec<i64>, Error> {
+    let DbConnection::Pg(pg) = conn else { return Ok(Vec::new()) };
+    // A bigint advisory key shows as its high half in classid and its low half in objid,
+    // with objsubid 1 (two-int4 keys have 2); advisory locks are per database.
+    let keys: Vec<Key> = diesel::sql_query(
+        "SELECT (classid::bigint << 32) | objid::bigint AS key FROM pg_locks \
+         WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND pid <> pg_backend_pid() \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .load(pg)?;
+    Ok(keys.into_iter().map(|k| k.key).collect())
+}
+
+#[derive(QueryableByName)]
+struct Bounds {
+    #[diesel(sql_type = Text)]
+    lock: String,
+    #[diesel(sql_type = Text)]
+    statement: String,
+}
+
 /// Serialises migrations across nodes that start together (PostgreSQL): a session lock on a
-/// fixed key, held while `work` runs.
+/// fixed key, held while `work` runs. Meanwhile the session's lock and statement bounds are
+/// lifted: a node waits as long as another's migrations take, and a migration waits for the
+/// tables it alters and may run long; they are put back before the connection is reused.
 pub fn with_migration_lock<T>(
     conn: &mut DbConnection,
     work: impl FnOnce(&mut DbConnection) -> Result<T, Error>,
 ) -> Result<T, Error> {
     const KEY: i64 = 0x4153_594e_435f_4d49; // "ASYNC_MI"
     let DbConnection::Pg(pg) = conn else { return work(conn) };
-    diesel::sql_query("SELECT pg_advisory_lock($1)").bind::<BigInt, _>(KEY).execute(pg)?;
-    let result = work(conn);
-    if let DbConnection::Pg(pg) = conn {
-        diesel::sql_query("SELECT pg_advisory_unlock($1)").bind::<BigInt, _>(KEY).execute(pg)?;
-    }
-    result
+    let saved: Bounds = diesel::sql_query(
+        "SELECT current_setting('lock_timeout') AS lock, current_setting('statement_timeout') AS statement",
+    )
+    .get_result(pg)?;
+    pg.batch_execute("SET lock_timeout = 0; SET statement_timeout = 0;")?;
+    let result = (|| {
+        if let DbConnection::Pg(pg) = conn {
+            diesel::sql_query("SELECT pg_advisory_lock($1)").bind::<BigInt, _>(KEY).execute(pg)?;
+        }
+        let result = work(conn);
+        if let DbConnection::Pg(pg) = conn {
+            diesel::sql_query("SELECT pg_advisory_unlock($1)").bind::<BigInt, _>(KEY).execute(pg)?;
+        }
+        result
+    })();
+    let restored = match conn {
+        DbConnection::Pg(pg) => diesel::sql_query(
+            "SELECT set_config('lock_timeout', $1, false), set_config('statement_timeout', $2, false)",
+        )
+        .bind::<Text, _>(&saved.lock)
+        .bind::<Text, _>(&saved.statement)
+        .execute(pg)
+        .map(drop),
+        DbConnection::Sqlite(_) => Ok(()),
+    };
+    let value = result?;
+    restored?;
+    Ok(value)
 }
 
 /// Runs one statement, written once, on the backend's own connection: for what diesel's
@@ -116,3 +230,160 @@ macro_rules! per_backend {
     };
 }
 pub(crate) use per_backend;
+
+/// What a node that stops answering can do to the others on PostgreSQL: every test holds a
+/// process's lock, or leaves a transaction idle, the way a frozen node would. SQLite has no
+/// process locks (one writer at a time), so these run on PostgreSQL only.
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    use async_engine_domain::FailurePolicy;
+    use diesel::prelude::*;
+
+    use super::*;
+    use crate::Store;
+    use crate::engine::tests::{begin_with, claim, finish, status};
+    use crate::schema::processes;
+
+    fn millis(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    /// A second store on the test's database, with these session bounds.
+    fn bounded(url: &str, timeouts: SessionTimeouts) -> Store {
+        Store::open_with(url, 2, timeouts).unwrap()
+    }
+
+    fn process_row(store: &Store, id: &str) -> i64 {
+        let mut conn = store.conn().unwrap();
+        processes::table
+            .filter(processes::async_process_id.eq(id))
+            .select(processes::id)
+            .first(&mut *conn)
+            .unwrap()
+    }
+
+    /// Another session, as a frozen node's would be, holding a process's lock.
+    fn hold_lock(url: &str, process: i64) -> PgConnection {
+        let mut other = PgConnection::establish(url).unwrap();
+        diesel::sql_query("SELECT pg_advisory_lock($1)")
+            .bind::<BigInt, _>(process)
+            .execute(&mut other)
+            .unwrap();
+        other
+    }
+
+    #[derive(QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = Text)]
+        value: String,
+    }
+
+    fn setting(conn: &mut DbConnection, name: &str) -> String {
+        let DbConnection::Pg(pg) = conn else { panic!("PostgreSQL only") };
+        diesel::sql_query("SELECT current_setting($1) AS value")
+            .bind::<Text, _>(name)
+            .get_result::<Setting>(pg)
+            .unwrap()
+            .value
+    }
+
+    #[test]
+    fn every_session_is_bounded_and_migrations_put_the_bounds_back() {
+        let Some(db) = crate::testing::postgres() else { return };
+        let timeouts = SessionTimeouts {
+            statement: millis(20_000),
+            lock: millis(1_500),
+            idle_in_transaction: millis(2_500),
+        };
+        // One connection: the one that migrates is the one looked at afterwards.
+        let store = Store::open_with(&db.url, 1, timeouts).unwrap();
+        assert!(store.migrate().unwrap().is_empty(), "the test database is migrated already");
+        let mut conn = store.conn().unwrap();
+        assert_eq!(setting(&mut conn, "statement_timeout"), "20s");
+        assert_eq!(setting(&mut conn, "lock_timeout"), "1500ms");
+        assert_eq!(setting(&mut conn, "idle_in_transaction_session_timeout"), "2500ms");
+        assert_eq!(SessionTimeouts::default(), SessionTimeouts::from_lease(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn a_claim_finds_other_processes_work_behind_many_tasks_of_a_busy_one() {
+        let Some(db) = crate::testing::postgres() else { return };
+        let store = &db.store;
+        // 100 due tasks of "busy", all older than the one task of "other".
+        begin_with(store, "busy", &[FailurePolicy::Skip], 100, 1, None);
+        begin_with(store, "other", &[FailurePolicy::Skip], 1, 1, None);
+        let busy = process_row(store, "busy");
+        let holder = hold_lock(&db.url, busy);
+        let claimed = claim(store, "queue:q0", "w", 1, 0);
+        assert_eq!(claimed.iter().map(|t| t.async_process_id.as_str()).collect::<Vec<_>>(), ["other"]);
+        assert!(
+            claim(store, "queue:q0", "w", 4, 0).is_empty(),
+            "the busy process's tasks stay where they are"
+        );
+        drop(holder);
+        let claimed = claim(store, "queue:q0", "w", 2, 0);
+        assert_eq!(claimed.iter().map(|t| t.async_process_id.as_str()).collect::<Vec<_>>(), ["busy", "busy"]);
+    }
+
+    #[test]
+    fn a_wait_for_a_process_lock_is_bounded_and_records_nothing() {
+        let Some(db) = crate::testing::postgres() else { return };
+        let store = bounded(
+            &db.url,
+            SessionTimeouts { lock: millis(300), ..SessionTimeouts::from_lease(Duration::from_secs(60)) },
+        );
+        begin_with(&store, "p", &[FailurePolicy::Skip], 3, 3, None);
+        let task = claim(&store, "queue:q0", "w", 1, 0).remove(0);
+        let holder = hold_lock(&db.url, process_row(&store, "p"));
+        let (sent, result) = mpsc::channel();
+        let (waiting, first) = (store.clone(), task.clone());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let _ = sent.send((finish(&waiting, &first, &[], 0), started.elapsed()));
+        });
+        // Without a bound the completion would wait as long as the holder stays silent.
+        let (outcome, took) = result.recv_timeout(Duration::from_secs(30)).expect("the wait was not bounded");
+        assert!(
+            matches!(outcome, Err(async_engine_domain::TaskError::Storage(_))),
+            "{outcome:?} after {took:?}"
+        );
+        drop(holder);
+        assert_eq!(status(&store, "p").steps.unwrap()[0].processed, 0, "nothing was recorded");
+        // Rolled back whole: the lease is still current, and the same report now goes through.
+        finish(&store, &task, &[], 0).unwrap();
+        assert_eq!(status(&store, "p").steps.unwrap()[0].processed, 3);
+    }
+
+    #[test]
+    fn a_transaction_left_idle_is_ended_with_its_locks_and_its_changes() {
+        let Some(db) = crate::testing::postgres() else { return };
+        let store = bounded(
+            &db.url,
+            SessionTimeouts {
+                idle_in_transaction: millis(300),
+                ..SessionTimeouts::from_lease(Duration::from_secs(60))
+            },
+        );
+        begin_with(&store, "p", &[FailurePolicy::Skip], 1, 1, None);
+        let process = process_row(&store, "p");
+        let mut conn = store.conn().unwrap();
+        let frozen = write_transaction(&mut conn, |conn| {
+            lock_process(conn, process)?;
+            diesel::update(processes::table.find(process)).set(processes::name.eq("stale")).execute(conn)?;
+            // A node paused here, past the bound, finds its transaction gone when it resumes.
+            std::thread::sleep(millis(1_500));
+            Ok(())
+        });
+        assert!(frozen.is_err(), "the idle transaction was not ended");
+        let mut other = store.conn().unwrap();
+        assert!(
+            write_transaction(&mut other, |conn| try_lock_process(conn, process)).unwrap(),
+            "its lock is free"
+        );
+        let name: String = processes::table.find(process).select(processes::name).first(&mut *other).unwrap();
+        assert_eq!(name, "T", "its change was rolled back");
+    }
+}

@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::connection::{
-    DbConnection, lock_process, per_backend, read_transaction, try_lock_process, write_transaction,
+    DbConnection, busy_processes, lock_process, per_backend, read_transaction, try_lock_process,
+    write_transaction,
 };
 use async_engine_domain::lifecycle::{self, AfterStep, Command};
 use async_engine_domain::status::{process_message, process_status};
@@ -293,9 +294,55 @@ fn new_step(
     })
 }
 
+/// How [`due_tasks`] reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// To lease what it finds: on PostgreSQL the rows are locked, and rows another claim has
+    /// locked are passed over.
+    ToClaim,
+    /// Only to know whether anything is due: no row locks, which would be written on every
+    /// look and would make a real claim elsewhere pass over the rows at that instant.
+    ToLook,
+}
+
 /// Due tasks of these queues, oldest first: expired leases (to be taken over), then queued
-/// tasks whose time has come. Two queries, so that each walks the `(queue, state, ...)` index.
-fn due_tasks(conn: &mut DbConnection, request: &ClaimRequest, limit: i64) -> Result<Vec<TaskRow>, Error> {
+/// tasks whose time has come. Tasks of processes whose lock another transaction holds are left
+/// out in the query itself: read and then passed over, however many of them there were, they
+/// would hide every other process's work behind them (and a node frozen inside a transaction
+/// would stall them all).
+fn due_tasks(
+    conn: &mut DbConnection,
+    request: &ClaimRequest,
+    limit: i64,
+    read: Read,
+) -> Result<Vec<TaskRow>, Error> {
+    if read == Read::ToClaim {
+        let busy = busy_processes(conn)?;
+        return due_past(conn, request, limit, read, &busy);
+    }
+    // A look is mostly asked of an idle queue (waiting claims' checker, idle workers), and
+    // finding nothing due needs no list of busy processes: the lock manager's table is read
+    // only when something is, to tell whether any of it is free to take.
+    let found = due_past(conn, request, limit, read, &[])?;
+    if found.is_empty() {
+        return Ok(found);
+    }
+    let busy = busy_processes(conn)?;
+    if found.iter().any(|task| busy.contains(&task.process_id)) {
+        return due_past(conn, request, limit, read, &busy);
+    }
+    Ok(found)
+}
+
+/// [`due_tasks`] of processes other than `busy`. Two queries, so that each walks the
+/// `(queue, state, ...)` index.
+fn due_past(
+    conn: &mut DbConnection,
+    request: &ClaimRequest,
+    limit: i64,
+    read: Read,
+    busy: &[i64],
+) -> Result<Vec<TaskRow>, Error> {
     let now = request.now_micros;
     // Every tenant (the engine), or only the worker's: one statement shape for both, so the
     // row locks below stay on `tasks` alone (a correlated EXISTS on the process's primary key,
@@ -308,6 +355,7 @@ fn due_tasks(conn: &mut DbConnection, request: &ClaimRequest, limit: i64) -> Res
                 .filter(tasks::queue.eq_any(&request.queues))
                 .filter(tasks::state.eq($state))
                 .filter($ready)
+                .filter(tasks::process_id.ne_all(busy))
                 .filter(
                     any_tenant.into_sql::<diesel::sql_types::Bool>().or(diesel::dsl::exists(
                         processes::table
@@ -330,12 +378,14 @@ fn due_tasks(conn: &mut DbConnection, request: &ClaimRequest, limit: i64) -> Res
             break;
         }
         let rows: Vec<TaskRow> = match (conn as &mut DbConnection, queued) {
-            (DbConnection::Pg(c), false) => {
+            (DbConnection::Pg(c), false) if read == Read::ToClaim => {
                 due!(LEASED, tasks::lease_expires_at.le(now), room).for_update().skip_locked().load(c)?
             }
-            (DbConnection::Pg(c), true) => {
+            (DbConnection::Pg(c), true) if read == Read::ToClaim => {
                 due!(QUEUED, tasks::available_at.le(now), room).for_update().skip_locked().load(c)?
             }
+            (DbConnection::Pg(c), false) => due!(LEASED, tasks::lease_expires_at.le(now), room).load(c)?,
+            (DbConnection::Pg(c), true) => due!(QUEUED, tasks::available_at.le(now), room).load(c)?,
             (DbConnection::Sqlite(c), false) => {
                 due!(LEASED, tasks::lease_expires_at.le(now), room).load(c)?
             }
@@ -350,13 +400,13 @@ pub fn claim(conn: &mut DbConnection, request: &ClaimRequest) -> Result<Vec<Clai
     let limit = i64::from(request.max_tasks.saturating_mul(2)).saturating_add(16);
     // Idle workers ask often: a plain read first keeps them from taking the write lock
     // (and queueing behind writers) when there is nothing to claim.
-    if due_tasks(conn, request, 1)?.is_empty() {
+    if !any_due(conn, request)? {
         return Ok(Vec::new());
     }
     write_transaction(conn, |conn| {
         let now = request.now_micros;
         let wanted = usize::try_from(request.max_tasks).unwrap_or(usize::MAX);
-        let due = due_tasks(conn, request, limit)?;
+        let due = due_tasks(conn, request, limit, Read::ToClaim)?;
         let mut leased = Vec::new();
         for task in due {
             if leased.len() >= wanted {
@@ -465,28 +515,58 @@ fn describe(
     })
 }
 
-/// The task behind a lease, if the lease is current, with its process locked.
+/// Whether a claim with this request may find a due task now: the same small read a claim
+/// starts with, leasing and locking nothing (waiting claims' checker asks it every tick).
+pub fn any_due(conn: &mut DbConnection, request: &ClaimRequest) -> Result<bool, Error> {
+    Ok(!due_tasks(conn, request, 1, Read::ToLook)?.is_empty())
+}
+
+/// Tasks an external worker of `tenant` may act on: those of its tenant's processes; every
+/// task for the engine (`None`). One statement shape for both, as in `due_tasks`.
+macro_rules! of_tenant {
+    ($tenant:expr) => {{
+        let tenant: Option<&TenantId> = $tenant;
+        tenant.is_none().into_sql::<diesel::sql_types::Bool>().or(diesel::dsl::exists(
+            processes::table
+                .filter(processes::id.eq(tasks::process_id))
+                .filter(processes::tenant.eq(tenant.map_or("", |t| t.as_str()).to_owned())),
+        ))
+    }};
+}
+
+/// The task behind a lease, if the lease is current, with its process locked. Another
+/// tenant's task is looked up like a missing one: no lock is taken and the refusal is the same.
 fn locked_lease(
     conn: &mut DbConnection,
+    tenant: Option<&TenantId>,
     task_id: i64,
     token: &str,
 ) -> Result<Result<TaskRow, TaskError>, Error> {
-    let process_id: Option<i64> =
-        tasks::table.find(task_id).select(tasks::process_id).first(conn).optional()?;
+    let process_id: Option<i64> = tasks::table
+        .find(task_id)
+        .filter(of_tenant!(tenant))
+        .select(tasks::process_id)
+        .first(conn)
+        .optional()?;
     if let Some(process_id) = process_id {
         lock_process(conn, process_id)?;
     }
-    leased_task(conn, task_id, token)
+    leased_task(conn, tenant, task_id, token)
 }
 
-/// The task behind a lease, if the lease is current.
+/// The task behind a lease, if the lease is current and the task is one the caller may act on.
 fn leased_task(
     conn: &mut DbConnection,
+    tenant: Option<&TenantId>,
     task_id: i64,
     token: &str,
 ) -> Result<Result<TaskRow, TaskError>, Error> {
-    let task: Option<TaskRow> =
-        tasks::table.find(task_id).select(TaskRow::as_select()).first(conn).optional()?;
+    let task: Option<TaskRow> = tasks::table
+        .find(task_id)
+        .filter(of_tenant!(tenant))
+        .select(TaskRow::as_select())
+        .first(conn)
+        .optional()?;
     // One answer for every refusal, and the token compared in constant time: a caller without
     // the lease learns nothing, not even whether the task exists (or is another tenant's).
     let current = task.filter(|task| {
@@ -505,13 +585,14 @@ fn leased_task(
 
 pub fn complete(
     conn: &mut DbConnection,
+    tenant: Option<&TenantId>,
     task_id: i64,
     token: &str,
     report: &TaskReport,
     now: i64,
 ) -> Result<Result<(), TaskError>, Error> {
     write_transaction(conn, |conn| {
-        let task = match locked_lease(conn, task_id, token)? {
+        let task = match locked_lease(conn, tenant, task_id, token)? {
             Ok(task) => task,
             Err(refused) => return Ok(Err(refused)),
         };
@@ -558,13 +639,14 @@ pub fn complete(
 
 pub fn heartbeat(
     conn: &mut DbConnection,
+    tenant: Option<&TenantId>,
     task_id: i64,
     token: &str,
     lease_micros: i64,
     now: i64,
 ) -> Result<Result<i64, TaskError>, Error> {
     write_transaction(conn, |conn| {
-        let task = match locked_lease(conn, task_id, token)? {
+        let task = match locked_lease(conn, tenant, task_id, token)? {
             Ok(task) => task,
             Err(refused) => return Ok(Err(refused)),
         };
@@ -576,6 +658,7 @@ pub fn heartbeat(
 
 pub fn fail(
     conn: &mut DbConnection,
+    tenant: Option<&TenantId>,
     task_id: i64,
     token: &str,
     message: &str,
@@ -583,7 +666,7 @@ pub fn fail(
     now: i64,
 ) -> Result<Result<(), TaskError>, Error> {
     write_transaction(conn, |conn| {
-        let task = match locked_lease(conn, task_id, token)? {
+        let task = match locked_lease(conn, tenant, task_id, token)? {
             Ok(task) => task,
             Err(refused) => return Ok(Err(refused)),
         };
@@ -1021,8 +1104,10 @@ impl ProcessStore for Store {
             Err(Error::Query(diesel::result::Error::DatabaseError(
                 diesel::result::DatabaseErrorKind::UniqueViolation,
                 _,
-            ))) if process.idempotency_key.is_some() => Ok(start(&mut conn, process)?),
-            other => Ok(other?),
+            ))) if process.idempotency_key.is_some() => {
+                Ok(start(&mut conn, process).map_err(|e| self.noted(e))?)
+            }
+            other => Ok(other.map_err(|e| self.noted(e))?),
         }
     }
 
@@ -1048,35 +1133,42 @@ impl TaskStore for Store {
         self.with(|conn| claim(conn, request).map(Ok))
     }
 
+    fn any_due(&self, request: &ClaimRequest) -> Result<bool, RepositoryError> {
+        self.with(|conn| any_due(conn, request).map(Ok))
+    }
+
     fn complete(
         &self,
+        tenant: Option<TenantId>,
         task_id: i64,
         token: &str,
         report: &TaskReport,
         now_micros: i64,
     ) -> Result<(), TaskError> {
-        self.with(|conn| complete(conn, task_id, token, report, now_micros))
+        self.with(|conn| complete(conn, tenant.as_ref(), task_id, token, report, now_micros))
     }
 
     fn heartbeat(
         &self,
+        tenant: Option<TenantId>,
         task_id: i64,
         token: &str,
         lease_micros: i64,
         now_micros: i64,
     ) -> Result<i64, TaskError> {
-        self.with(|conn| heartbeat(conn, task_id, token, lease_micros, now_micros))
+        self.with(|conn| heartbeat(conn, tenant.as_ref(), task_id, token, lease_micros, now_micros))
     }
 
     fn fail(
         &self,
+        tenant: Option<TenantId>,
         task_id: i64,
         token: &str,
         message: &str,
         retryable: bool,
         now_micros: i64,
     ) -> Result<(), TaskError> {
-        self.with(|conn| fail(conn, task_id, token, message, retryable, now_micros))
+        self.with(|conn| fail(conn, tenant.as_ref(), task_id, token, message, retryable, now_micros))
     }
 }
 
@@ -1167,7 +1259,7 @@ pub(crate) mod tests {
         } else {
             vec![async_engine_domain::FailureSnapshot { code: 7, status_message: "Seven".into(), items: bad }]
         };
-        store.complete(task.task_id, &task.lease_token, &TaskReport { successes: good, failures }, now)
+        store.complete(None, task.task_id, &task.lease_token, &TaskReport { successes: good, failures }, now)
     }
 
     /// Runs every due task of `queue` to completion.
@@ -1297,13 +1389,13 @@ pub(crate) mod tests {
                 (report(vec![0, 1, 1, 2]), "more than once"),
                 (report(vec![0, 1, 2, 3]), "not an item"),
             ] {
-                match store.complete(task.task_id, &task.lease_token, &bad, 0) {
+                match store.complete(None, task.task_id, &task.lease_token, &bad, 0) {
                     Err(TaskError::Invalid(text)) => assert!(text.contains(mention), "{text}"),
                     other => panic!("expected Invalid, got {other:?}"),
                 }
             }
             assert_eq!(status(store, "p").steps.unwrap()[0].processed, 0);
-            store.complete(task.task_id, &task.lease_token, &report(vec![2, 0, 1]), 0).unwrap();
+            store.complete(None, task.task_id, &task.lease_token, &report(vec![2, 0, 1]), 0).unwrap();
             let listed: Vec<serde_json::Value> = status(store, "p").steps.unwrap()[0]
                 .items
                 .as_ref()
@@ -1335,10 +1427,10 @@ pub(crate) mod tests {
         fn failing_a_task_retries_it_later_then_gives_up(store: &Store) {
             begin(store, "p", &[FailurePolicy::Skip], 2, 2);
             let task = claim(store, "queue:q0", "w", 1, 0).remove(0);
-            store.fail(task.task_id, &task.lease_token, "flaky", true, 0).unwrap();
+            store.fail(None, task.task_id, &task.lease_token, "flaky", true, 0).unwrap();
             assert!(claim(store, "queue:q0", "w", 1, SECOND / 2).is_empty(), "backs off");
             let again = claim(store, "queue:q0", "w", 1, 2 * SECOND).remove(0);
-            store.fail(again.task_id, &again.lease_token, "still flaky", true, 2 * SECOND).unwrap();
+            store.fail(None, again.task_id, &again.lease_token, "still flaky", true, 2 * SECOND).unwrap();
             let steps = status(store, "p").steps.unwrap();
             let group = &steps[0].items.as_ref().unwrap().failed[0];
             assert_eq!((group.status_message.as_str(), group.items.len()), ("still flaky", 2));
@@ -1350,12 +1442,44 @@ pub(crate) mod tests {
             begin(store, "p", &[FailurePolicy::Skip], 1, 1);
             let task = claim(store, "queue:q0", "w", 1, 0).remove(0);
             assert_eq!(
-                store.heartbeat(task.task_id, &task.lease_token, 30 * SECOND, 5 * SECOND).unwrap(),
+                store.heartbeat(None, task.task_id, &task.lease_token, 30 * SECOND, 5 * SECOND).unwrap(),
                 35 * SECOND
             );
             assert!(claim(store, "queue:q0", "w2", 1, 20 * SECOND).is_empty(), "extended");
-            assert!(matches!(store.heartbeat(task.task_id, "wrong", SECOND, 0), Err(TaskError::Conflict(_))));
-            assert!(matches!(store.heartbeat(999, "x", SECOND, 0), Err(TaskError::Conflict(_))));
+            assert!(matches!(store.heartbeat(None, task.task_id, "wrong", SECOND, 0), Err(TaskError::Conflict(_))));
+            assert!(matches!(store.heartbeat(None, 999, "x", SECOND, 0), Err(TaskError::Conflict(_))));
+        }
+    }
+
+    on_both_backends! {
+        fn another_tenant_s_lease_calls_are_refused_like_a_missing_task_s(store: &Store) {
+            begin(store, "p", &[FailurePolicy::Skip], 1, 1);
+            let task = claim(store, "queue:q0", "w", 1, 0).remove(0);
+            let (mine, theirs) = (Some(TenantId::default_tenant()), Some(TenantId::new("other").unwrap()));
+            let missing = 999_999;
+            // The refusal's text with the task id taken out: the same for both, or it tells.
+            let refusal = |result: Result<(), TaskError>, id: i64| match result {
+                Err(TaskError::Conflict(text)) => text.replace(&id.to_string(), "N"),
+                other => panic!("expected a conflict, got {other:?}"),
+            };
+            let report = TaskReport { successes: vec![0], failures: vec![] };
+            for (id, token) in [(missing, "x"), (task.task_id, task.lease_token.as_str())] {
+                let by_them = [
+                    refusal(store.heartbeat(theirs.clone(), id, token, 30 * SECOND, SECOND).map(drop), id),
+                    refusal(store.complete(theirs.clone(), id, token, &report, SECOND), id),
+                    refusal(store.fail(theirs.clone(), id, token, "no", false, SECOND), id),
+                ];
+                let unknown = refusal(store.heartbeat(mine.clone(), missing, "x", SECOND, 0).map(drop), missing);
+                assert_eq!(by_them, [unknown.clone(), unknown.clone(), unknown], "task {id}");
+            }
+            // Nothing was recorded or given back, and the lease was not extended: it runs out
+            // at 10 s as claimed. The owner's tenant still completes the task.
+            assert_eq!(status(store, "p").steps.unwrap()[0].processed, 0);
+            assert!(claim(store, "queue:q0", "w2", 1, 9 * SECOND).is_empty(), "still leased");
+            let again = claim(store, "queue:q0", "w2", 1, 11 * SECOND).remove(0);
+            assert_eq!((again.task_id, again.attempt), (task.task_id, 2));
+            store.complete(mine, again.task_id, &again.lease_token, &report, 11 * SECOND).unwrap();
+            assert_eq!(status(store, "p").steps.unwrap()[0].processed, 1);
         }
     }
 
@@ -1473,6 +1597,63 @@ pub(crate) mod tests {
             }
             assert_eq!(drain(store, "queue:q0", &[], 0), 1, "one process, one task");
         }
+    }
+
+    /// The due check waiting claims make every tick holds no row lock (PostgreSQL; SQLite
+    /// has none): a claim elsewhere at that instant still gets the task. The look is made
+    /// inside a transaction left open, so that any lock it took would still be held.
+    #[test]
+    fn looking_for_due_tasks_locks_no_row_a_claim_elsewhere_needs() {
+        let Some(db) = crate::testing::postgres() else { return };
+        let store = &db.store;
+        begin(store, "p", &[FailurePolicy::Skip], 1, 1);
+        let request = ClaimRequest {
+            queues: vec!["queue:q0".into()],
+            tenant: Some(TenantId::default_tenant()),
+            worker_id: String::new(),
+            max_tasks: 1,
+            lease_micros: 0,
+            now_micros: 0,
+        };
+        let mut looking = store.conn().unwrap();
+        let claimed = looking
+            .transaction(|conn| {
+                assert!(any_due(conn, &request)?, "the task is due");
+                Ok::<_, Error>(claim(store, "queue:q0", "w", 1, 0))
+            })
+            .unwrap();
+        assert_eq!(claimed.iter().map(|t| t.async_process_id.as_str()).collect::<Vec<_>>(), ["p"]);
+    }
+
+    /// A look past a busy process (PostgreSQL): its due tasks alone are nothing to take, and
+    /// another process's task behind them is found.
+    #[test]
+    fn a_look_passes_over_the_tasks_of_a_busy_process() {
+        let Some(db) = crate::testing::postgres() else { return };
+        let store = &db.store;
+        begin(store, "busy", &[FailurePolicy::Skip], 3, 1);
+        let busy: i64 = processes::table
+            .filter(processes::async_process_id.eq("busy"))
+            .select(processes::id)
+            .first(&mut *store.conn().unwrap())
+            .unwrap();
+        let mut holder = PgConnection::establish(&db.url).unwrap();
+        diesel::sql_query("SELECT pg_advisory_lock($1)")
+            .bind::<diesel::sql_types::BigInt, _>(busy)
+            .execute(&mut holder)
+            .unwrap();
+        let request = ClaimRequest {
+            queues: vec!["queue:q0".into()],
+            tenant: None,
+            worker_id: String::new(),
+            max_tasks: 1,
+            lease_micros: 0,
+            now_micros: 0,
+        };
+        assert!(!any_due(&mut store.conn().unwrap(), &request).unwrap(), "only a busy process's tasks");
+        begin(store, "other", &[FailurePolicy::Skip], 1, 1);
+        assert!(any_due(&mut store.conn().unwrap(), &request).unwrap(), "another process's task");
+        drop(holder);
     }
 
     on_both_backends! {

@@ -14,6 +14,6 @@ mod store;
 #[expect(clippy::unwrap_used, reason = "test support: a failed set-up is a failed test")]
 pub mod testing;
 
-pub use connection::DbConnection;
+pub use connection::{DbConnection, SessionTimeouts};
 pub use error::Error;
 pub use store::{DatabaseUrl, Store};

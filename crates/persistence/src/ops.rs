@@ -86,6 +86,11 @@ pub fn purge(conn: &mut DbConnection, before: i64, limit: u32) -> Result<u32, Er
 
 impl Operations for Store {
     fn readiness(&self) -> Result<(), NotReady> {
+        // Reads still work on a full disk, so a probe that only reads would say ready while
+        // every start and every completion fails.
+        if let Some(ago) = self.recent_storage_failure() {
+            return Err(NotReady::WritesFailing(ago));
+        }
         let conn = self.conn_within(READY_WAIT).map_err(|e| NotReady::Unreachable(e.to_string()))?;
         drop(conn);
         let pending = self.pending_migrations().map_err(|e| NotReady::Unreachable(e.to_string()))?;

@@ -1,14 +1,16 @@
 //! The pool of SQLite connections, built once at start-up, and migrations.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use diesel::connection::SimpleConnection;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
 use diesel::{Connection, PgConnection, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use crate::connection::{DbConnection, with_migration_lock};
+use crate::connection::{DbConnection, SessionTimeouts, with_migration_lock};
 use crate::error::Error;
 use async_engine_domain::RepositoryError;
 
@@ -63,12 +65,20 @@ impl SqlitePragmas {
     }
 }
 
-impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SqlitePragmas {
+/// What every pooled connection is set up with when it is made: SQLite's pragmas, or the
+/// PostgreSQL session's timeouts.
+#[derive(Debug, Clone, Copy)]
+struct Setup {
+    timeouts: SessionTimeouts,
+}
+
+impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for Setup {
     fn on_acquire(&self, conn: &mut DbConnection) -> Result<(), diesel::r2d2::Error> {
         match conn {
-            DbConnection::Sqlite(sqlite) => Self::apply(sqlite).map_err(diesel::r2d2::Error::QueryError),
-            DbConnection::Pg(_) => Ok(()),
+            DbConnection::Sqlite(sqlite) => SqlitePragmas::apply(sqlite),
+            DbConnection::Pg(pg) => self.timeouts.apply(pg),
         }
+        .map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
@@ -79,12 +89,28 @@ pub type Conn = PooledConnection<ConnectionManager<DbConnection>>;
 pub struct Store {
     pool: Pool<ConnectionManager<DbConnection>>,
     url: DatabaseUrl,
+    /// When (seconds since the epoch, 0 for never) a write last failed for want of disk.
+    storage_failed_at: Arc<AtomicU64>,
+}
+
+/// How long a write that failed for want of disk keeps the node not ready: long enough for a
+/// load balancer to see it, short enough that a freed disk brings the node back soon.
+pub(crate) const STORAGE_FAILURE_HOLD_SECS: u64 = 10;
+
+fn epoch_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs())
 }
 
 impl Store {
-    /// Opens the database and builds the pool; a SQLite file is created (with its folder)
-    /// when missing.
+    /// Opens the database and builds the pool, with PostgreSQL sessions bounded by the
+    /// default timeouts (those of the default lease).
     pub fn open(url: &str, pool_size: u32) -> Result<Self, Error> {
+        Self::open_with(url, pool_size, SessionTimeouts::default())
+    }
+
+    /// Opens the database and builds the pool; a SQLite file is created (with its folder)
+    /// when missing. Every PostgreSQL session gets `timeouts`.
+    pub fn open_with(url: &str, pool_size: u32, timeouts: SessionTimeouts) -> Result<Self, Error> {
         let parsed = DatabaseUrl::parse(url)?;
         // One direct connection first: a bad path or an unreachable server fails now, in the
         // driver's own words, instead of after the pool's connection timeout.
@@ -103,6 +129,11 @@ impl Store {
                 text
             }
             DatabaseUrl::Postgres(url) => {
+                // OpenSSL, initialised by libpq on its own, frees its state in an `atexit`
+                // handler, while r2d2's threads (never joined) may be in a TLS handshake:
+                // a one-shot command then crashed at exit about 1 run in 20. Initialised
+                // here first, without that handler, process exit leaves OpenSSL alone.
+                openssl_sys::init();
                 PgConnection::establish(url)?;
                 url.clone()
             }
@@ -114,9 +145,9 @@ impl Store {
             // A SQLite file does not drop connections; checking each checkout with a query
             // only costs. A PostgreSQL server can (a restart), so there every checkout is tested.
             .test_on_check_out(matches!(parsed, DatabaseUrl::Postgres(_)))
-            .connection_customizer(Box::new(SqlitePragmas))
+            .connection_customizer(Box::new(Setup { timeouts }))
             .build(ConnectionManager::new(target))?;
-        Ok(Self { pool, url: parsed })
+        Ok(Self { pool, url: parsed, storage_failed_at: Arc::new(AtomicU64::new(0)) })
     }
 
     /// Where the data is, for logs: the SQLite path, or the PostgreSQL URL without password.
@@ -147,7 +178,22 @@ impl Store {
         work: impl FnOnce(&mut DbConnection) -> Result<Result<T, E>, Error>,
     ) -> Result<T, E> {
         let mut conn = self.conn().map_err(RepositoryError::from)?;
-        work(&mut conn).map_err(RepositoryError::from)?
+        work(&mut conn).map_err(|error| RepositoryError::from(self.noted(error)))?
+    }
+
+    /// Passes `error` on, remembering a write that failed for want of disk (for readiness).
+    pub(crate) fn noted(&self, error: Error) -> Error {
+        if error.is_storage_failure(!self.is_postgres()) {
+            self.storage_failed_at.store(epoch_secs(), Ordering::Relaxed);
+        }
+        error
+    }
+
+    /// Seconds since a write last failed for want of disk, if that was recent.
+    pub(crate) fn recent_storage_failure(&self) -> Option<u64> {
+        let at = self.storage_failed_at.load(Ordering::Relaxed);
+        let ago = epoch_secs().saturating_sub(at);
+        (at > 0 && ago < STORAGE_FAILURE_HOLD_SECS).then_some(ago)
     }
 
     /// Applies every pending migration and returns their names. On SQLite the file is switched

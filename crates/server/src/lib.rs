@@ -20,7 +20,7 @@ pub use settings::Settings;
 
 /// Opens the database named by the settings (pool built once, here).
 pub fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    Store::open(&settings.database.url, settings.database.pool_size)
+    Store::open_with(&settings.database.url, settings.database.pool_size, settings.session_timeouts())
         .with_context(|| format!("database.url '{}'", settings.database.url))
 }
 
@@ -122,6 +122,53 @@ pub fn token(name: &str, tenant: &str, scopes: &[String]) -> anyhow::Result<(Str
     Ok((token, entry))
 }
 
+/// Raises the soft limit of open files to the hard limit (the usual soft limit, 1,024, lets a
+/// few hundred idle clients starve the server: accepting fails with "Too many open files" and
+/// health checks time out), and returns how many client connections fit under it, at most
+/// `wanted`, leaving room for the database, logs and the engine.
+fn open_files_for(wanted: usize, pool_size: u32) -> usize {
+    let reserve = 128 + 2 * usize::try_from(pool_size).unwrap_or(1024);
+    let before = rlimit::Resource::NOFILE.get().map(|(soft, _)| soft).ok();
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) => {
+            tracing::info!(before = ?before, now = soft, "raised the soft limit of open files to the hard limit");
+            usize::try_from(soft).unwrap_or(usize::MAX)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "could not raise the soft limit of open files");
+            before.and_then(|soft| usize::try_from(soft).ok()).unwrap_or(1024)
+        }
+    };
+    let room = limit.saturating_sub(reserve).max(16);
+    if room < wanted {
+        tracing::warn!(
+            wanted,
+            allowed = room,
+            open_files = limit,
+            "server.max_connections is more than the open-file limit leaves room for; lowered"
+        );
+    }
+    wanted.min(room)
+}
+
+/// Says at start-up which `Host` names and origins are answered; beyond loopback, that a name
+/// not listed is refused, since that is what an operator behind a load balancer meets first.
+fn log_guard(guard: &async_engine_api::RequestGuard, loopback: bool) {
+    let hosts = guard.hosts.describe();
+    let origins = guard.origins.list().join(", ");
+    if !loopback && !guard.hosts.allows_any() && guard.hosts.names().is_empty() {
+        tracing::warn!(
+            "answering {hosts} only: requests that name this server by a DNS name get 421; list the names \
+             clients use in server.allowed_hosts (or set server.public_url), or [\"*\"] for any"
+        );
+    } else {
+        tracing::info!("answering {hosts}");
+    }
+    if !origins.is_empty() {
+        tracing::info!("pages from {origins} may call /v1 (server.cors_origins)");
+    }
+}
+
 /// `async-engine serve`: serves the API until SIGTERM or SIGINT, then stops gracefully.
 pub fn serve(settings: &Settings) -> anyhow::Result<()> {
     telemetry::init(&settings.log)?;
@@ -147,7 +194,7 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
     async_engine_api::metrics::handle();
     let waker = Waker::default();
     let wake = waker.clone();
-    let state = AppState::new(
+    let mut state = AppState::new(
         store.clone(),
         settings.definitions()?,
         settings.callbacks()?,
@@ -160,8 +207,16 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
             max_items_per_response: settings.limits.max_items_per_response,
             watch_interval: Duration::from_millis(settings.api.watch_interval_ms),
             min_status_interval_secs: settings.limits.min_status_interval_secs,
+            body_timeout: Duration::from_secs(settings.server.body_timeout_secs),
+            claim_poll: Duration::from_millis(settings.engine.idle_poll_ms),
+            max_waiting_claims_per_key: settings.limits.max_waiting_claims_per_key,
         },
     );
+    // Work the engine's workers make (the next step's tasks) wakes external workers' waiting
+    // claims too; the API pokes them itself for what it makes.
+    let claims = state.claims.clone();
+    waker.listen(Arc::new(move || claims.poke()));
+    let guard = settings.guard()?;
     let address = (settings.server.host.as_str(), settings.server.port);
     let listener = TcpListener::bind(address).with_context(|| {
         format!("server.host/server.port: cannot listen on {}:{}", settings.server.host, settings.server.port)
@@ -176,6 +231,8 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
             local.ip()
         );
     }
+    log_guard(&guard, local.ip().is_loopback());
+    state.guard = Arc::new(guard);
     let engine = if settings.engine.enabled {
         let config = EngineConfig {
             workers: settings.engine.workers,
@@ -209,16 +266,21 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
         start_notifier(Arc::new(store.clone()), render, allowed, config)
     });
     let retention = start_retention(store.clone(), settings.retention.clone());
-    tracing::info!(database = %store.describe(), "listening on http://{local}");
     let shutdown = Duration::from_secs(settings.server.shutdown_timeout_secs);
+    let max_connections = open_files_for(settings.server.max_connections, settings.database.pool_size);
     let watcher = state.watcher.clone();
+    let claims = state.claims.clone();
+    let database = store.describe();
     actix_web::rt::System::new().block_on(async move {
-        let server = async_engine_api::serve(listener, state, shutdown)?;
+        let stop = telemetry::stop_signal();
+        tracing::info!(%database, "listening on http://{local}");
+        let server = async_engine_api::serve(listener, state, shutdown, max_connections)?;
         let handle = server.handle();
         actix_web::rt::spawn(async move {
-            telemetry::stop_signal().await;
+            stop.await;
             tracing::info!("stopping: finishing requests in flight");
             watcher.close();
+            claims.close();
             handle.stop(true).await;
         });
         server.await

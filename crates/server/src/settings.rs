@@ -4,10 +4,11 @@
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use async_engine_api::auth::parse_digest;
-use async_engine_api::{ApiKey, Auth, CallbackPolicy, Scope};
+use async_engine_api::auth::{WebSettings, parse_digest, parse_proxies};
+use async_engine_api::{ApiKey, Auth, CallbackPolicy, CorsOrigins, HostPolicy, RequestGuard, Scope};
 use async_engine_domain::definition::validate_all;
 use async_engine_domain::{ProcessDefinition, StepDefinition, TenantId};
 use async_engine_engine::Handlers;
@@ -40,6 +41,19 @@ pub struct ServerSettings {
     pub host: String,
     pub port: u16,
     pub shutdown_timeout_secs: u64,
+    /// The address browsers reach the server at, when that is not its own (`https://…`:
+    /// behind TLS, so the dashboard's cookies are `Secure`). Empty: not said.
+    pub public_url: String,
+    /// Proxies (addresses or CIDR networks) whose `X-Forwarded-Proto` and `X-Forwarded-For`
+    /// are believed.
+    pub trusted_proxies: Vec<String>,
+    pub max_connections: usize,
+    /// Names a request's `Host` may give besides localhost and IP addresses; `["*"]`: any.
+    pub allowed_hosts: Vec<String>,
+    /// Origins whose pages may call `/v1` from a browser (CORS), writes included.
+    pub cors_origins: Vec<String>,
+    /// Seconds a request body may take to arrive; then 408.
+    pub body_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +62,10 @@ pub struct DatabaseSettings {
     pub url: String,
     pub pool_size: u32,
     pub migrate_on_start: bool,
+    /// PostgreSQL session bounds in milliseconds; 0 derives each from `engine.lease_secs`.
+    pub statement_timeout_ms: u64,
+    pub lock_timeout_ms: u64,
+    pub idle_in_transaction_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -113,6 +131,7 @@ pub struct LimitSettings {
     pub max_body_bytes: usize,
     pub max_items_per_response: u64,
     pub min_status_interval_secs: u64,
+    pub max_waiting_claims_per_key: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,6 +161,11 @@ pub struct RetentionSettings {
 pub struct AuthSettings {
     pub enabled: bool,
     pub allow_anonymous_remote: bool,
+    /// Signs dashboard sessions and CSRF tokens; empty: a random secret per start.
+    pub session_secret: String,
+    pub session_ttl_secs: u64,
+    /// Failed token checks (API and `/login`) per client address and minute; 0 is off.
+    pub max_failures_per_minute: u32,
     #[serde(default)]
     pub keys: Vec<KeySettings>,
 }
@@ -193,6 +217,9 @@ impl Settings {
                 // Lists from the environment are comma-separated.
                 .list_separator(",")
                 .with_list_parse_key("notifications.allowed_hosts")
+                .with_list_parse_key("server.allowed_hosts")
+                .with_list_parse_key("server.cors_origins")
+                .with_list_parse_key("server.trusted_proxies")
                 .source(Some(ours)),
         );
         let settings: Settings =
@@ -211,8 +238,28 @@ impl Settings {
         if self.server.host.parse::<IpAddr>().is_err() && self.server.host != "localhost" {
             bail!("server.host: '{}' is not an IP address (or localhost)", self.server.host);
         }
+        if !(16..=1_000_000).contains(&self.server.max_connections) {
+            bail!("server.max_connections: {} is out of range 16..=1000000", self.server.max_connections);
+        }
+        if !(1..=3_600).contains(&self.server.body_timeout_secs) {
+            bail!("server.body_timeout_secs: {} is out of range 1..=3600", self.server.body_timeout_secs);
+        }
+        self.guard()?;
         if !(1..=1024).contains(&self.database.pool_size) {
             bail!("database.pool_size: {} is out of range 1..=1024", self.database.pool_size);
+        }
+        let d = &self.database;
+        for (key, value) in [
+            ("statement_timeout_ms", d.statement_timeout_ms),
+            ("lock_timeout_ms", d.lock_timeout_ms),
+            ("idle_in_transaction_timeout_ms", d.idle_in_transaction_timeout_ms),
+        ] {
+            // Under 100 ms, ordinary transactions would fail; over a day is no bound at all.
+            if value != 0 && !(100..=86_400_000).contains(&value) {
+                bail!(
+                    "database.{key}: {value} is out of range 100..=86400000 (or 0: derived from engine.lease_secs)"
+                );
+            }
         }
         async_engine_persistence::DatabaseUrl::parse(&self.database.url)?;
         if async_engine_api::SuccessCode::from_u16(self.api.success_code).is_none() {
@@ -241,6 +288,12 @@ impl Settings {
         }
         if !(10..=10_000).contains(&self.api.watch_interval_ms) {
             bail!("api.watch_interval_ms: {} is out of range 10..=10000", self.api.watch_interval_ms);
+        }
+        if !(1..=10_000).contains(&self.limits.max_waiting_claims_per_key) {
+            bail!(
+                "limits.max_waiting_claims_per_key: {} is out of range 1..=10000",
+                self.limits.max_waiting_claims_per_key
+            );
         }
         if self.limits.min_status_interval_secs > 86_400 {
             bail!(
@@ -282,10 +335,25 @@ impl Settings {
 }
 
 impl Settings {
+    /// The PostgreSQL session bounds: each `database.*_timeout_ms`, or when 0 its default
+    /// derived from `engine.lease_secs`.
+    pub fn session_timeouts(&self) -> async_engine_persistence::SessionTimeouts {
+        let derived = async_engine_persistence::SessionTimeouts::from_lease(Duration::from_secs(
+            self.engine.lease_secs,
+        ));
+        let or = |ms: u64, default: Duration| if ms == 0 { default } else { Duration::from_millis(ms) };
+        let d = &self.database;
+        async_engine_persistence::SessionTimeouts {
+            statement: or(d.statement_timeout_ms, derived.statement),
+            lock: or(d.lock_timeout_ms, derived.lock),
+            idle_in_transaction: or(d.idle_in_transaction_timeout_ms, derived.idle_in_transaction),
+        }
+    }
+
     /// `auth.*` as the API checks callers: keys validated, each named in errors.
     pub fn auth(&self) -> anyhow::Result<Auth> {
         if !self.auth.enabled {
-            return Ok(Auth::disabled());
+            return Ok(Auth::disabled().with_web(self.web()?));
         }
         if self.auth.keys.is_empty() {
             bail!(
@@ -317,7 +385,49 @@ impl Settings {
             }
             keys.push(ApiKey { name: key.name.clone(), tenant, token_sha256, scopes });
         }
-        Ok(Auth::with_keys(keys))
+        Ok(Auth::with_keys(keys).with_web(self.web()?))
+    }
+
+    /// How browsers and the network in front are treated: `server.public_url`,
+    /// `server.trusted_proxies`, `auth.session_secret`, `auth.session_ttl_secs` and
+    /// `auth.max_failures_per_minute`.
+    pub fn web(&self) -> anyhow::Result<WebSettings> {
+        let url = self.server.public_url.trim();
+        let scheme = match url.split_once("://") {
+            _ if url.is_empty() => None,
+            Some((scheme, rest)) if !rest.is_empty() && !rest.contains(char::is_whitespace) => {
+                Some(scheme.to_ascii_lowercase())
+            }
+            _ => None,
+        };
+        if !url.is_empty() && !matches!(scheme.as_deref(), Some("http" | "https")) {
+            bail!("server.public_url: '{url}' is not an http:// or https:// URL (or empty)");
+        }
+        let trusted_proxies = parse_proxies(&self.server.trusted_proxies)
+            .map_err(|e| anyhow!("server.trusted_proxies: {e}"))?;
+        let a = &self.auth;
+        let session_secret = match a.session_secret.as_str() {
+            "" => None,
+            secret if secret.chars().count() < 32 => bail!(
+                "auth.session_secret: use at least 32 characters (say `openssl rand -hex 32`), or leave it \
+                 empty for a random one per start"
+            ),
+            secret => Some(secret.to_owned()),
+        };
+        if !(60..=2_592_000).contains(&a.session_ttl_secs) {
+            bail!("auth.session_ttl_secs: {} is out of range 60..=2592000 (30 days)", a.session_ttl_secs);
+        }
+        if a.max_failures_per_minute > 10_000 {
+            bail!("auth.max_failures_per_minute: {} is over 10000 (0 is off)", a.max_failures_per_minute);
+        }
+        Ok(WebSettings {
+            session_secret,
+            session_ttl: Duration::from_secs(a.session_ttl_secs),
+            max_failures_per_minute: a.max_failures_per_minute,
+            public_https: scheme.as_deref() == Some("https"),
+            public_origin: async_engine_api::auth::origin_of(url),
+            trusted_proxies,
+        })
     }
 
     /// Refuses to serve anonymously beyond this machine unless told to on purpose (§8).
@@ -333,6 +443,17 @@ impl Settings {
             );
         }
         Ok(())
+    }
+
+    /// `server.allowed_hosts` and `server.cors_origins` as the API checks requests.
+    pub fn guard(&self) -> anyhow::Result<RequestGuard> {
+        let mut hosts =
+            HostPolicy::new(&self.server.allowed_hosts).map_err(|e| anyhow!("server.allowed_hosts: {e}"))?;
+        // Browsers reach the server by that name: it is allowed without being listed again.
+        hosts.allow_host_of(&self.server.public_url);
+        let origins =
+            CorsOrigins::new(&self.server.cors_origins).map_err(|e| anyhow!("server.cors_origins: {e}"))?;
+        Ok(RequestGuard { hosts, origins })
     }
 
     /// `notifications.allowed_hosts` as the API checks callback URLs against them.
@@ -409,6 +530,31 @@ mod tests {
     }
 
     #[test]
+    fn session_timeouts_derive_from_the_lease_unless_given() {
+        let settings = Settings::load(None, &env(&[("ASYNC_ENGINE__ENGINE__LEASE_SECS", "2")])).unwrap();
+        let secs = Duration::from_secs;
+        let timeouts = settings.session_timeouts();
+        assert_eq!(
+            (timeouts.statement, timeouts.lock, timeouts.idle_in_transaction),
+            (secs(300), secs(2), secs(2))
+        );
+        let settings = Settings::load(
+            None,
+            &env(&[
+                ("ASYNC_ENGINE__ENGINE__LEASE_SECS", "2"),
+                ("ASYNC_ENGINE__DATABASE__LOCK_TIMEOUT_MS", "750"),
+                ("ASYNC_ENGINE__DATABASE__STATEMENT_TIMEOUT_MS", "90000"),
+            ]),
+        )
+        .unwrap();
+        let timeouts = settings.session_timeouts();
+        assert_eq!(
+            (timeouts.statement, timeouts.lock, timeouts.idle_in_transaction),
+            (secs(90), Duration::from_millis(750), secs(2))
+        );
+    }
+
+    #[test]
     fn environment_overrides_the_file_which_overrides_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("custom.toml");
@@ -445,6 +591,7 @@ mod tests {
             (&[("ASYNC_ENGINE__SERVER__HOST", "not a host")], "server.host"),
             (&[("ASYNC_ENGINE__API__SUCCESS_CODE", "201")], "api.success_code"),
             (&[("ASYNC_ENGINE__DATABASE__POOL_SIZE", "0")], "database.pool_size"),
+            (&[("ASYNC_ENGINE__DATABASE__LOCK_TIMEOUT_MS", "5")], "database.lock_timeout_ms"),
             (&[("ASYNC_ENGINE__DATABASE__URL", "mysql://x")], "database.url"),
             (&[("ASYNC_ENGINE__LOG__FORMAT", "xml")], "format"),
             (&[("ASYNC_ENGINE__ENGINE__ENABLED", "perhaps")], "enabled"),
@@ -456,6 +603,10 @@ mod tests {
             ),
             (&[("ASYNC_ENGINE__NOTIFICATIONS__MAX_ATTEMPTS", "0")], "notifications.max_attempts"),
             (&[("ASYNC_ENGINE__API__WATCH_INTERVAL_MS", "1")], "api.watch_interval_ms"),
+            (
+                &[("ASYNC_ENGINE__LIMITS__MAX_WAITING_CLAIMS_PER_KEY", "0")],
+                "limits.max_waiting_claims_per_key",
+            ),
         ] {
             let text = error(pairs);
             assert!(text.contains(key), "{pairs:?}: {text}");
@@ -574,8 +725,73 @@ mod tests {
     }
 
     #[test]
+    fn browser_and_proxy_settings_are_checked_and_reach_auth() {
+        for (pairs, key) in [
+            (&[("ASYNC_ENGINE__SERVER__PUBLIC_URL", "ftp://x.test")][..], "server.public_url"),
+            (&[("ASYNC_ENGINE__SERVER__PUBLIC_URL", "async.example.com")], "server.public_url"),
+            (
+                &[("ASYNC_ENGINE__SERVER__TRUSTED_PROXIES", "10.0.0.0/8,proxy.internal")],
+                "server.trusted_proxies",
+            ),
+            (&[("ASYNC_ENGINE__AUTH__SESSION_SECRET", "too short")], "auth.session_secret"),
+            (&[("ASYNC_ENGINE__AUTH__SESSION_TTL_SECS", "5")], "auth.session_ttl_secs"),
+            (&[("ASYNC_ENGINE__AUTH__MAX_FAILURES_PER_MINUTE", "100000")], "auth.max_failures_per_minute"),
+        ] {
+            let text = error(pairs);
+            assert!(text.contains(key), "{pairs:?}: {text}");
+            assert!(!text.contains('\n'), "one line: {text}");
+        }
+        let web = Settings::load(None, &[]).unwrap().web().unwrap();
+        assert_eq!(
+            (web.session_secret, web.session_ttl, web.max_failures_per_minute, web.public_https),
+            (None, Duration::from_secs(8 * 3600), 10, false)
+        );
+        assert!(web.trusted_proxies.is_empty());
+        let settings = Settings::load(
+            None,
+            &env(&[
+                ("ASYNC_ENGINE__SERVER__PUBLIC_URL", "https://async.example.com"),
+                ("ASYNC_ENGINE__SERVER__TRUSTED_PROXIES", "10.0.0.0/8,::1"),
+                ("ASYNC_ENGINE__AUTH__SESSION_SECRET", &"s".repeat(32)),
+            ]),
+        )
+        .unwrap();
+        let web = settings.web().unwrap();
+        assert!(web.public_https && web.session_secret.is_some());
+        assert_eq!(web.trusted_proxies.len(), 2);
+    }
+
+    #[test]
     fn a_missing_config_file_is_an_error() {
         let text = format!("{:#}", Settings::load(Some(Path::new("/no/such/file.toml")), &[]).unwrap_err());
         assert!(text.contains("--config"), "{text}");
+    }
+
+    #[test]
+    fn allowed_hosts_cors_origins_and_the_body_timeout_are_checked() {
+        let text = error(&[("ASYNC_ENGINE__SERVER__ALLOWED_HOSTS", "http://x.example")]);
+        assert!(text.contains("server.allowed_hosts: 'http://x.example'"), "{text}");
+        let text = error(&[("ASYNC_ENGINE__SERVER__CORS_ORIGINS", "ui.example.com")]);
+        assert!(text.contains("server.cors_origins: 'ui.example.com'"), "{text}");
+        assert!(
+            error(&[("ASYNC_ENGINE__SERVER__BODY_TIMEOUT_SECS", "0")]).contains("server.body_timeout_secs")
+        );
+        let defaults = Settings::load(None, &[]).unwrap();
+        assert_eq!(
+            (defaults.server.body_timeout_secs, defaults.guard().unwrap()),
+            (30, RequestGuard::default())
+        );
+        let settings = Settings::load(
+            None,
+            &env(&[
+                ("ASYNC_ENGINE__SERVER__ALLOWED_HOSTS", "a.example,B.example"),
+                ("ASYNC_ENGINE__SERVER__CORS_ORIGINS", "https://ui.example,http://localhost:3000"),
+                ("ASYNC_ENGINE__SERVER__PUBLIC_URL", "https://async.example/"),
+            ]),
+        )
+        .unwrap();
+        let guard = settings.guard().unwrap();
+        assert_eq!(guard.hosts.names(), ["a.example", "b.example", "async.example"]);
+        assert_eq!(guard.origins.list(), ["https://ui.example", "http://localhost:3000"]);
     }
 }

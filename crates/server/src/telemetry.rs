@@ -29,26 +29,36 @@ pub fn init(log: &LogSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves at the first SIGTERM or SIGINT (Ctrl-C).
-pub async fn stop_signal() {
+/// Installs the handlers for SIGTERM and SIGINT (Ctrl-C) now, and resolves at the first of
+/// them. Called inside the runtime before the address is announced: a supervisor that signals
+/// as soon as it reads "listening on" must find the handler there, not the default action that
+/// kills the process (exit 143).
+pub fn stop_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let term = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (term, interrupt) {
+                (Ok(mut term), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the server");
-                let _ = tokio::signal::ctrl_c().await;
+                (term, interrupt) => {
+                    let error = term.err().or(interrupt.err()).map(|e| e.to_string()).unwrap_or_default();
+                    tracing::warn!(%error, "cannot watch SIGTERM and SIGINT; only Ctrl-C stops the server");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

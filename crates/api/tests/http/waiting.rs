@@ -64,7 +64,7 @@ impl TestServer {
         let (bad, good): (Vec<u64>, Vec<u64>) = task.items.iter().map(|(i, _)| *i).partition(|i| i % 7 == 0);
         let failures = vec![FailureSnapshot { code: 7007, status_message: "Seventh".into(), items: bad }];
         self.store
-            .complete(task.task_id, &task.lease_token, &TaskReport { successes: good, failures }, now())
+            .complete(None, task.task_id, &task.lease_token, &TaskReport { successes: good, failures }, now())
             .unwrap();
     }
 
