@@ -173,23 +173,20 @@ fn readyz(base: &str) -> (u16, Value) {
     get(base, "/readyz")
 }
 
-#[test]
-fn readiness_says_not_ready_while_writes_fail_on_a_full_disk() {
-    let Some(disk) = SmallDisk::mount(16 << 20) else {
-        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
-        return;
-    };
-    let db = disk.0.path().join("full.db");
-    let server = start(&db, &[]);
-    assert_eq!(readyz(&server.base).0, 200);
-
-    // Fill what is left of the disk.
-    let filler = disk.0.path().join("filler");
+/// Fills what is left of the disk under `dir`; returns the file that holds it.
+fn fill(dir: &Path) -> PathBuf {
+    let filler = dir.join("filler");
     let mut file = std::fs::File::create(&filler).unwrap();
     let block = vec![7_u8; 64 << 10];
     while std::io::Write::write_all(&mut file, &block).is_ok() {}
-    drop(file);
+    filler
+}
 
+/// With the database's disk full, a start fails and readiness says so; with room again, both
+/// recover.
+fn readiness_follows_a_full_disk(server: &Running, disk: &Path) {
+    assert_eq!(readyz(&server.base).0, 200);
+    let filler = fill(disk);
     let client = reqwest::blocking::Client::new();
     let items: Vec<String> = (0..900).map(|i| format!("{i:01000}")).collect();
     let start = |reference: &str| {
@@ -214,5 +211,54 @@ fn readiness_says_not_ready_while_writes_fail_on_a_full_disk() {
         assert!(Instant::now() < deadline, "still not ready 20 s after the disk had room again");
         std::thread::sleep(Duration::from_millis(250));
     }
-    drop(server);
+}
+
+#[test]
+fn readiness_says_not_ready_while_writes_fail_on_a_full_disk() {
+    let Some(disk) = SmallDisk::mount(16 << 20) else {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+        return;
+    };
+    let server = start(disk.0.path().join("full.db"), &[]);
+    readiness_follows_a_full_disk(&server, disk.0.path());
+}
+
+/// The same on PostgreSQL: the test database lives in a tablespace on a small tmpfs of its own.
+#[test]
+fn readiness_says_not_ready_while_postgres_writes_fail_on_a_full_disk() {
+    use diesel::connection::SimpleConnection;
+    use diesel::{Connection, PgConnection};
+    let Ok(admin_url) = std::env::var("TEST_POSTGRES_URL") else {
+        eprintln!("skipped: TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let Some(disk) = SmallDisk::mount(32 << 20) else {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+        return;
+    };
+    let owned = Command::new("chown").args(["postgres:postgres"]).arg(disk.0.path()).status();
+    if !owned.is_ok_and(|status| status.success()) {
+        eprintln!("skipped: no postgres user to give the tablespace's folder to");
+        return;
+    }
+    /// Drops the database and its tablespace, before the tmpfs under them goes.
+    struct Tablespace(String, String);
+    impl Drop for Tablespace {
+        fn drop(&mut self) {
+            if let Ok(mut admin) = PgConnection::establish(&self.0) {
+                let name = &self.1;
+                let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+                let _ = admin.batch_execute(&format!("DROP TABLESPACE IF EXISTS {name}"));
+            }
+        }
+    }
+    let name = format!("ae_full_{}", std::process::id());
+    let mut admin = PgConnection::establish(&admin_url).unwrap();
+    let location = disk.0.path().display();
+    admin.batch_execute(&format!("CREATE TABLESPACE {name} LOCATION '{location}'")).unwrap();
+    let _tablespace = Tablespace(admin_url.clone(), name.clone());
+    admin.batch_execute(&format!("CREATE DATABASE {name} TABLESPACE {name}")).unwrap();
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    let server = start(format!("{base}/{name}"), &[]);
+    readiness_follows_a_full_disk(&server, disk.0.path());
 }
