@@ -275,6 +275,12 @@ mod tests {
         other
     }
 
+    /// Ends the holder's session lock now: closing the connection would leave the server to
+    /// release it a moment later, racing the next assertion.
+    fn release(mut holder: PgConnection) {
+        diesel::sql_query("SELECT pg_advisory_unlock_all()").execute(&mut holder).unwrap();
+    }
+
     #[derive(QueryableByName)]
     struct Setting {
         #[diesel(sql_type = Text)]
@@ -323,7 +329,7 @@ mod tests {
             claim(store, "queue:q0", "w", 4, 0).is_empty(),
             "the busy process's tasks stay where they are"
         );
-        drop(holder);
+        release(holder);
         let claimed = claim(store, "queue:q0", "w", 2, 0);
         assert_eq!(claimed.iter().map(|t| t.async_process_id.as_str()).collect::<Vec<_>>(), ["busy", "busy"]);
     }
@@ -350,7 +356,7 @@ mod tests {
             matches!(outcome, Err(async_engine_domain::TaskError::Storage(_))),
             "{outcome:?} after {took:?}"
         );
-        drop(holder);
+        release(holder);
         assert_eq!(status(&store, "p").steps.unwrap()[0].processed, 0, "nothing was recorded");
         // Rolled back whole: the lease is still current, and the same report now goes through.
         finish(&store, &task, &[], 0).unwrap();
