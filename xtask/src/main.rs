@@ -7,6 +7,8 @@ mod bench;
 mod demo;
 mod engine;
 mod measure;
+#[cfg(test)]
+mod tidy;
 mod waiting;
 
 use std::process::ExitCode;

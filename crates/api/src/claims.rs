@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use crate::auth::Caller;
 use crate::clock::now_micros;
 use crate::error::ApiError;
-use crate::handlers::blocking;
+use crate::pool::blocking;
 
 /// What a caller over the cap is told to wait before asking again.
 const RETRY_AFTER_SECS: u64 = 1;

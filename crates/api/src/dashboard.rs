@@ -15,12 +15,18 @@ use async_engine_domain::{
     StatusQuery, TenantId,
 };
 
-use crate::AppState;
 use crate::auth::{Auth, CSRF_COOKIE, CSRF_FIELD, Caller, SESSION_COOKIE, Scope};
-use crate::clock::{now_micros, rfc3339};
+use crate::body::read_body;
+use crate::clock::now_micros;
 use crate::error::ApiError;
-use crate::handlers::{blocking, read_body, resource};
 use crate::params;
+use crate::pool::blocking;
+use crate::routing::resource;
+use crate::state::AppState;
+
+mod views;
+
+use views::{ItemView, ItemsPage, ListPage, MessagePage, ProcessPage, ProcessView, html};
 
 /// Processes per list page.
 const PAGE: u32 = 25;
@@ -55,186 +61,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/logout", POST).route(web::post().to(logout)))
         .service(resource("/assets/dashboard.js", GET).route(web::get().to(script)))
         .service(resource("/assets/dashboard.css", GET).route(web::get().to(style)));
-}
-
-struct StepView {
-    number: u32,
-    name: String,
-    status: String,
-    message: String,
-    processed: u64,
-    total: u64,
-    /// `max` of the progress bar: never 0, which browsers draw as indeterminate.
-    max: u64,
-    groups: Vec<GroupView>,
-    groups_shown: bool,
-}
-
-struct GroupView {
-    code: i64,
-    message: String,
-    count: usize,
-    sample: String,
-}
-
-struct ProcessView {
-    id: String,
-    id_path: String,
-    name: String,
-    reference: String,
-    status: String,
-    message: String,
-    created: String,
-    updated: String,
-    duration: String,
-    current_step: u32,
-    total_steps: u32,
-    steps: Vec<StepView>,
-    additional_data: String,
-}
-
-impl ProcessView {
-    fn new(process: &ProcessStatus, groups_shown: bool) -> Self {
-        let end = if process.status.is_final() { process.updated_at_micros } else { now_micros() };
-        let steps = process
-            .steps
-            .iter()
-            .flatten()
-            .map(|step| StepView {
-                number: step.step_number,
-                name: step.step_name.clone(),
-                status: step.status.as_str().to_owned(),
-                message: step.message.clone(),
-                processed: step.processed,
-                total: step.total,
-                max: step.total.max(1),
-                groups: step
-                    .items
-                    .iter()
-                    .flat_map(|items| &items.failed)
-                    .map(|group| GroupView {
-                        code: group.code,
-                        message: group.status_message.clone(),
-                        count: group.items.len(),
-                        sample: sample(group.items.iter().map(|i| i.as_str())),
-                    })
-                    .collect(),
-                groups_shown,
-            })
-            .collect();
-        ProcessView {
-            id_path: percent_encoding::utf8_percent_encode(
-                &process.async_process_id,
-                percent_encoding::NON_ALPHANUMERIC,
-            )
-            .to_string(),
-            id: process.async_process_id.clone(),
-            name: process.name.clone(),
-            reference: process.reference_id.clone(),
-            status: process.status.as_str().to_owned(),
-            message: process.message.clone(),
-            created: rfc3339(process.created_at_micros),
-            updated: rfc3339(process.updated_at_micros),
-            duration: duration(end.saturating_sub(process.created_at_micros)),
-            current_step: process.current_step_number,
-            total_steps: process.total_number_of_steps,
-            steps,
-            additional_data: serde_json::from_str::<serde_json::Value>(process.additional_data.as_str())
-                .and_then(|v| serde_json::to_string_pretty(&v))
-                .unwrap_or_else(|_| process.additional_data.as_str().to_owned()),
-        }
-    }
-}
-
-/// The first few items of a group, as written.
-fn sample<'a>(items: impl Iterator<Item = &'a str>) -> String {
-    let mut items = items.peekable();
-    let mut shown: Vec<&str> = Vec::new();
-    while let Some(item) = items.next() {
-        if shown.len() == 3 {
-            return format!("{}, …", shown.join(", "));
-        }
-        shown.push(item);
-        if items.peek().is_none() {
-            break;
-        }
-    }
-    shown.join(", ")
-}
-
-fn duration(micros: i64) -> String {
-    let seconds = micros.max(0) / 1_000_000;
-    match seconds {
-        0..60 => format!("{seconds} s"),
-        60..3_600 => format!("{} min {} s", seconds / 60, seconds % 60),
-        _ => format!("{} h {} min", seconds / 3_600, (seconds % 3_600) / 60),
-    }
-}
-
-#[derive(Template)]
-#[template(path = "list.html")]
-struct ListPage {
-    signed_in: bool,
-    csrf: String,
-    statuses: Vec<&'static str>,
-    filter_status: String,
-    filter_name: String,
-    filter_reference: String,
-    processes: Vec<ProcessView>,
-    next_page: Option<String>,
-}
-
-#[derive(Template)]
-#[template(path = "process.html")]
-struct ProcessPage {
-    signed_in: bool,
-    csrf: String,
-    process: ProcessView,
-    running: bool,
-    can_cancel: bool,
-    can_retry: bool,
-}
-
-struct ItemView {
-    index: u64,
-    item: String,
-    code: String,
-    message: String,
-}
-
-#[derive(Template)]
-#[template(path = "items.html")]
-struct ItemsPage {
-    signed_in: bool,
-    csrf: String,
-    id: String,
-    id_path: String,
-    step: u32,
-    outcome: Option<&'static str>,
-    items: Vec<ItemView>,
-    next_page: Option<String>,
-}
-
-#[derive(Template)]
-#[template(path = "message.html")]
-struct MessagePage {
-    signed_in: bool,
-    csrf: String,
-    title: String,
-    text: String,
-    login: bool,
-}
-
-fn html(status: StatusCode, page: &impl Template) -> HttpResponse {
-    match page.render() {
-        Ok(body) => HttpResponse::build(status).content_type("text/html; charset=utf-8").body(body),
-        Err(error) => {
-            tracing::error!(%error, "a dashboard page could not be rendered");
-            HttpResponse::InternalServerError()
-                .content_type("text/html; charset=utf-8")
-                .body("Internal error")
-        }
-    }
 }
 
 /// The browser's CSRF cookie (a new one when it has none) and the token its forms carry.
@@ -714,19 +540,4 @@ async fn style() -> HttpResponse {
         .content_type("text/css; charset=utf-8")
         .insert_header((CACHE_CONTROL, "no-cache"))
         .body(STYLE)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn samples_and_durations_read_well() {
-        assert_eq!(sample(["1", "2"].into_iter()), "1, 2");
-        assert_eq!(sample(["1", "2", "3", "4"].into_iter()), "1, 2, 3, …");
-        assert_eq!(sample(std::iter::empty()), "");
-        assert_eq!(duration(59_000_000), "59 s");
-        assert_eq!(duration(61_000_000), "1 min 1 s");
-        assert_eq!(duration(7_260_000_000), "2 h 1 min");
-    }
 }

@@ -38,7 +38,7 @@ pub struct Record<'a> {
     reference_id: &'a str,
     async_process_name: &'a str,
     async_process_id: &'a str,
-    #[schema(value_type = crate::openapi::StatusName)]
+    #[schema(value_type = crate::schema::StatusName)]
     status: Status,
     message: &'a str,
     step_name: &'a str,
@@ -56,7 +56,7 @@ pub struct Record<'a> {
 struct Step<'a> {
     step_number: u32,
     step_name: &'a str,
-    #[schema(value_type = crate::openapi::StatusName)]
+    #[schema(value_type = crate::schema::StatusName)]
     status: Status,
     #[serde(rename = "currentNumberOfItemsProccessed")]
     processed: u64,

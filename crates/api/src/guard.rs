@@ -10,9 +10,8 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{HttpMessage, ResponseError, mime, web};
+use actix_web::{HttpMessage, mime};
 
-use crate::AppState;
 use crate::error::ApiError;
 
 /// The longest request target (path and query) answered; longer ones get 414. Every ID is at
@@ -227,23 +226,7 @@ pub(crate) fn checks_host(path: &str) -> bool {
     !ANY_HOST_PATHS.contains(&path)
 }
 
-/// The middleware: refuses, in the envelope, what a foreign page or a confused client could
-/// send; everything else goes on unchanged.
-pub async fn check(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let refusal = req.app_data::<web::Data<AppState>>().and_then(|state| refuse(&req, &state.guard).err());
-    match refusal {
-        Some(error) => {
-            let response = error.error_response();
-            Ok(req.into_response(response).map_into_right_body())
-        }
-        None => Ok(next.call(req).await?.map_into_left_body()),
-    }
-}
-
-fn refuse(req: &ServiceRequest, guard: &RequestGuard) -> Result<(), ApiError> {
+pub(crate) fn refuse(req: &ServiceRequest, guard: &RequestGuard) -> Result<(), ApiError> {
     let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if target > MAX_TARGET_BYTES {
         return Err(ApiError::UriTooLong { limit: MAX_TARGET_BYTES });

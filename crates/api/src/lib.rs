@@ -1,38 +1,49 @@
 //! The HTTP face of Async Engine: routes, the documented envelope on every answer, and the
 //! mapping of errors to codes. The only crate that knows HTTP.
+//!
+//! Inside, in layers (each module imports only from its own layer, without circles, or below;
+//! `cargo test -p xtask tidy` holds it, and ARCHITECTURE.md's code map names them): values and
+//! parsing; the state and what it holds; shared HTTP plumbing; one module per resource, each
+//! registering its own routes; the router and the OpenAPI document on top. This root only
+//! declares and re-exports.
 
+// Values and parsing.
+mod answer;
 pub mod auth;
 pub mod callback;
-mod claims;
 mod clock;
-mod dashboard;
 pub mod envelope;
 pub mod error;
 pub mod guard;
-mod handlers;
 mod headers;
 mod limits;
 pub mod metrics;
-pub mod openapi;
 pub mod params;
+mod schema;
+// The state and what it holds.
+mod claims;
+mod pool;
+mod state;
+mod watcher;
+// Shared HTTP plumbing.
+mod answering;
+mod body;
+mod middleware;
+mod routing;
+// One module per resource.
+mod dashboard;
+mod operations;
 mod processes;
+mod status;
 mod tasks;
+mod watch;
+// The router and the OpenAPI document.
+pub mod openapi;
+mod router;
 #[cfg(test)]
 mod test_support;
-mod watch;
 
-use std::net::TcpListener;
-use std::sync::Arc;
-use std::time::Duration;
-
-use actix_web::body::MessageBody;
-use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
-use actix_web::http::StatusCode;
-use actix_web::middleware::{Condition, ErrorHandlers, from_fn};
-use actix_web::{App, HttpServer, web};
-use async_engine_domain::{
-    DeliveryStore, Operations, ProcessDefinition, ProcessStatus, ProcessStore, StatusReader, TaskStore,
-};
+use async_engine_domain::ProcessStatus;
 
 pub use crate::auth::{ApiKey, Auth, Scope};
 pub use crate::callback::CallbackPolicy;
@@ -40,138 +51,9 @@ pub use crate::claims::ClaimWaiters;
 use crate::envelope::{Envelope, Record, Shape};
 pub use crate::guard::{CorsOrigins, HostPolicy, RequestGuard};
 pub use crate::limits::StatusLimiter;
-pub use crate::watch::Watcher;
-
-/// The answer code of a successful status call: 202 as documented, or 200 by configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SuccessCode {
-    Accepted,
-    Ok,
-}
-
-impl SuccessCode {
-    /// Only 200 and 202 are meaningful success codes for the status call.
-    pub fn from_u16(code: u16) -> Option<Self> {
-        match code {
-            202 => Some(SuccessCode::Accepted),
-            200 => Some(SuccessCode::Ok),
-            _ => None,
-        }
-    }
-
-    pub fn status(self) -> StatusCode {
-        match self {
-            SuccessCode::Accepted => StatusCode::ACCEPTED,
-            SuccessCode::Ok => StatusCode::OK,
-        }
-    }
-}
-
-/// API behaviour chosen by configuration.
-#[derive(Debug, Clone, Copy)]
-pub struct ApiConfig {
-    pub success_code: SuccessCode,
-    /// The largest request body accepted; larger ones get 413.
-    pub max_body_bytes: usize,
-    /// Lease of an external worker's claim that names none.
-    pub default_lease_secs: u64,
-    /// The governor limit: a status answer may list at most this many items (contract §6).
-    pub max_items_per_response: u64,
-    /// How often waiting readers' lookups are checked for changes (one small read each).
-    pub watch_interval: Duration,
-    /// `limits.min_status_interval_secs`: 0 is off.
-    pub min_status_interval_secs: u64,
-    /// `server.body_timeout_secs`: the longest a request body may take to arrive (then 408).
-    pub body_timeout: Duration,
-    /// `engine.idle_poll_ms`: how often waiting claims' queues are checked for work made
-    /// elsewhere (one small read per waited-on queue, however many claims wait).
-    pub claim_poll: Duration,
-    /// `limits.max_waiting_claims_per_key`: claims with `waitSeconds` one key (without auth,
-    /// one client address) may have waiting; one more claims once without waiting.
-    pub max_waiting_claims_per_key: usize,
-}
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        Self {
-            success_code: SuccessCode::Accepted,
-            max_body_bytes: 1024 * 1024,
-            default_lease_secs: 60,
-            max_items_per_response: 10_000,
-            watch_interval: Duration::from_millis(250),
-            min_status_interval_secs: 0,
-            body_timeout: Duration::from_secs(30),
-            claim_poll: Duration::from_millis(250),
-            max_waiting_claims_per_key: 16,
-        }
-    }
-}
-
-/// What every handler shares: the stores, the definitions and the configuration.
-#[derive(Clone)]
-pub struct AppState {
-    pub status: Arc<dyn StatusReader>,
-    pub processes: Arc<dyn ProcessStore>,
-    pub tasks: Arc<dyn TaskStore>,
-    pub deliveries: Arc<dyn DeliveryStore>,
-    /// Readiness, gauges, retention.
-    pub ops: Arc<dyn Operations>,
-    pub definitions: Arc<Vec<ProcessDefinition>>,
-    /// Which callback URLs processes may name.
-    pub callbacks: Arc<CallbackPolicy>,
-    /// Long-polls and event streams, shared per lookup.
-    pub watcher: Watcher,
-    /// `limits.min_status_interval_secs`.
-    pub limiter: Arc<StatusLimiter>,
-    /// API keys, or none (every caller anonymous).
-    pub auth: Arc<Auth>,
-    /// Called when new tasks may be due, to wake this node's idle engine workers (and, from
-    /// [`AppState::new`], this node's waiting claims).
-    pub on_new_work: Arc<dyn Fn() + Send + Sync>,
-    /// External workers' claims waiting for work (`waitSeconds`).
-    pub claims: ClaimWaiters,
-    /// `server.allowed_hosts` and `server.cors_origins` (by default: no names beyond
-    /// localhost and IP addresses, no origins).
-    pub guard: Arc<RequestGuard>,
-    pub config: ApiConfig,
-}
-
-impl AppState {
-    /// Every store from one repository, with the watcher and limiter the configuration asks for.
-    pub fn new<S>(
-        store: S,
-        definitions: Vec<ProcessDefinition>,
-        callbacks: CallbackPolicy,
-        auth: Auth,
-        on_new_work: Arc<dyn Fn() + Send + Sync>,
-        config: ApiConfig,
-    ) -> Self
-    where
-        S: StatusReader + ProcessStore + TaskStore + DeliveryStore + Operations + Clone + 'static,
-    {
-        let claims = ClaimWaiters::new(config.claim_poll, config.max_waiting_claims_per_key);
-        let waking = claims.clone();
-        Self {
-            status: Arc::new(store.clone()),
-            processes: Arc::new(store.clone()),
-            tasks: Arc::new(store.clone()),
-            deliveries: Arc::new(store.clone()),
-            ops: Arc::new(store),
-            definitions: Arc::new(definitions),
-            callbacks: Arc::new(callbacks),
-            watcher: Watcher::new(config.watch_interval),
-            limiter: Arc::new(StatusLimiter::new(config.min_status_interval_secs)),
-            auth: Arc::new(auth),
-            on_new_work: Arc::new(move || {
-                waking.poke();
-                on_new_work();
-            }),
-            claims,
-            guard: Arc::new(RequestGuard::default()),
-            config,
-        }
-    }
-}
+pub use crate::router::{app, serve};
+pub use crate::state::{ApiConfig, AppState, SuccessCode};
+pub use crate::watcher::Watcher;
 
 /// The body of a FinishProcess notification (contract §5): the envelope of the one process,
 /// as a status call with `itemsList=false` would answer it.
@@ -185,57 +67,4 @@ pub fn notification_body(process: &ProcessStatus, success_code: SuccessCode) -> 
         records: vec![Record::new(process, shape)],
     })
     .unwrap_or_default()
-}
-
-/// The whole application: routes, fallbacks and middleware. Tests serve exactly this.
-pub fn app(
-    state: AppState,
-) -> App<
-    impl ServiceFactory<
-        ServiceRequest,
-        Config = (),
-        Response = ServiceResponse<impl MessageBody>,
-        Error = actix_web::Error,
-        InitError = (),
-    >,
-> {
-    let origins = &state.guard.origins;
-    let cors = Condition::new(!origins.list().is_empty(), origins.cors());
-    App::new()
-        .app_data(web::Data::new(state))
-        // Innermost first: HEAD is routed as GET; the guard refuses before any route runs;
-        // CORS answers listed origins' preflights and adds its headers; ErrorHandlers puts
-        // what actix or actix-cors produced themselves (a refused preflight) in the envelope.
-        .wrap(from_fn(guard::head_as_get))
-        .wrap(from_fn(guard::check))
-        .wrap(cors)
-        .wrap(ErrorHandlers::new().default_handler(handlers::ensure_envelope))
-        .wrap(from_fn(handlers::log_request))
-        // Outermost: every answer, the envelopes made above included, gets the security headers.
-        .wrap(from_fn(headers::security_headers))
-        .configure(handlers::routes)
-        .configure(dashboard::routes)
-        .default_service(web::to(handlers::not_found))
-}
-
-/// Starts serving on an already bound listener. The caller owns stopping: it awaits the
-/// returned server and stops it through `Server::handle` (actix's own signal handling is off,
-/// since it would stop abruptly on SIGINT).
-/// Serves on `listener` with at most `max_connections` client connections open at once.
-pub fn serve(
-    listener: TcpListener,
-    state: AppState,
-    shutdown_timeout: Duration,
-    max_connections: usize,
-) -> std::io::Result<Server> {
-    // actix's cap is per worker; the workers are named here so the total holds.
-    let workers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-    let server = HttpServer::new(move || app(state.clone()))
-        .workers(workers)
-        .max_connections(max_connections.div_ceil(workers).max(1))
-        .disable_signals()
-        .listen(listener)?
-        .shutdown_timeout(shutdown_timeout.as_secs())
-        .run();
-    Ok(server)
 }

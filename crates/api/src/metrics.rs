@@ -1,17 +1,12 @@
-//! `GET /metrics`: Prometheus text from the process-wide `metrics` recorder, which every
-//! layer records into (the engine's notification attempts, the API's waiting clients and
-//! refusals) without knowing who exports it. [`METRICS`] describes every metric recorded
+//! The process-wide `metrics` recorder (rendered as Prometheus text by `GET /metrics` in
+//! `operations.rs`), which every layer records into (the engine's notification attempts, the
+//! API's waiting clients and refusals) without knowing who exports it. [`METRICS`] describes every metric recorded
 //! anywhere; the recorder is installed with those descriptions and with every counter of known
 //! labels already at 0, so that a rate or an alert on it has data before its first increment.
 
 use std::sync::OnceLock;
 
-use actix_web::{HttpResponse, web};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
-
-use crate::AppState;
-use crate::error::ApiError;
-use crate::handlers::blocking;
 
 /// Buckets of every `*_seconds` histogram: from a cached status answer to a slow callback.
 const SECONDS_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
@@ -45,9 +40,10 @@ pub struct Metric {
     pub start: Start,
 }
 
-const PROCESS_STATUSES: [&str; 5] = ["WaitingToProcess", "InProgress", "Success", "Failed", "Aborted"];
-const TASK_STATES: [&str; 2] = ["queued", "leased"];
-const DELIVERY_STATES: [&str; 4] = ["pending", "delivered", "failed", "superseded"];
+pub(crate) const PROCESS_STATUSES: [&str; 5] =
+    ["WaitingToProcess", "InProgress", "Success", "Failed", "Aborted"];
+pub(crate) const TASK_STATES: [&str; 2] = ["queued", "leased"];
+pub(crate) const DELIVERY_STATES: [&str; 4] = ["pending", "delivered", "failed", "superseded"];
 
 /// Every metric recorded anywhere in the server (a test reads the workspace's sources to hold
 /// to it). A new metric is one entry here and its `metrics::counter!`/`gauge!`/`histogram!`
@@ -185,58 +181,14 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
-/// `GET /metrics`. The gauges of stored state (processes by status, open tasks, deliveries)
-/// are read at scrape time: one grouped count per table.
-#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "getMetrics",
-    responses((status = 200, description = "Prometheus text", content_type = "text/plain", body = String),
-        (status = 500, description = "The server failed", body = crate::envelope::Envelope)))]
-pub async fn render(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let ops = state.ops.clone();
-    match blocking(move || ops.gauges()).await? {
-        Ok(gauges) => {
-            // Every known state first, so that one that emptied reads 0, not its last count.
-            for status in PROCESS_STATUSES {
-                metrics::gauge!("async_engine_processes", "status" => status).set(0.0);
-            }
-            for state in TASK_STATES {
-                metrics::gauge!("async_engine_tasks", "state" => state).set(0.0);
-            }
-            for state in DELIVERY_STATES {
-                metrics::gauge!("async_engine_notification_deliveries", "state" => state).set(0.0);
-            }
-            for (status, n) in gauges.processes {
-                metrics::gauge!("async_engine_processes", "status" => status).set(n as f64);
-            }
-            for (state, n) in gauges.tasks {
-                metrics::gauge!("async_engine_tasks", "state" => state).set(n as f64);
-            }
-            for (state, n) in gauges.deliveries {
-                metrics::gauge!("async_engine_notification_deliveries", "state" => state).set(n as f64);
-            }
-            metrics::gauge!("async_engine_database_up").set(1.0);
-        }
-        Err(error) => {
-            tracing::warn!(%error, "metrics: could not read the stored gauges");
-            metrics::gauge!("async_engine_database_up").set(0.0);
-        }
-    }
-    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(handle().render()))
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use super::*;
     use std::collections::BTreeSet;
     use std::path::Path;
-    use std::sync::Arc;
-
-    use actix_web::test::{TestRequest, call_service, init_service, read_body};
-    use async_engine_domain::Gauges;
-    use async_engine_domain::ops::MockOperations;
-
-    use super::*;
 
     /// `(family, type)` of every `# TYPE` line, and the families that have a `# HELP` line.
-    fn families(text: &str) -> (Vec<(String, String)>, BTreeSet<String>) {
+    pub(crate) fn families(text: &str) -> (Vec<(String, String)>, BTreeSet<String>) {
         let typed = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -252,7 +204,7 @@ mod tests {
         (typed, helped)
     }
 
-    fn assert_every_family_is_described(text: &str) {
+    pub(crate) fn assert_every_family_is_described(text: &str) {
         let (typed, helped) = families(text);
         assert!(!typed.is_empty(), "{text}");
         for (name, _) in &typed {
@@ -337,35 +289,5 @@ mod tests {
             found >= METRICS.len(),
             "only {found} recordings found: is the scan looking in the right place?"
         );
-    }
-
-    #[actix_web::test]
-    async fn the_route_writes_help_for_every_family_and_counters_before_their_first_increment() {
-        let mut ops = MockOperations::new();
-        ops.expect_gauges().returning(|| {
-            Ok(Gauges { processes: vec![("Success".into(), 2)], tasks: vec![], deliveries: vec![] })
-        });
-        let state = AppState { ops: Arc::new(ops), ..crate::test_support::state() };
-        let service = init_service(crate::app(state)).await;
-        // Twice: the first request's own counters and latency are recorded after it answers.
-        let mut text = String::new();
-        for _ in 0..2 {
-            let response = call_service(&service, TestRequest::get().uri("/metrics").to_request()).await;
-            assert_eq!(response.status().as_u16(), 200);
-            text = String::from_utf8(read_body(response).await.to_vec()).unwrap();
-        }
-        assert_every_family_is_described(&text);
-        for family in
-            ["async_engine_http_requests_total", "async_engine_processes", "async_engine_database_up"]
-        {
-            assert!(text.contains(&format!("# HELP {family} ")), "{family}:\n{text}");
-        }
-        assert!(text.lines().any(|l| l == r#"async_engine_processes{status="Success"} 2"#), "{text}");
-        // Nothing in this crate's tests sends a notification.
-        assert!(
-            text.lines().any(|l| l == r#"async_engine_notification_attempts_total{outcome="gave_up"} 0"#),
-            "{text}"
-        );
-        assert!(text.lines().any(|l| l.starts_with("async_engine_status_reads_limited_total ")), "{text}");
     }
 }

@@ -4,91 +4,23 @@
 //! bearer token). The types here are the request bodies that handlers read field by field
 //! (to keep items as the caller wrote them) and the status names.
 
-#![expect(dead_code, reason = "types that exist to be described, never built")]
-
 use std::collections::BTreeMap;
 
 use actix_web::http::Method;
 use actix_web::{HttpResponse, web};
+use utoipa::OpenApi;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, PathItem, Ref, RefOr, Response, Server};
-use utoipa::{OpenApi, ToSchema};
 
 use crate::envelope::Envelope;
-use crate::{AppState, guard};
+use crate::guard;
+use crate::routing::resource;
+pub use crate::schema::{ActionBody, Health, IdType, Outcome, StartBody, StatusName};
+use crate::state::AppState;
 
 /// The security scheme's name in the document.
 const BEARER: &str = "bearer";
-
-/// A status, as answers spell it.
-#[derive(ToSchema)]
-pub enum StatusName {
-    WaitingToProcess,
-    InProgress,
-    Success,
-    Failed,
-    Aborted,
-}
-
-/// `POST /v1/asyncprocesses`.
-#[derive(ToSchema)]
-#[schema(rename_all = "camelCase")]
-pub struct StartBody {
-    /// A configured definition's name (`GET /v1/processdefinitions`).
-    #[schema(min_length = 1, max_length = 255)]
-    async_process_name: String,
-    #[schema(min_length = 1, max_length = 255)]
-    reference_id: String,
-    /// Any JSON values, kept as written.
-    #[schema(value_type = Vec<Value>)]
-    items: Vec<()>,
-    #[schema(value_type = Option<Object>)]
-    additional_data: Option<()>,
-    /// Where to POST the envelope when the process finishes; its host must be allowed.
-    #[schema(max_length = 2048)]
-    callback_url: Option<String>,
-}
-
-/// `POST /v1/actions/getAsyncJobStatus`: exactly one of `id`, `asyncProcessId`, `referenceId`.
-#[derive(ToSchema)]
-#[schema(rename_all = "camelCase")]
-pub struct ActionBody {
-    #[schema(min_length = 1, max_length = 255)]
-    id: Option<String>,
-    #[schema(min_length = 1, max_length = 255)]
-    async_process_id: Option<String>,
-    #[schema(min_length = 1, max_length = 255)]
-    reference_id: Option<String>,
-    verbose: Option<bool>,
-    items_list: Option<bool>,
-    fail_message: Option<bool>,
-}
-
-/// `GET /healthz`, `GET /readyz`.
-#[derive(ToSchema)]
-pub struct Health {
-    /// `ok`, `ready` or `not ready`.
-    status: String,
-    /// Why not ready.
-    reason: Option<String>,
-}
-
-/// `idType`: how to read the `{id}` of a status call.
-#[derive(ToSchema)]
-#[schema(rename_all = "camelCase")]
-pub enum IdType {
-    AsyncProcessId,
-    ReferenceId,
-}
-
-/// `outcome` of the items call.
-#[derive(ToSchema)]
-#[schema(rename_all = "lowercase")]
-pub enum Outcome {
-    Successful,
-    Failed,
-}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -105,9 +37,9 @@ pub enum Outcome {
         (name = "operations", description = "Health, readiness, metrics and this document; no token needed"),
     ),
     paths(
-        crate::handlers::get_status,
-        crate::handlers::events,
-        crate::handlers::action_status,
+        crate::status::get_status,
+        crate::watch::events,
+        crate::status::action_status,
         crate::processes::list,
         crate::processes::start,
         crate::processes::cancel,
@@ -119,9 +51,9 @@ pub enum Outcome {
         crate::tasks::complete,
         crate::tasks::heartbeat,
         crate::tasks::fail,
-        crate::handlers::healthz,
-        crate::handlers::readyz,
-        crate::metrics::render,
+        crate::operations::healthz,
+        crate::operations::readyz,
+        crate::operations::render,
         openapi_json,
     ),
     components(schemas(StatusName, IdType, Outcome))
@@ -241,6 +173,10 @@ fn operations(item: &mut PathItem) -> impl Iterator<Item = (Method, &mut utoipa:
     ]
     .into_iter()
     .filter_map(|(method, operation)| Some((method, operation.as_mut()?)))
+}
+
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/openapi.json", "GET, HEAD").route(web::get().to(openapi_json)));
 }
 
 /// This document.

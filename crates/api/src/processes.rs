@@ -12,19 +12,36 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
-use crate::AppState;
 use crate::auth::Scope;
+use crate::body::read_body;
 use crate::clock::{now_micros, rfc3339};
 use crate::envelope::{Envelope, Record, Shape};
 use crate::error::ApiError;
-use crate::handlers::{blocking, read_body};
 use crate::params::{self, parse_path_id};
+use crate::pool::blocking;
+use crate::routing::resource;
+use crate::state::AppState;
 
 /// Records of commands and lists show steps' counters, not their items.
 const SUMMARY: Shape = Shape { verbose: true, items_list: false, fail_message: true };
 const MAX_LIST_LIMIT: u32 = 1_000;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 const DEFAULT_ITEMS_LIMIT: u32 = 1_000;
+
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
+    const GET: &str = "GET, HEAD";
+    const POST: &str = "POST";
+    cfg.service(
+        resource("/v1/asyncprocesses", "GET, HEAD, POST")
+            .route(web::get().to(list))
+            .route(web::post().to(start)),
+    )
+    .service(resource("/v1/asyncprocesses/{id}/steps/{stepNumber}/items", GET).route(web::get().to(items)))
+    .service(resource("/v1/asyncprocesses/{id}/deliveries", GET).route(web::get().to(deliveries)))
+    .service(resource("/v1/asyncprocesses/{id}/cancel", POST).route(web::post().to(cancel)))
+    .service(resource("/v1/asyncprocesses/{id}/retry", POST).route(web::post().to(retry)))
+    .service(resource("/v1/processdefinitions", GET).route(web::get().to(definitions)));
+}
 
 fn accepted(records: &[ProcessStatus], shape: Shape) -> HttpResponse {
     HttpResponse::Accepted().json(Envelope {
@@ -86,7 +103,7 @@ fn parse_start(body: &[u8]) -> Result<StartRequest, ApiError> {
 
 /// `POST /v1/asyncprocesses`
 #[utoipa::path(post, path = "/v1/asyncprocesses", tag = "processes", operation_id = "startAsyncProcess",
-    request_body = crate::openapi::StartBody,
+    request_body = crate::schema::StartBody,
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "A repeated key returns the first process")),
     responses(
         (status = 202, description = "Started (or the process of a repeated Idempotency-Key)", body = Envelope),
@@ -242,7 +259,7 @@ struct ListEnvelope<'a> {
 
 /// `GET /v1/asyncprocesses?status=&asyncProcessName=&referenceId=&limit=&cursor=`
 #[utoipa::path(get, path = "/v1/asyncprocesses", tag = "processes", operation_id = "listAsyncProcesses",
-    params(("status" = Option<crate::openapi::StatusName>, Query),
+    params(("status" = Option<crate::schema::StatusName>, Query),
         ("asyncProcessName" = Option<String>, Query, min_length = 1, max_length = 255),
         ("referenceId" = Option<String>, Query, min_length = 1, max_length = 255),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
@@ -315,7 +332,7 @@ struct ItemOut<'a> {
 #[utoipa::path(get, path = "/v1/asyncprocesses/{id}/steps/{stepNumber}/items", tag = "status", operation_id = "listStepItems",
     params(("id" = String, Path, description = "An asyncProcessId", min_length = 1, max_length = 255),
         ("stepNumber" = u32, Path, description = "0 for the first step"),
-        ("outcome" = Option<crate::openapi::Outcome>, Query, description = "Only the items that succeeded, or only those that failed, at this step"),
+        ("outcome" = Option<crate::schema::Outcome>, Query, description = "Only the items that succeeded, or only those that failed, at this step"),
         ("limit" = Option<u32>, Query, minimum = 1, description = "At most limits.max_items_per_response"),
         ("cursor" = Option<String>, Query, min_length = 1, max_length = 255, description = "nextCursor of the previous page")),
     responses((status = 200, description = "A page of the step's items in recording order", body = ItemsOut),
@@ -492,10 +509,11 @@ mod tests {
     use async_engine_domain::{CommandError, Status};
     use serde_json::json;
 
+    use crate::state::AppState;
     use crate::test_support::{send, state};
 
     async fn call(processes: MockProcessStore, request: TestRequest) -> (u16, serde_json::Value) {
-        send(crate::AppState { processes: Arc::new(processes), ..state() }, request).await
+        send(AppState { processes: Arc::new(processes), ..state() }, request).await
     }
 
     #[actix_web::test]

@@ -8,18 +8,28 @@ use async_engine_domain::{ClaimRequest, ClaimedTask, FailureSnapshot, RawJson, T
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::AppState;
 use crate::auth::Scope;
+use crate::body::read_body;
 use crate::claims::waiter_key;
 use crate::clock::{now_micros, rfc3339};
 use crate::error::ApiError;
-use crate::handlers::{blocking, read_body};
+use crate::pool::blocking;
+use crate::routing::resource;
+use crate::state::AppState;
 
 const MAX_TASKS: u32 = 100;
 /// Lease tokens are 32 hex digits; anything much longer is not one of ours.
 const MAX_TOKEN_CHARS: usize = 128;
 const MAX_LEASE_SECS: u64 = 3_600;
 const MAX_WAIT_SECS: u64 = 30;
+
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
+    const POST: &str = "POST";
+    cfg.service(resource("/v1/tasks/claim", POST).route(web::post().to(claim)))
+        .service(resource("/v1/tasks/{taskId}/complete", POST).route(web::post().to(complete)))
+        .service(resource("/v1/tasks/{taskId}/heartbeat", POST).route(web::post().to(heartbeat)))
+        .service(resource("/v1/tasks/{taskId}/fail", POST).route(web::post().to(fail)));
+}
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::input(format!("invalid body: {e}")))
@@ -393,10 +403,11 @@ mod tests {
     use async_engine_domain::{RepositoryError, TaskError};
     use serde_json::json;
 
+    use crate::state::AppState;
     use crate::test_support::{send, state};
 
     async fn post(tasks: MockTaskStore, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-        let state = crate::AppState { tasks: Arc::new(tasks), ..state() };
+        let state = AppState { tasks: Arc::new(tasks), ..state() };
         send(state, TestRequest::post().uri(path).set_json(body)).await
     }
 

@@ -12,7 +12,13 @@ use async_engine_domain::work::{MockProcessStore, MockTaskStore};
 use async_engine_domain::{FailurePolicy, Handler, ProcessDefinition, StepDefinition};
 use serde_json::Value;
 
-use crate::{ApiConfig, AppState, Auth, CallbackPolicy, ClaimWaiters, StatusLimiter, Watcher, app};
+use crate::auth::Auth;
+use crate::callback::CallbackPolicy;
+use crate::claims::ClaimWaiters;
+use crate::limits::StatusLimiter;
+use crate::router::app;
+use crate::state::{ApiConfig, AppState};
+use crate::watcher::Watcher;
 
 /// Mocks with no expectations (any call fails the test) and one definition, "P".
 pub fn state() -> AppState {

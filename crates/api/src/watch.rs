@@ -4,22 +4,27 @@
 //! thousand clients waiting on one process cost the database what one does, and a waiting
 //! client holds neither a connection nor a thread: it awaits a channel.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::HttpResponse;
 use actix_web::http::header::{CACHE_CONTROL, HeaderValue};
 use actix_web::web::Bytes;
-use async_engine_domain::{StatusQuery, TenantId};
+use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::stream;
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout, timeout_at};
 
-use crate::AppState;
+use crate::answer::Answer;
+use crate::answering::read_answer;
+use crate::auth::Scope;
+use crate::envelope::Envelope;
 use crate::error::ApiError;
-use crate::handlers::{Answer, blocking, read_answer};
-use crate::params::StatusRequest;
+use crate::params;
+use crate::pool::blocking;
+use crate::routing::resource;
+use crate::state::AppState;
+pub(crate) use crate::watcher::WatchKey;
+use crate::watcher::{Entry, Marks, Watcher};
 
 /// Ticks a watch outlives its last client: clients of a long-poll come back at once, and
 /// find the answer still cached.
@@ -27,61 +32,34 @@ const GRACE_TICKS: u32 = 20;
 /// A comment line this often keeps proxies from closing a quiet event stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct WatchKey {
-    pub tenant: TenantId,
-    pub request: StatusRequest,
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/v1/asyncprocesses/{id}/events", "GET, HEAD").route(web::get().to(events)));
 }
 
-impl WatchKey {
-    fn query(&self) -> StatusQuery {
-        StatusQuery {
-            tenant: self.tenant.clone(),
-            id: self.request.id.clone(),
-            kind: self.request.kind,
-            detail: self.request.detail(),
-        }
-    }
+/// `GET /v1/asyncprocesses/{id}/events`
+#[utoipa::path(get, path = "/v1/asyncprocesses/{id}/events", tag = "status", operation_id = "streamAsyncProcessEvents",
+    params(("id" = String, Path, description = "An asyncProcessId or a referenceId", min_length = 1, max_length = 255),
+        ("idType" = Option<crate::schema::IdType>, Query, description = "Read the ID only as an asyncProcessId or only as a referenceId"),
+        ("verbose" = Option<bool>, Query, description = "false: no itemsProcessed")),
+    responses(
+        (status = 200, description = "Server-Sent Events: a status event (the envelope, itemsList=false) now and at each change; closed after a final state", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
+        (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = Envelope),
+        (status = 403, description = "The key lacks the scope", body = Envelope),
+        (status = 500, description = "The server failed; the cause is in its log", body = Envelope)))]
+pub(crate) async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let caller = state.auth.authorize(&req, Scope::StatusRead)?;
+    let raw = req.match_info().get("id").unwrap_or_default();
+    let id = params::parse_path_id(raw)?;
+    let mut request = params::parse_status_query(id, req.query_string())?;
+    // Events carry the steps' counters, never item lists: a stream of a large process stays small.
+    request.shape.items_list = false;
+    event_stream(&state, WatchKey { tenant: caller.tenant, request }).await
 }
 
-/// A lookup's change marks (see `StatusReader::change_marks`).
-type Marks = Vec<(i64, i64)>;
-
-struct Entry {
-    sender: watch::Sender<Arc<Answer>>,
-    marks: Marks,
-    unwatched_ticks: u32,
-}
-
-#[derive(Default)]
-struct Watches {
-    entries: HashMap<WatchKey, Entry>,
-    ticking: bool,
-}
-
-/// The shared watches and their ticker. Cloning shares them.
-#[derive(Clone)]
-pub struct Watcher {
-    watches: Arc<Mutex<Watches>>,
-    /// Counts finished ticks, so a reader can wait for one that began after it arrived.
-    ticks: Arc<watch::Sender<u64>>,
-    interval: Duration,
-}
-
+// The watch and its ticker read answers, so they live here, above `answering.rs`; the
+// watches themselves are in `watcher.rs`, below the state that holds them.
 impl Watcher {
-    pub fn new(interval: Duration) -> Self {
-        Self {
-            watches: Arc::default(),
-            ticks: Arc::new(watch::Sender::new(0)),
-            interval: interval.max(Duration::from_millis(10)),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Watches> {
-        // A panic while holding the lock leaves plain data behind; the next tick mends it.
-        self.watches.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Watches a lookup; `true` with a watch this call started, whose first value was read
     /// now. A shared watch's current value may be up to one tick old: callers that must not
     /// show a client anything older than it has seen wait for [`Watcher::fresh_tick`].
@@ -121,25 +99,6 @@ impl Watcher {
             actix_web::rt::spawn(async move { watcher.tick_while_watched(state).await });
         }
         Ok(receiver)
-    }
-
-    /// Ends every wait at shutdown: long-polls answer 304 at once and event streams close,
-    /// instead of holding the server's graceful stop for their whole length.
-    pub fn close(&self) {
-        self.lock().entries.clear();
-        // Readers waiting for a fresh tick would wait for one that never comes.
-        self.ticks.send_modify(|tick| *tick += 2);
-    }
-
-    /// Waits until a tick that began after this call has finished.
-    pub async fn fresh_tick(&self) {
-        let mut ticks = self.ticks.subscribe();
-        let target = *ticks.borrow_and_update() + 2;
-        while *ticks.borrow_and_update() < target {
-            if ticks.changed().await.is_err() {
-                return;
-            }
-        }
     }
 
     async fn tick_while_watched(self, state: AppState) {

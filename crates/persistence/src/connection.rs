@@ -243,9 +243,9 @@ mod tests {
     use diesel::prelude::*;
 
     use super::*;
-    use crate::Store;
-    use crate::engine::tests::{begin_with, claim, finish, status};
+    use crate::fixtures::{begin_with, claim, finish, status};
     use crate::schema::processes;
+    use crate::store::Store;
 
     fn millis(ms: u64) -> Duration {
         Duration::from_millis(ms)

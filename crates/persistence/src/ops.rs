@@ -111,7 +111,7 @@ mod tests {
     use async_engine_domain::{FailurePolicy, ProcessStore, TenantId};
 
     use super::*;
-    use crate::engine::tests::{begin_with, drain};
+    use crate::fixtures::{begin_with, drain};
     use crate::testing::on_both_backends;
 
     fn count(store: &Store, table: &str) -> i64 {

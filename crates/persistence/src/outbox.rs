@@ -8,8 +8,8 @@ use async_engine_domain::{
 use diesel::prelude::*;
 
 use crate::connection::{DbConnection, read_transaction, write_transaction};
-use crate::engine::report;
 use crate::error::Error;
+use crate::run::report;
 use crate::schema::{deliveries, processes};
 use crate::store::Store;
 
@@ -239,7 +239,7 @@ mod tests {
     use async_engine_domain::{FailurePolicy, ProcessStore};
 
     use super::*;
-    use crate::engine::tests::{begin_with, drain};
+    use crate::fixtures::{begin_with, drain};
     use crate::testing::on_both_backends;
 
     const URL: &str = "http://127.0.0.1:9/hook";

@@ -616,7 +616,7 @@ mod tests {
 
     on_both_backends! {
         fn the_items_call_pages_each_outcome_once_in_recording_order(store: &Store) {
-            use crate::engine::tests::{begin_with, drain};
+            use crate::fixtures::{begin_with, drain};
             begin_with(store, "p", &[async_engine_domain::FailurePolicy::Skip], 25, 4, None);
             drain(store, "queue:q0", &[3, 11, 12], 0);
             let mut seen = Vec::new();
@@ -658,7 +658,7 @@ mod tests {
         }
 
         fn change_marks_move_with_every_visible_change_and_with_new_matches(store: &Store) {
-            use crate::engine::tests::{begin_with, claim, finish};
+            use crate::fixtures::{begin_with, claim, finish};
             let marks = |id: &str| store.change_marks(&query(id, Detail::Steps)).unwrap();
             begin_with(store, "p", &[async_engine_domain::FailurePolicy::Skip], 4, 2, None);
             let started = marks("p");

@@ -7,7 +7,7 @@ use std::sync::Once;
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection};
 
-use crate::Store;
+use crate::store::Store;
 
 /// A migrated store that cleans up after itself.
 pub struct TestDb {

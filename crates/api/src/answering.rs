@@ -1,0 +1,104 @@
+//! Answering status reads: the per-client limit, the governor limit, rendering the envelope
+//! and its ETag, and `If-None-Match`.
+
+use actix_web::http::header::IF_NONE_MATCH;
+use actix_web::{HttpRequest, HttpResponse};
+use async_engine_domain::{Detail, IdKind, StatusQuery, TenantId};
+use sha2::{Digest, Sha256};
+
+use crate::answer::Answer;
+use crate::auth::Caller;
+use crate::envelope::{Envelope, Record};
+use crate::error::ApiError;
+use crate::params::StatusRequest;
+use crate::pool::blocking;
+use crate::state::AppState;
+
+pub(crate) async fn respond(
+    req: &HttpRequest,
+    state: &AppState,
+    caller: &Caller,
+    request: StatusRequest,
+) -> Result<HttpResponse, ApiError> {
+    if let Err(refused) = state.limiter.check(&client(req, caller), request.id.as_str()) {
+        metrics::counter!("async_engine_status_reads_limited_total").increment(1);
+        return Err(refused);
+    }
+    let reading = state.clone();
+    let tenant = caller.tenant.clone();
+    let answer = blocking(move || read_answer(&reading, &tenant, &request)).await??;
+    if answer.matches(&if_none_match(req)) {
+        return Ok(answer.not_modified());
+    }
+    Ok(answer.response())
+}
+
+/// Who a caller is for the per-client limits (contract §6): its API key, else its address.
+fn client(req: &HttpRequest, caller: &Caller) -> String {
+    match &caller.key {
+        Some(key) => format!("key:{key}"),
+        None => req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default(),
+    }
+}
+
+/// The entity tags of `If-None-Match`, weak or strong alike (a weak comparison, RFC 9110).
+pub(crate) fn if_none_match(req: &HttpRequest) -> Vec<String> {
+    req.headers()
+        .get_all(IF_NONE_MATCH)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|tag| tag.trim().trim_start_matches("W/").to_owned())
+        .filter(|tag| !tag.is_empty())
+        .collect()
+}
+
+/// Reads and renders one status answer; storage work, so it runs on the blocking pool.
+pub fn read_answer(state: &AppState, tenant: &TenantId, request: &StatusRequest) -> Result<Answer, ApiError> {
+    let query = StatusQuery {
+        tenant: tenant.clone(),
+        id: request.id.clone(),
+        kind: request.kind,
+        detail: request.detail(),
+    };
+    if query.detail == Detail::Items {
+        check_governor_limit(state, &query)?;
+    }
+    let records = state.status.find_status(&query)?;
+    if records.is_empty() {
+        let what = match request.kind {
+            IdKind::Either => "asyncProcessId or referenceId",
+            IdKind::AsyncProcessId => "asyncProcessId",
+            IdKind::ReferenceId => "referenceId",
+        };
+        return Err(ApiError::input(format!("no process has the {what} '{}'", request.id)));
+    }
+    let code = state.config.success_code.status();
+    let body = serde_json::to_vec(&Envelope {
+        code: code.as_u16(),
+        status_message: "Success",
+        technical_message: None,
+        records: records.iter().map(|r| Record::new(r, request.shape)).collect(),
+    })
+    .map_err(|e| ApiError::Internal(format!("the answer could not be written: {e}")))?;
+    let digest = Sha256::digest(&body);
+    let etag = format!("\"{}\"", hex::encode(&digest[..16]));
+    let finished = records.iter().all(|r| r.status.is_final());
+    Ok(Answer { status: code, body: body.into(), etag: Some(etag), finished })
+}
+
+/// Refuses, before any item is read, an answer that would list more items than
+/// `limits.max_items_per_response`: the step counters (a read of a few rows) tell how many.
+fn check_governor_limit(state: &AppState, query: &StatusQuery) -> Result<(), ApiError> {
+    let limit = state.config.max_items_per_response;
+    let counting = StatusQuery { detail: Detail::Steps, ..query.clone() };
+    let summary = state.status.find_status(&counting)?;
+    let listed: u64 = summary.iter().flat_map(|r| r.steps.iter().flatten()).map(|s| s.processed).sum();
+    if listed > limit {
+        return Err(ApiError::input(format!(
+            "the answer would list {listed} items, over the limit of {limit} \
+             (limits.max_items_per_response); ask with itemsList=false or verbose=false, or page \
+             through a step's items with GET /v1/asyncprocesses/{{asyncProcessId}}/steps/{{stepNumber}}/items"
+        )));
+    }
+    Ok(())
+}

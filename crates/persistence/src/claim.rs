@@ -1,0 +1,340 @@
+//! Claiming due tasks: which tasks are due, leasing them, and what a worker is given.
+
+use async_engine_domain::{ClaimRequest, ClaimedTask, RawJson, TenantId};
+use diesel::prelude::*;
+
+use crate::advance::refresh;
+use crate::connection::{DbConnection, busy_processes, try_lock_process, write_transaction};
+use crate::error::Error;
+use crate::lease::{finish_task, give_up};
+use crate::models::ProcessRow;
+use crate::queries::{corrupt, to_i64};
+use crate::run::{LEASED, QUEUED, TaskRow, indices_of};
+use crate::schema::{items, processes, steps, tasks};
+
+/// How [`due_tasks`] reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// To lease what it finds: on PostgreSQL the rows are locked, and rows another claim has
+    /// locked are passed over.
+    ToClaim,
+    /// Only to know whether anything is due: no row locks, which would be written on every
+    /// look and would make a real claim elsewhere pass over the rows at that instant.
+    ToLook,
+}
+
+/// Due tasks of these queues, oldest first: expired leases (to be taken over), then queued
+/// tasks whose time has come. Tasks of processes whose lock another transaction holds are left
+/// out in the query itself: read and then passed over, however many of them there were, they
+/// would hide every other process's work behind them (and a node frozen inside a transaction
+/// would stall them all).
+fn due_tasks(
+    conn: &mut DbConnection,
+    request: &ClaimRequest,
+    limit: i64,
+    read: Read,
+) -> Result<Vec<TaskRow>, Error> {
+    if read == Read::ToClaim {
+        let busy = busy_processes(conn)?;
+        return due_past(conn, request, limit, read, &busy);
+    }
+    // A look is mostly asked of an idle queue (waiting claims' checker, idle workers), and
+    // finding nothing due needs no list of busy processes: the lock manager's table is read
+    // only when something is, to tell whether any of it is free to take.
+    let found = due_past(conn, request, limit, read, &[])?;
+    if found.is_empty() {
+        return Ok(found);
+    }
+    let busy = busy_processes(conn)?;
+    if found.iter().any(|task| busy.contains(&task.process_id)) {
+        return due_past(conn, request, limit, read, &busy);
+    }
+    Ok(found)
+}
+
+/// [`due_tasks`] of processes other than `busy`. Two queries, so that each walks the
+/// `(queue, state, ...)` index.
+fn due_past(
+    conn: &mut DbConnection,
+    request: &ClaimRequest,
+    limit: i64,
+    read: Read,
+    busy: &[i64],
+) -> Result<Vec<TaskRow>, Error> {
+    let now = request.now_micros;
+    // Every tenant (the engine), or only the worker's: one statement shape for both, so the
+    // row locks below stay on `tasks` alone (a correlated EXISTS on the process's primary key,
+    // not a join, and not the set of all the tenant's processes).
+    let any_tenant = request.tenant.is_none();
+    let tenant = request.tenant.as_ref().map_or("", |t| t.as_str());
+    macro_rules! due {
+        ($state:expr, $ready:expr, $limit:expr) => {
+            tasks::table
+                .filter(tasks::queue.eq_any(&request.queues))
+                .filter(tasks::state.eq($state))
+                .filter($ready)
+                .filter(tasks::process_id.ne_all(busy))
+                .filter(
+                    any_tenant.into_sql::<diesel::sql_types::Bool>().or(diesel::dsl::exists(
+                        processes::table
+                            .filter(processes::id.eq(tasks::process_id))
+                            .filter(processes::tenant.eq(tenant)),
+                    )),
+                )
+                .order(tasks::id.asc())
+                .limit($limit)
+                .select(TaskRow::as_select())
+        };
+    }
+    // Expired leases first (to be taken over), then queued tasks whose time has come. On
+    // PostgreSQL, nodes claiming at once lock the rows they read and pass over the rows
+    // another holds, instead of queueing behind it.
+    let mut found = Vec::new();
+    for queued in [false, true] {
+        let room = limit - to_i64(found.len())?;
+        if room <= 0 {
+            break;
+        }
+        let rows: Vec<TaskRow> = match (conn as &mut DbConnection, queued) {
+            (DbConnection::Pg(c), false) if read == Read::ToClaim => {
+                due!(LEASED, tasks::lease_expires_at.le(now), room).for_update().skip_locked().load(c)?
+            }
+            (DbConnection::Pg(c), true) if read == Read::ToClaim => {
+                due!(QUEUED, tasks::available_at.le(now), room).for_update().skip_locked().load(c)?
+            }
+            (DbConnection::Pg(c), false) => due!(LEASED, tasks::lease_expires_at.le(now), room).load(c)?,
+            (DbConnection::Pg(c), true) => due!(QUEUED, tasks::available_at.le(now), room).load(c)?,
+            (DbConnection::Sqlite(c), false) => {
+                due!(LEASED, tasks::lease_expires_at.le(now), room).load(c)?
+            }
+            (DbConnection::Sqlite(c), true) => due!(QUEUED, tasks::available_at.le(now), room).load(c)?,
+        };
+        found.extend(rows);
+    }
+    Ok(found)
+}
+
+pub(crate) fn claim(conn: &mut DbConnection, request: &ClaimRequest) -> Result<Vec<ClaimedTask>, Error> {
+    let limit = i64::from(request.max_tasks.saturating_mul(2)).saturating_add(16);
+    // Idle workers ask often: a plain read first keeps them from taking the write lock
+    // (and queueing behind writers) when there is nothing to claim.
+    if !any_due(conn, request)? {
+        return Ok(Vec::new());
+    }
+    write_transaction(conn, |conn| {
+        let now = request.now_micros;
+        let wanted = usize::try_from(request.max_tasks).unwrap_or(usize::MAX);
+        let due = due_tasks(conn, request, limit, Read::ToClaim)?;
+        let mut leased = Vec::new();
+        for task in due {
+            if leased.len() >= wanted {
+                break;
+            }
+            // A process another transaction is changing is passed over, not waited for.
+            if !try_lock_process(conn, task.process_id)? {
+                continue;
+            }
+            if task.state == LEASED && task.attempt >= task.max_attempts {
+                let message = format!("gave up after {} attempts: the last lease expired", task.attempt);
+                // In a savepoint: should recording fail (corrupt data), the task is parked
+                // instead of failing every later claim on its queue.
+                if let Err(error) = conn.transaction(|conn| give_up(conn, &task, &message, now)) {
+                    tracing::error!(task = task.id, %error, "could not record a given-up task; parking it");
+                    finish_task(conn, task.id, Some(&format!("could not record the give-up: {error}")))?;
+                }
+                continue;
+            }
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            // The step's timeout caps the lease: an attempt may not run longer unheartbeated.
+            let lease = request.lease_micros.min(task.timeout_secs.saturating_mul(1_000_000));
+            let expires = now.saturating_add(lease);
+            // Only if the row is as it was read: a give-up earlier in this loop may have
+            // stopped the process and cancelled it.
+            let taken = diesel::update(
+                tasks::table
+                    .find(task.id)
+                    .filter(tasks::state.eq(&task.state))
+                    .filter(tasks::attempt.eq(task.attempt)),
+            )
+            .set((
+                tasks::state.eq(LEASED),
+                tasks::attempt.eq(task.attempt + 1),
+                tasks::lease_token.eq(&token),
+                tasks::lease_expires_at.eq(expires),
+                tasks::worker_id.eq(&request.worker_id),
+            ))
+            .execute(conn)?;
+            if taken == 0 {
+                continue;
+            }
+            let first_claim = diesel::update(
+                steps::table
+                    .filter(steps::process_id.eq(task.process_id))
+                    .filter(steps::step_number.eq(task.step_number))
+                    .filter(steps::started.eq(false)),
+            )
+            .set(steps::started.eq(true))
+            .execute(conn)?;
+            if first_claim > 0 {
+                refresh(conn, task.process_id, now)?;
+            }
+            leased.push((task, token, expires));
+        }
+        leased.into_iter().map(|(task, token, expires)| describe(conn, task, token, expires)).collect()
+    })
+}
+
+/// Everything a worker needs to run a leased task.
+fn describe(
+    conn: &mut DbConnection,
+    task: TaskRow,
+    token: String,
+    expires: i64,
+) -> Result<ClaimedTask, Error> {
+    let (tenant, process): (String, ProcessRow) = processes::table
+        .find(task.process_id)
+        .select((processes::tenant, ProcessRow::as_select()))
+        .first(conn)?;
+    let step_name: String = steps::table
+        .filter(steps::process_id.eq(task.process_id))
+        .filter(steps::step_number.eq(task.step_number))
+        .select(steps::name)
+        .first(conn)?;
+    let indices = indices_of(&task)?;
+    let values: Vec<(i64, String)> = items::table
+        .filter(items::process_id.eq(task.process_id))
+        .filter(items::item_index.eq_any(&indices))
+        .order(items::item_index.asc())
+        .select((items::item_index, items::value))
+        .load(conn)?;
+    let items = values
+        .into_iter()
+        .map(|(index, value)| {
+            let item =
+                RawJson::from_text(value).map_err(|e| corrupt(&process, format!("item {index}: {e}")))?;
+            Ok((u64::try_from(index).unwrap_or_default(), item))
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    Ok(ClaimedTask {
+        task_id: task.id,
+        lease_token: token,
+        tenant: TenantId::new(tenant).map_err(|e| Error::Corrupt(e.to_string()))?,
+        additional_data: RawJson::from_text(process.additional_data.clone())
+            .map_err(|e| corrupt(&process, format!("additionalData: {e}")))?,
+        async_process_id: process.async_process_id,
+        reference_id: process.reference_id,
+        process_name: process.name,
+        step_number: u32::try_from(task.step_number).unwrap_or_default(),
+        step_name,
+        queue: task.queue,
+        attempt: u32::try_from(task.attempt + 1).unwrap_or_default(),
+        lease_expires_at_micros: expires,
+        items,
+    })
+}
+
+/// Whether a claim with this request may find a due task now: the same small read a claim
+/// starts with, leasing and locking nothing (waiting claims' checker asks it every tick).
+pub(crate) fn any_due(conn: &mut DbConnection, request: &ClaimRequest) -> Result<bool, Error> {
+    Ok(!due_tasks(conn, request, 1, Read::ToLook)?.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use async_engine_domain::work::GAVE_UP_CODE;
+    use async_engine_domain::{ClaimRequest, FailurePolicy, Status, TenantId};
+    use diesel::prelude::*;
+
+    use super::*;
+    use crate::error::Error;
+    use crate::fixtures::{SECOND, begin, claim, status, steps_of};
+    use crate::schema::processes;
+    use crate::store::Store;
+    use crate::testing::on_both_backends;
+
+    on_both_backends! {
+        fn a_lease_that_expires_on_the_last_attempt_fails_the_items(store: &Store) {
+            begin(store, "p", &[FailurePolicy::Skip], 2, 2);
+            claim(store, "queue:q0", "w", 1, 0);
+            claim(store, "queue:q0", "w", 1, 11 * SECOND);
+            assert!(claim(store, "queue:q0", "w", 1, 22 * SECOND).is_empty(), "max_attempts is 2");
+            let done = status(store, "p");
+            assert_eq!(done.status, Status::Failed);
+            let steps = done.steps.unwrap();
+            let group = &steps[0].items.as_ref().unwrap().failed[0];
+            assert_eq!((group.code, group.items.len()), (GAVE_UP_CODE, 2));
+            assert!(group.status_message.contains("2 attempts"), "{}", group.status_message);
+        }
+    }
+
+    on_both_backends! {
+        fn a_give_up_that_aborts_the_process_leases_none_of_its_cancelled_tasks(store: &Store) {
+            begin(store, "p", &[FailurePolicy::Abort], 4, 1);
+            claim(store, "queue:q0", "w", 1, 0);
+            claim(store, "queue:q0", "w", 1, 11 * SECOND);
+            // The expired last attempt is given up, which aborts the process and cancels the
+            // three other tasks that this same claim had already read as queued.
+            assert!(claim(store, "queue:q0", "w", 10, 22 * SECOND).is_empty());
+            let done = status(store, "p");
+            assert_eq!(done.status, Status::Failed);
+            assert_eq!(steps_of(&done), [(Status::Aborted, 1, 4, 0, 1)]);
+        }
+    }
+
+    /// The due check waiting claims make every tick holds no row lock (PostgreSQL; SQLite
+    /// has none): a claim elsewhere at that instant still gets the task. The look is made
+    /// inside a transaction left open, so that any lock it took would still be held.
+    #[test]
+    fn looking_for_due_tasks_locks_no_row_a_claim_elsewhere_needs() {
+        let Some(db) = crate::testing::postgres() else { return };
+        let store = &db.store;
+        begin(store, "p", &[FailurePolicy::Skip], 1, 1);
+        let request = ClaimRequest {
+            queues: vec!["queue:q0".into()],
+            tenant: Some(TenantId::default_tenant()),
+            worker_id: String::new(),
+            max_tasks: 1,
+            lease_micros: 0,
+            now_micros: 0,
+        };
+        let mut looking = store.conn().unwrap();
+        let claimed = looking
+            .transaction(|conn| {
+                assert!(any_due(conn, &request)?, "the task is due");
+                Ok::<_, Error>(claim(store, "queue:q0", "w", 1, 0))
+            })
+            .unwrap();
+        assert_eq!(claimed.iter().map(|t| t.async_process_id.as_str()).collect::<Vec<_>>(), ["p"]);
+    }
+
+    /// A look past a busy process (PostgreSQL): its due tasks alone are nothing to take, and
+    /// another process's task behind them is found.
+    #[test]
+    fn a_look_passes_over_the_tasks_of_a_busy_process() {
+        let Some(db) = crate::testing::postgres() else { return };
+        let store = &db.store;
+        begin(store, "busy", &[FailurePolicy::Skip], 3, 1);
+        let busy: i64 = processes::table
+            .filter(processes::async_process_id.eq("busy"))
+            .select(processes::id)
+            .first(&mut *store.conn().unwrap())
+            .unwrap();
+        let mut holder = PgConnection::establish(&db.url).unwrap();
+        diesel::sql_query("SELECT pg_advisory_lock($1)")
+            .bind::<diesel::sql_types::BigInt, _>(busy)
+            .execute(&mut holder)
+            .unwrap();
+        let request = ClaimRequest {
+            queues: vec!["queue:q0".into()],
+            tenant: None,
+            worker_id: String::new(),
+            max_tasks: 1,
+            lease_micros: 0,
+            now_micros: 0,
+        };
+        assert!(!any_due(&mut store.conn().unwrap(), &request).unwrap(), "only a busy process's tasks");
+        begin(store, "other", &[FailurePolicy::Skip], 1, 1);
+        assert!(any_due(&mut store.conn().unwrap(), &request).unwrap(), "another process's task");
+        drop(holder);
+    }
+}

@@ -1,0 +1,172 @@
+//! Starting a process: its record, steps, items and first tasks, in one transaction.
+
+use async_engine_domain::{NewProcess, Started, Status, StepDefinition};
+use diesel::prelude::*;
+
+use crate::advance::{advance, create_tasks};
+use crate::connection::{DbConnection, per_backend, write_transaction};
+use crate::error::Error;
+use crate::queries::{insert_items, to_i32, to_i64};
+use crate::run::{load_steps, report};
+use crate::schema::{processes, steps};
+
+#[derive(Insertable)]
+#[diesel(table_name = processes)]
+struct NewRunnable<'a> {
+    tenant: &'a str,
+    async_process_id: &'a str,
+    reference_id: &'a str,
+    name: &'a str,
+    status: &'a str,
+    message: &'a str,
+    current_step: i32,
+    total_steps: i32,
+    item_count: i64,
+    additional_data: &'a str,
+    created_at: i64,
+    updated_at: i64,
+    runnable: bool,
+    idempotency_key: Option<&'a str>,
+    callback_url: Option<&'a str>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = steps)]
+struct NewRunnableStep<'a> {
+    process_id: i64,
+    step_number: i32,
+    name: &'a str,
+    status: &'a str,
+    message: &'a str,
+    entered: i64,
+    succeeded: i64,
+    failed: i64,
+    handler: String,
+    chunk_size: i32,
+    max_attempts: i32,
+    timeout_secs: i64,
+    on_item_failure: &'a str,
+}
+
+pub(crate) fn start(conn: &mut DbConnection, new: &NewProcess) -> Result<Started, Error> {
+    write_transaction(conn, |conn| {
+        let tenant = new.tenant.as_str();
+        if let Some(key) = &new.idempotency_key {
+            let existing: Option<String> = processes::table
+                .filter(processes::tenant.eq(tenant))
+                .filter(processes::idempotency_key.eq(key))
+                .select(processes::async_process_id)
+                .first(conn)
+                .optional()?;
+            if let Some(id) = existing {
+                return Ok(Started::Existing(report(conn, tenant, &id)?));
+            }
+        }
+        let definition = &new.definition;
+        let waiting = Status::WaitingToProcess;
+        let process_id: i64 = diesel::insert_into(processes::table)
+            .values(NewRunnable {
+                tenant,
+                async_process_id: new.async_process_id.as_str(),
+                reference_id: new.reference_id.as_str(),
+                name: &definition.name,
+                status: waiting.as_str(),
+                message: waiting.step_message(),
+                current_step: 0,
+                total_steps: to_i32(definition.steps.len())?,
+                item_count: to_i64(new.items.len())?,
+                additional_data: new.additional_data.as_str(),
+                created_at: new.now_micros,
+                updated_at: new.now_micros,
+                runnable: true,
+                idempotency_key: new.idempotency_key.as_deref(),
+                callback_url: new.callback_url.as_deref(),
+            })
+            .returning(processes::id)
+            .get_result(conn)?;
+        let rows = definition
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(number, step)| {
+                new_step(process_id, number, step, if number == 0 { new.items.len() } else { 0 })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        per_backend!(conn, |c| diesel::insert_into(steps::table).values(&rows).execute(c))?;
+        insert_items(conn, process_id, &new.items)?;
+        let first = load_steps(conn, process_id)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Corrupt("a process without steps".into()))?;
+        let all: Vec<i64> = (0..to_i64(new.items.len())?).collect();
+        create_tasks(conn, process_id, 0, &first, &all, new.now_micros)?;
+        advance(conn, process_id, new.now_micros)?;
+        Ok(Started::Created(report(conn, tenant, new.async_process_id.as_str())?))
+    })
+}
+
+fn new_step(
+    process_id: i64,
+    number: usize,
+    step: &StepDefinition,
+    entered: usize,
+) -> Result<NewRunnableStep<'_>, Error> {
+    let waiting = Status::WaitingToProcess;
+    Ok(NewRunnableStep {
+        process_id,
+        step_number: to_i32(number)?,
+        name: &step.name,
+        status: waiting.as_str(),
+        message: waiting.step_message(),
+        entered: to_i64(entered)?,
+        succeeded: 0,
+        failed: 0,
+        handler: step.handler.queue(),
+        chunk_size: to_i32(step.chunk_size)?,
+        max_attempts: to_i32(step.max_attempts)?,
+        timeout_secs: to_i64(step.timeout_secs)?,
+        on_item_failure: step.on_item_failure.as_str(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use async_engine_domain::{
+        FailurePolicy, NewProcess, ProcessId, ProcessStore, RawJson, ReferenceId, Started, Status, TenantId,
+    };
+    use serde_json::json;
+
+    use crate::fixtures::{begin, definition, drain};
+    use crate::store::Store;
+    use crate::testing::on_both_backends;
+
+    on_both_backends! {
+        fn an_empty_process_succeeds_at_once(store: &Store) {
+            let started = begin(store, "p", &[FailurePolicy::Skip, FailurePolicy::Skip], 0, 10);
+            assert_eq!(started.status, Status::Success);
+        }
+    }
+
+    on_both_backends! {
+        fn an_idempotency_key_returns_the_first_process(store: &Store) {
+            let mut new = NewProcess {
+                tenant: TenantId::default_tenant(),
+                async_process_id: ProcessId::new("first").unwrap(),
+                reference_id: ReferenceId::new("r").unwrap(),
+                definition: definition(&[FailurePolicy::Skip], 10),
+                items: vec![RawJson::from_value(&json!(1))],
+                additional_data: RawJson::empty_object(),
+                idempotency_key: Some("key-1".into()),
+                callback_url: None,
+                now_micros: 0,
+            };
+            assert!(matches!(store.start(&new).unwrap(), Started::Created(_)));
+            new.async_process_id = ProcessId::new("second").unwrap();
+            match store.start(&new).unwrap() {
+                Started::Existing(process) => assert_eq!(process.async_process_id, "first"),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(drain(store, "queue:q0", &[], 0), 1, "one process, one task");
+        }
+    }
+}
