@@ -15,6 +15,7 @@ mod faults;
 mod guards;
 mod notifications;
 mod operations;
+mod push;
 mod resilience;
 mod security;
 

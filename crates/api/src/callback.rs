@@ -34,21 +34,25 @@ impl CallbackPolicy {
 
     /// The URL, checked; the error is shown to the caller.
     pub fn check(&self, text: &str) -> Result<Url, String> {
+        self.check_as(text, "callbackUrl", "notifications.allowed_hosts", "notifications.signing_secret")
+    }
+
+    /// The same rules for another setting's URL (`field`), against the list called `list`;
+    /// `instead` is what to use rather than credentials in the URL.
+    pub fn check_as(&self, text: &str, field: &str, list: &str, instead: &str) -> Result<Url, String> {
         if text.chars().count() > MAX_CALLBACK_URL_CHARS {
-            return Err(format!("callbackUrl is longer than {MAX_CALLBACK_URL_CHARS} characters"));
+            return Err(format!("{field} is longer than {MAX_CALLBACK_URL_CHARS} characters"));
         }
-        let url = Url::parse(text).map_err(|e| format!("callbackUrl is not a URL: {e}"))?;
+        let url = Url::parse(text).map_err(|e| format!("{field} is not a URL: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err("callbackUrl must be an http or https URL".into());
+            return Err(format!("{field} must be an http or https URL"));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err("callbackUrl must not carry credentials; use notifications.signing_secret".into());
+            return Err(format!("{field} must not carry credentials; use {instead}"));
         }
         let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
         if !self.allows(&host) {
-            return Err(format!(
-                "callbackUrl host '{host}' is not in notifications.allowed_hosts of this server"
-            ));
+            return Err(format!("{field} host '{host}' is not in {list} of this server"));
         }
         Ok(url)
     }
@@ -99,6 +103,16 @@ mod tests {
             let error = p.check(url).unwrap_err();
             assert!(error.contains(mention), "{url}: {error}");
         }
+    }
+
+    #[test]
+    fn other_settings_name_themselves_and_their_list() {
+        let error = policy(&["a.test"])
+            .check_as("http://b.test/", "url", "engine.push_allowed_hosts", "headers")
+            .unwrap_err();
+        assert_eq!(error, "url host 'b.test' is not in engine.push_allowed_hosts of this server");
+        let error = policy(&["*"]).check_as("http://u:p@b.test/", "url", "l", "headers").unwrap_err();
+        assert!(error.contains("url must not carry credentials; use headers"), "{error}");
     }
 
     #[test]

@@ -88,8 +88,8 @@ pub const METRICS: &[Metric] = &[
     Metric {
         name: "async_engine_items_recorded_total",
         kind: Kind::Counter,
-        help: "Item outcomes recorded by this node, by the engine or by external workers.",
-        start: Start::ZeroPer("by", &["engine", "worker"]),
+        help: "Item outcomes recorded by this node, by the engine, by external workers or by push steps.",
+        start: Start::ZeroPer("by", &["engine", "worker", "push"]),
     },
     Metric {
         name: "async_engine_notification_attempts_total",
@@ -101,6 +101,21 @@ pub const METRICS: &[Metric] = &[
         name: "async_engine_notification_attempt_seconds",
         kind: Kind::Histogram,
         help: "Time a FinishProcess notification attempt took, until the receiver answered or failed.",
+        start: Start::Later,
+    },
+    Metric {
+        name: "async_engine_push_attempts_total",
+        kind: Kind::Counter,
+        help: "Push steps' requests (handler = \"http\") made by this node, by outcome: completed, or why the attempt failed.",
+        start: Start::ZeroPer(
+            "outcome",
+            &["completed", "http_error", "timeout", "unreachable", "bad_answer", "refused"],
+        ),
+    },
+    Metric {
+        name: "async_engine_push_attempt_seconds",
+        kind: Kind::Histogram,
+        help: "Time a push step's request took, until the endpoint answered or failed.",
         start: Start::Later,
     },
     Metric {
@@ -223,6 +238,8 @@ pub(crate) mod tests {
             "async_engine_status_reads_limited_total 0",
             r#"async_engine_items_recorded_total{by="engine"} 0"#,
             r#"async_engine_items_recorded_total{by="worker"} 0"#,
+            r#"async_engine_items_recorded_total{by="push"} 0"#,
+            r#"async_engine_push_attempts_total{outcome="http_error"} 0"#,
             "async_engine_waiting_clients 0",
             "async_engine_watched_lookups 0",
         ] {

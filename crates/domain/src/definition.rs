@@ -16,6 +16,38 @@ pub enum Handler {
     Builtin(String),
     /// External workers that claim tasks from the queue `NAME` (`queue:NAME`).
     Queue(String),
+    /// The server POSTs each task to an HTTP endpoint (`handler = "http"`); its queue is
+    /// `http:PROCESS/STEP`.
+    Http(PushTarget),
+}
+
+/// Where and how a push step's tasks are sent. Header values and the secret come from the
+/// environment and are never printed (`Debug` hides them).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PushTarget {
+    /// `PROCESS/STEP`, the queue's NAME.
+    pub name: String,
+    pub url: String,
+    /// Requests of this step at once.
+    pub max_in_flight: u32,
+    /// `(header, value)`.
+    pub headers: Vec<(String, String)>,
+    /// Signs bodies instead of `notifications.signing_secret`.
+    pub signing_secret: Option<String>,
+}
+
+pub const MAX_IN_FLIGHT: u32 = 1_000;
+
+impl fmt::Debug for PushTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<&str> = self.headers.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("PushTarget")
+            .field("name", &self.name)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("headers", &headers)
+            .field("signing_secret", &self.signing_secret.as_ref().map(|_| "…"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Handler {
@@ -30,6 +62,8 @@ impl fmt::Display for Handler {
         match self {
             Handler::Builtin(name) => write!(f, "builtin:{name}"),
             Handler::Queue(name) => write!(f, "queue:{name}"),
+            // Never the URL: its path or query may hold the receiver's secret.
+            Handler::Http(target) => write!(f, "http:{}", target.name),
         }
     }
 }
@@ -138,6 +172,14 @@ impl ProcessDefinition {
             {
                 return Err(format!("{at}: there is no built-in handler '{name}'"));
             }
+            if let Handler::Http(target) = &step.handler {
+                if !(1..=MAX_IN_FLIGHT).contains(&target.max_in_flight) {
+                    return Err(format!("{at}: max_in_flight must be 1..={MAX_IN_FLIGHT}"));
+                }
+                if target.url.is_empty() {
+                    return Err(format!("{at}: handler \"http\" needs a url"));
+                }
+            }
             if !(1..=MAX_CHUNK_SIZE).contains(&step.chunk_size) {
                 return Err(format!("{at}: chunk_size must be 1..={MAX_CHUNK_SIZE}"));
             }
@@ -158,10 +200,19 @@ pub fn validate_all(
     known_builtin: &dyn Fn(&str) -> bool,
 ) -> Result<(), String> {
     let mut names = HashSet::new();
+    let mut queues = HashSet::new();
     for definition in definitions {
         definition.validate(known_builtin)?;
         if !names.insert(definition.name.as_str()) {
             return Err(format!("the process name '{}' is defined twice", definition.name));
+        }
+        for step in &definition.steps {
+            // Names with '/' could otherwise meet in one queue and share one target.
+            if let Handler::Http(target) = &step.handler
+                && !queues.insert(target.name.as_str())
+            {
+                return Err(format!("two push steps share the queue 'http:{}'; rename one", target.name));
+            }
         }
     }
     Ok(())
@@ -253,5 +304,35 @@ mod tests {
         }
         let error = validate_all(&[good.clone(), good], &known).unwrap_err();
         assert!(error.contains("defined twice"), "{error}");
+    }
+
+    fn push(name: &str, max_in_flight: u32) -> StepDefinition {
+        StepDefinition {
+            handler: Handler::Http(PushTarget {
+                name: name.into(),
+                url: "http://h/".into(),
+                max_in_flight,
+                headers: vec![("Authorization".into(), "Bearer s3cret".into())],
+                signing_secret: Some("k3y".into()),
+            }),
+            ..step("S", "builtin:noop")
+        }
+    }
+
+    #[test]
+    fn push_steps_are_checked_and_hide_their_secrets() {
+        let one = |steps| ProcessDefinition { name: "P".into(), steps, callback_url: None };
+        assert!(validate_all(&[one(vec![push("P/S", 2)])], &known).is_ok());
+        let error = validate_all(&[one(vec![push("P/S", 0)])], &known).unwrap_err();
+        assert!(error.contains("step 0: max_in_flight"), "{error}");
+        let other = ProcessDefinition { name: "Q".into(), ..one(vec![push("P/S", 1)]) };
+        let error = validate_all(&[one(vec![push("P/S", 1)]), other], &known).unwrap_err();
+        assert!(error.contains("share the queue 'http:P/S'"), "{error}");
+        let shown = format!("{:?} {}", push("P/S", 1).handler, push("P/S", 1).handler);
+        assert!(shown.contains("http:P/S") && shown.contains("Authorization"), "{shown}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("k3y") && !shown.contains("http://h"),
+            "{shown}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod builtin;
 pub mod notify;
+pub mod push;
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -280,42 +281,53 @@ impl Worker {
         }
     }
 
-    /// Records a result, trying again after a storage error for as long as the lease holds:
-    /// a finished result is worth more than a busy database's first refusal.
     fn persist(
         &self,
         lease_until: &mut i64,
         record: impl Fn() -> Result<(), TaskError>,
     ) -> Result<(), TaskError> {
-        let mut pause = Duration::from_millis(50);
-        loop {
-            match record() {
-                Err(TaskError::Storage(error)) if now_micros() + micros(pause) < *lease_until => {
-                    tracing::warn!(%error, ?pause, "recording a task failed; trying again");
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
-                other => return other,
-            }
-        }
+        persist(lease_until, record)
     }
 
     fn settle(&self, task: &ClaimedTask, result: Result<(), TaskError>) {
-        match result {
-            Ok(()) => {
-                tracing::debug!(task = task.task_id, process = %task.async_process_id, step = task.step_number, "task done");
-                // The next step's tasks may be due now (for other workers of this node, or
-                // external workers waiting in a claim), or the task itself again later.
-                self.waker.wake();
+        settle(&self.waker, task, result);
+    }
+}
+
+/// Records a result, trying again after a storage error for as long as the lease holds:
+/// a finished result is worth more than a busy database's first refusal.
+pub(crate) fn persist(
+    lease_until: &mut i64,
+    record: impl Fn() -> Result<(), TaskError>,
+) -> Result<(), TaskError> {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match record() {
+            Err(TaskError::Storage(error)) if now_micros() + micros(pause) < *lease_until => {
+                tracing::warn!(%error, ?pause, "recording a task failed; trying again");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(2));
             }
-            // Taken over after an expired lease, or the process was cancelled: the other
-            // outcome stands and ours is dropped, which is what makes recording exactly-once.
-            Err(TaskError::Conflict(reason)) => {
-                tracing::info!(task = task.task_id, %reason, "result dropped")
-            }
-            Err(error) => {
-                tracing::error!(task = task.task_id, %error, "recording a task failed; its lease will expire")
-            }
+            other => return other,
+        }
+    }
+}
+
+pub(crate) fn settle(waker: &Waker, task: &ClaimedTask, result: Result<(), TaskError>) {
+    match result {
+        Ok(()) => {
+            tracing::debug!(task = task.task_id, process = %task.async_process_id, step = task.step_number, "task done");
+            // The next step's tasks may be due now (for other workers of this node, or
+            // external workers waiting in a claim), or the task itself again later.
+            waker.wake();
+        }
+        // Taken over after an expired lease, or the process was cancelled: the other
+        // outcome stands and ours is dropped, which is what makes recording exactly-once.
+        Err(TaskError::Conflict(reason)) => {
+            tracing::info!(task = task.task_id, %reason, "result dropped")
+        }
+        Err(error) => {
+            tracing::error!(task = task.task_id, %error, "recording a task failed; its lease will expire")
         }
     }
 }

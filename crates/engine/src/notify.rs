@@ -232,12 +232,12 @@ fn attempt(
 }
 
 /// The host of a callback URL, for logs: the rest may carry the receiver's secrets.
-fn url_host(url: &str) -> String {
+pub(crate) fn url_host(url: &str) -> String {
     reqwest::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default()
 }
 
 /// The error and its causes: reqwest's own text alone ("error sending request") says little.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use async_engine_api::{ApiConfig, AppState, SuccessCode, notification_body};
 use async_engine_domain::{Operations, ProcessStatus};
 use async_engine_engine::notify::{NotifierConfig, start_notifier};
+use async_engine_engine::push::{PushConfig, start_pusher};
 use async_engine_engine::{EngineConfig, Handlers, Waker};
 use async_engine_persistence::Store;
 
@@ -241,12 +242,37 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
             batch: settings.engine.batch,
             node: format!("{}:{}", local, std::process::id()),
         };
-        Some(
+        let targets: Vec<_> = settings
+            .definitions()?
+            .into_iter()
+            .flat_map(|definition| definition.steps)
+            .filter_map(|step| match step.handler {
+                async_engine_domain::Handler::Http(target) => Some(target),
+                _ => None,
+            })
+            .collect();
+        let hosts = settings.push_hosts()?;
+        let allowed = Arc::new(move |url: &str| {
+            hosts.check_as(url, "url", "engine.push_allowed_hosts", "headers or signing_secret_env").map(drop)
+        });
+        let push = PushConfig {
+            concurrency: settings.engine.push_concurrency,
+            lease: Duration::from_secs(settings.engine.lease_secs),
+            idle_poll: Duration::from_millis(settings.engine.idle_poll_ms),
+            node: config.node.clone(),
+            signing_secret: Some(settings.notifications.signing_secret.clone()).filter(|s| !s.is_empty()),
+        };
+        let pusher = start_pusher(Arc::new(store.clone()), targets, allowed, push, waker.clone())
+            .context("starting the push steps")?;
+        Some((
             async_engine_engine::start(Arc::new(store.clone()), Handlers::builtin(), config, waker)
                 .context("starting the engine")?,
-        )
+            pusher,
+        ))
     } else {
-        tracing::info!("engine.enabled is false: built-in steps wait for a node that runs the engine");
+        tracing::info!(
+            "engine.enabled is false: built-in and push steps wait for a node that runs the engine"
+        );
         None
     };
     let callbacks = settings.callbacks()?;
@@ -285,9 +311,10 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
         });
         server.await
     })?;
-    if let Some(engine) = engine {
+    if let Some((engine, pusher)) = engine {
         // Workers finish the task in hand and record it; nothing is left half-done.
         engine.stop();
+        pusher.stop();
     }
     if let Some(notifier) = notifier {
         // Attempts in flight finish and are recorded; the rest wait in the outbox.

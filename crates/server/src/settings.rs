@@ -10,7 +10,7 @@ use anyhow::{Context, anyhow, bail};
 use async_engine_api::auth::{WebSettings, parse_digest, parse_proxies};
 use async_engine_api::{ApiKey, Auth, CallbackPolicy, CorsOrigins, HostPolicy, RequestGuard, Scope};
 use async_engine_domain::definition::validate_all;
-use async_engine_domain::{ProcessDefinition, StepDefinition, TenantId};
+use async_engine_domain::{Handler, ProcessDefinition, PushTarget, StepDefinition, TenantId};
 use async_engine_engine::Handlers;
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
@@ -76,6 +76,11 @@ pub struct EngineSettings {
     pub lease_secs: u64,
     pub idle_poll_ms: u64,
     pub batch: u32,
+    /// Push steps' requests in flight at once over all of them (each step also has its own
+    /// `max_in_flight`).
+    pub push_concurrency: usize,
+    /// Hosts push steps' `url`s may name (the rules of `notifications.allowed_hosts`).
+    pub push_allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -101,6 +106,19 @@ pub struct StepSettings {
     pub timeout_secs: u64,
     #[serde(default = "defaults::on_item_failure")]
     pub on_item_failure: String,
+    /// `handler = "http"`: the endpoint each task is POSTed to.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `handler = "http"`: requests of this step at once.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+    /// `handler = "http"`: header name → the environment variable holding its value.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// `handler = "http"`: the environment variable holding this step's signing secret
+    /// (instead of `notifications.signing_secret`).
+    #[serde(default)]
+    pub signing_secret_env: Option<String>,
 }
 
 mod defaults {
@@ -115,6 +133,9 @@ mod defaults {
     }
     pub fn on_item_failure() -> String {
         "skip".to_owned()
+    }
+    pub fn max_in_flight() -> u32 {
+        4
     }
 }
 
@@ -218,6 +239,7 @@ impl Settings {
                 .list_separator(",")
                 .with_list_parse_key("notifications.allowed_hosts")
                 .with_list_parse_key("server.allowed_hosts")
+                .with_list_parse_key("engine.push_allowed_hosts")
                 .with_list_parse_key("server.cors_origins")
                 .with_list_parse_key("server.trusted_proxies")
                 .source(Some(ours)),
@@ -286,6 +308,10 @@ impl Settings {
         if !(1..=100).contains(&self.engine.batch) {
             bail!("engine.batch: {} is out of range 1..=100", self.engine.batch);
         }
+        if !(1..=256).contains(&self.engine.push_concurrency) {
+            bail!("engine.push_concurrency: {} is out of range 1..=256", self.engine.push_concurrency);
+        }
+        self.push_hosts()?;
         if !(10..=10_000).contains(&self.api.watch_interval_ms) {
             bail!("api.watch_interval_ms: {} is out of range 10..=10000", self.api.watch_interval_ms);
         }
@@ -462,6 +488,66 @@ impl Settings {
             .map_err(|e| anyhow!("notifications.allowed_hosts: {e}"))
     }
 
+    /// `engine.push_allowed_hosts`, with the rules of `notifications.allowed_hosts`.
+    pub fn push_hosts(&self) -> anyhow::Result<CallbackPolicy> {
+        CallbackPolicy::new(&self.engine.push_allowed_hosts)
+            .map_err(|e| anyhow!("engine.push_allowed_hosts: {e}"))
+    }
+
+    /// A step's handler; `handler = "http"` with its target, its headers' values and secret
+    /// read from the environment now, and its URL checked against `engine.push_allowed_hosts`.
+    fn handler(&self, process: &str, step: &StepSettings, at: &str) -> anyhow::Result<Handler> {
+        if step.handler != "http" {
+            let push_only = [
+                ("url", step.url.is_some()),
+                ("max_in_flight", step.max_in_flight.is_some()),
+                ("headers", !step.headers.is_empty()),
+                ("signing_secret_env", step.signing_secret_env.is_some()),
+            ];
+            if let Some((key, _)) = push_only.iter().find(|(_, given)| *given) {
+                bail!("{at}.{key}: only for handler = \"http\"");
+            }
+            return step.handler.parse().map_err(|e| anyhow!("{at}.handler: {e}"));
+        }
+        let url = step.url.as_deref().ok_or_else(|| anyhow!("{at}.url: handler = \"http\" needs a url"))?;
+        let url = self
+            .push_hosts()?
+            .check_as(url, "url", "engine.push_allowed_hosts", "headers or signing_secret_env")
+            .map_err(|e| anyhow!("{at}.url: {e}"))?;
+        let from_env = |key: &str, variable: &str| {
+            std::env::var(variable)
+                .ok()
+                .filter(|value| !value.is_empty())
+                .ok_or_else(|| anyhow!("{at}.{key}: the environment variable '{variable}' is not set"))
+        };
+        let mut headers = Vec::with_capacity(step.headers.len());
+        for (name, variable) in &step.headers {
+            let key = format!("headers.{name}");
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+                bail!("{at}.{key}: not a header name (letters, digits, '-', '_')");
+            }
+            let lower = name.to_ascii_lowercase();
+            let ours = ["content-type", "content-length", "host", "connection", "transfer-encoding"];
+            if lower.starts_with("x-async-engine-") || ours.contains(&lower.as_str()) {
+                bail!("{at}.{key}: the server sets this header itself");
+            }
+            let value = from_env(&key, variable)?;
+            if value.chars().any(char::is_control) {
+                bail!("{at}.{key}: the value of '{variable}' has control characters");
+            }
+            headers.push((name.clone(), value));
+        }
+        let signing_secret =
+            step.signing_secret_env.as_deref().map(|v| from_env("signing_secret_env", v)).transpose()?;
+        Ok(Handler::Http(PushTarget {
+            name: format!("{process}/{}", step.name),
+            url: url.to_string(),
+            max_in_flight: step.max_in_flight.unwrap_or(defaults::max_in_flight()),
+            headers,
+            signing_secret,
+        }))
+    }
+
     /// The `[[processes]]` as validated definitions; errors name the entry at fault.
     pub fn definitions(&self) -> anyhow::Result<Vec<ProcessDefinition>> {
         let handlers = Handlers::builtin();
@@ -478,7 +564,7 @@ impl Settings {
                         let at = format!("processes[{p}].steps[{n}]");
                         Ok(StepDefinition {
                             name: step.name.clone(),
-                            handler: step.handler.parse().map_err(|e| anyhow!("{at}.handler: {e}"))?,
+                            handler: self.handler(&process.name, step, &at)?,
                             chunk_size: step.chunk_size,
                             max_attempts: step.max_attempts,
                             timeout_secs: step.timeout_secs,
@@ -686,6 +772,67 @@ mod tests {
             settings.auth.allow_anonymous_remote = anyway;
             assert_eq!(settings.check_exposure().is_err(), refused, "{host} {anyway}");
         }
+    }
+
+    #[test]
+    fn push_steps_are_read_with_their_environment_and_checked_naming_the_entry() {
+        let push = |extra: &str| {
+            format!(
+                "[engine]\npush_allowed_hosts = [\"*.push.test\"]\n[[processes]]\nname = \"X\"\n\
+                 [[processes.steps]]\nname = \"A\"\nhandler = \"builtin:noop\"\n\
+                 [[processes.steps]]\nname = \"B\"\nhandler = \"http\"\n{extra}"
+            )
+        };
+        // PATH is set wherever tests run; the test cannot set variables of its own safely.
+        let settings = with_file(&push(
+            "url = \"https://a.push.test/run\"\nmax_in_flight = 2\ntimeout_secs = 5\n\
+             headers = { Authorization = \"PATH\" }\nsigning_secret_env = \"PATH\"\n",
+        ))
+        .unwrap();
+        let definitions = settings.definitions().unwrap();
+        let Handler::Http(target) = &definitions[0].steps[1].handler else { panic!("not a push step") };
+        let path = std::env::var("PATH").unwrap();
+        assert_eq!(
+            (target.name.as_str(), target.url.as_str(), target.max_in_flight),
+            ("X/B", "https://a.push.test/run", 2)
+        );
+        assert_eq!(target.headers, [("Authorization".to_owned(), path.clone())]);
+        assert_eq!(target.signing_secret.as_deref(), Some(path.as_str()));
+        assert_eq!(definitions[0].steps[1].handler.queue(), "http:X/B");
+        let unset = "ASYNC_ENGINE_TEST_NEVER_SET";
+        for (extra, mention) in [
+            ("", "processes[0].steps[1].url: handler = \"http\" needs a url"),
+            (
+                "url = \"https://other.test/\"\n",
+                "processes[0].steps[1].url: url host 'other.test' is not in engine.push_allowed_hosts",
+            ),
+            ("url = \"https://a.push.test/\"\nmax_in_flight = 0\n", "step 1: max_in_flight must be 1..=1000"),
+            (
+                &format!("url = \"https://a.push.test/\"\nheaders = {{ X-Token = \"{unset}\" }}\n"),
+                &format!(
+                    "processes[0].steps[1].headers.X-Token: the environment variable '{unset}' is not set"
+                ),
+            ),
+            (
+                &format!("url = \"https://a.push.test/\"\nsigning_secret_env = \"{unset}\"\n"),
+                "processes[0].steps[1].signing_secret_env",
+            ),
+            ("url = \"https://a.push.test/\"\nheaders = { \"Bad Name\" = \"PATH\" }\n", "not a header name"),
+            (
+                "url = \"https://a.push.test/\"\nheaders = { X-Async-Engine-Task = \"PATH\" }\n",
+                "sets this header itself",
+            ),
+        ] {
+            let error = format!("{:#}", with_file(&push(extra)).unwrap_err());
+            assert!(error.contains(mention), "{extra}: {error}");
+        }
+        let text = "[[processes]]\nname = \"X\"\n[[processes.steps]]\nname = \"A\"\nhandler = \"queue:q\"\nurl = \"https://a/\"\n";
+        let message = format!("{:#}", with_file(text).unwrap_err());
+        assert!(message.contains("processes[0].steps[0].url: only for handler = \"http\""), "{message}");
+        let refused = error(&[("ASYNC_ENGINE__ENGINE__PUSH_ALLOWED_HOSTS", "http://x")]);
+        assert!(refused.contains("engine.push_allowed_hosts: 'http://x'"), "{refused}");
+        let refused = error(&[("ASYNC_ENGINE__ENGINE__PUSH_CONCURRENCY", "0")]);
+        assert!(refused.contains("engine.push_concurrency: 0 is out of range"), "{refused}");
     }
 
     #[test]
