@@ -81,15 +81,7 @@ fn run(
     stop: &AtomicBool,
     waker: &Waker,
 ) {
-    // Built on this thread: reqwest's blocking client runs its own runtime, which must not be
-    // created or dropped inside the server's.
-    let client = match reqwest::blocking::Client::builder()
-        .timeout(config.timeout)
-        // A redirect could lead anywhere; allowed_hosts is about where we send.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("async-engine/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
+    let client = match outbound_client(Some(config.timeout)) {
         Ok(client) => client,
         Err(error) => {
             tracing::error!(%error, "could not build the notification HTTP client; no notification will be sent");
@@ -232,6 +224,21 @@ fn attempt(
 }
 
 /// The host of a callback URL, for logs: the rest may carry the receiver's secrets.
+/// The HTTP client for calls to hosts an operator allowed (callbacks, push steps): redirects
+/// are not followed, since one could lead anywhere and the allow-list is about where we send.
+/// Build it on the thread that uses it: reqwest's blocking client runs its own runtime, which
+/// must not be created or dropped inside the server's.
+pub(crate) fn outbound_client(timeout: Option<Duration>) -> reqwest::Result<reqwest::blocking::Client> {
+    let builder = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("async-engine/", env!("CARGO_PKG_VERSION")));
+    match timeout {
+        Some(timeout) => builder.timeout(timeout),
+        None => builder,
+    }
+    .build()
+}
+
 pub(crate) fn url_host(url: &str) -> String {
     reqwest::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default()
 }

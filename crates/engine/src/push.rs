@@ -14,7 +14,9 @@ use async_engine_domain::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::notify::{ATTEMPT_HEADER, Allowed, SIGNATURE_HEADER, error_chain, signature, url_host};
+use crate::notify::{
+    ATTEMPT_HEADER, Allowed, SIGNATURE_HEADER, error_chain, outbound_client, signature, url_host,
+};
 use crate::{Running, Waker, now_micros, persist, settle};
 
 /// The stable id of a task, the same at every attempt: receivers drop repeats by it.
@@ -259,14 +261,8 @@ type Sent = Result<TaskReport, (&'static str, String)>;
 
 impl Pusher {
     fn run(&self, n: usize, stop: &AtomicBool) {
-        // Built on this thread: reqwest's blocking client runs its own runtime, which must not
-        // be created or dropped inside the server's.
-        let client = match reqwest::blocking::Client::builder()
-            // A redirect could lead anywhere; push_allowed_hosts is about where we send.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("async-engine/", env!("CARGO_PKG_VERSION")))
-            .build()
-        {
+        // Each request sets its own timeout: what is left of its lease.
+        let client = match outbound_client(None) {
             Ok(client) => client,
             Err(error) => {
                 tracing::error!(%error, "could not build the push HTTP client; this push thread stops");
