@@ -123,6 +123,14 @@ fn get(base: &str, path: &str) -> (u16, Value) {
     (response.status().as_u16(), response.json().unwrap())
 }
 
+/// The value of the first `/metrics` line that starts with `name` (a series with its labels).
+fn metric(base: &str, name: &str) -> f64 {
+    let text = reqwest::blocking::get(format!("{base}/metrics")).unwrap().text().unwrap();
+    let line =
+        text.lines().find(|line| line.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 /// SIGTERM, then the exit status.
 fn terminate(running: &mut Running) -> std::process::ExitStatus {
     signal(running, "-TERM")

@@ -12,7 +12,7 @@ use async_engine_engine::notify::signature;
 use serde_json::{Value, json};
 
 use crate::engine::{call, serve, wait_final};
-use crate::{on_both_backends, signal};
+use crate::{metric, on_both_backends, signal};
 
 const SECRET: &str = "e2e-secret";
 
@@ -139,14 +139,6 @@ fn wait_state(base: &str, id: &str, state: &str) -> Value {
         assert!(Instant::now() < deadline, "no delivery of {id} became {state}: {all:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// One sample of the server's /metrics.
-fn metric(base: &str, name: &str) -> f64 {
-    let text = reqwest::blocking::get(format!("{base}/metrics")).unwrap().text().unwrap();
-    let line =
-        text.lines().find(|line| line.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {text}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 on_both_backends! {

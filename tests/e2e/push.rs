@@ -14,7 +14,7 @@ use async_engine_engine::notify::signature;
 use serde_json::{Value, json};
 
 use crate::engine::{call, wait_final};
-use crate::{on_both_backends, start_with};
+use crate::{metric, on_both_backends, start_with};
 
 const SECRET: &str = "push-e2e-secret";
 const TOKEN: &str = "Bearer push-e2e-token";
@@ -133,14 +133,6 @@ fn answer(mut stream: TcpStream, kept: &Mutex<Vec<Received>>) {
     );
     // The slow one's client has gone; nothing to tell it.
     let _ = stream.write_all(reply.as_bytes());
-}
-
-/// One sample of the server's /metrics.
-fn metric(base: &str, name: &str) -> f64 {
-    let text = reqwest::blocking::get(format!("{base}/metrics")).unwrap().text().unwrap();
-    let line =
-        text.lines().find(|line| line.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {text}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 const ITEMS: [&str; 6] = ["ok", "flaky", "down", "slow", "bad", "reject"];

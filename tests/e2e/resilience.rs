@@ -169,10 +169,6 @@ impl Drop for SmallDisk {
     }
 }
 
-fn readyz(base: &str) -> (u16, Value) {
-    get(base, "/readyz")
-}
-
 /// Fills what is left of the disk under `dir`; returns the file that holds it.
 fn fill(dir: &Path) -> PathBuf {
     let filler = dir.join("filler");
@@ -185,7 +181,7 @@ fn fill(dir: &Path) -> PathBuf {
 /// With the database's disk full, a start fails and readiness says so; with room again, both
 /// recover.
 fn readiness_follows_a_full_disk(server: &Running, disk: &Path) {
-    assert_eq!(readyz(&server.base).0, 200);
+    assert_eq!(get(&server.base, "/readyz").0, 200);
     let filler = fill(disk);
     let client = reqwest::blocking::Client::new();
     let items: Vec<String> = (0..900).map(|i| format!("{i:01000}")).collect();
@@ -199,7 +195,7 @@ fn readiness_follows_a_full_disk(server: &Running, disk: &Path) {
             .as_u16()
     };
     assert_eq!(start("full"), 500, "a start cannot be stored on a full disk");
-    let (status, body) = readyz(&server.base);
+    let (status, body) = get(&server.base, "/readyz");
     assert_eq!(status, 503, "{body}; the server said: {:#?}", server.log.try_iter().collect::<Vec<_>>());
     assert!(body["reason"].as_str().unwrap().contains("writes"), "{body}");
 
@@ -207,7 +203,7 @@ fn readiness_follows_a_full_disk(server: &Running, disk: &Path) {
     std::fs::remove_file(&filler).unwrap();
     assert_eq!(start("room"), 202);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while readyz(&server.base).0 != 200 {
+    while get(&server.base, "/readyz").0 != 200 {
         assert!(Instant::now() < deadline, "still not ready 20 s after the disk had room again");
         std::thread::sleep(Duration::from_millis(250));
     }

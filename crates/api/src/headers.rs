@@ -20,7 +20,7 @@ pub async fn security_headers(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let api = req.path() == "/v1" || req.path().starts_with("/v1/");
+    let api = crate::guard::is_v1(req.path());
     let mut response = next.call(req).await?;
     let html = response
         .headers()

@@ -218,7 +218,7 @@ impl Worker {
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    let pause = Duration::from_millis(100 * u64::from(failures.min(50)));
+                    let pause = claim_backoff(failures);
                     tracing::warn!(%error, ?pause, "claiming tasks failed");
                     self.waker.wait(seen, pause);
                 }
@@ -230,15 +230,15 @@ impl Worker {
         let Some(mut lease_until) = self.renew(task) else { return };
         let Some(handler) = self.handlers.for_queue(&task.queue) else {
             let message = format!("no handler for queue {}", task.queue);
-            let result = self.persist(&mut lease_until, || {
+            let result = persist(&mut lease_until, || {
                 self.store.fail(None, task.task_id, &task.lease_token, &message, false, now_micros())
             });
-            self.settle(task, result);
+            settle(&self.waker, task, result);
             return;
         };
         let result = match catch_unwind(AssertUnwindSafe(|| handler.run(task))) {
             Ok(report) => {
-                let result = self.persist(&mut lease_until, || {
+                let result = persist(&mut lease_until, || {
                     self.store.complete(None, task.task_id, &task.lease_token, &report, now_micros())
                 });
                 if result.is_ok() {
@@ -252,12 +252,12 @@ impl Worker {
             Err(_) => {
                 let message = format!("handler {} panicked", task.queue);
                 tracing::error!(task = task.task_id, "{message}");
-                self.persist(&mut lease_until, || {
+                persist(&mut lease_until, || {
                     self.store.fail(None, task.task_id, &task.lease_token, &message, true, now_micros())
                 })
             }
         };
-        self.settle(task, result);
+        settle(&self.waker, task, result);
     }
 
     /// Tasks of a batch wait their turn: one whose lease is more than half gone is renewed
@@ -280,18 +280,12 @@ impl Worker {
             }
         }
     }
+}
 
-    fn persist(
-        &self,
-        lease_until: &mut i64,
-        record: impl Fn() -> Result<(), TaskError>,
-    ) -> Result<(), TaskError> {
-        persist(lease_until, record)
-    }
-
-    fn settle(&self, task: &ClaimedTask, result: Result<(), TaskError>) {
-        settle(&self.waker, task, result);
-    }
+/// How long a claimer waits after `failures` failed claims in a row: 100 ms more each time, at
+/// most 5 s, so a database that is down is not hammered.
+pub(crate) fn claim_backoff(failures: u32) -> Duration {
+    Duration::from_millis(100 * u64::from(failures.min(50)))
 }
 
 /// Records a result, trying again after a storage error for as long as the lease holds:

@@ -223,7 +223,6 @@ fn attempt(
     })
 }
 
-/// The host of a callback URL, for logs: the rest may carry the receiver's secrets.
 /// The HTTP client for calls to hosts an operator allowed (callbacks, push steps): redirects
 /// are not followed, since one could lead anywhere and the allow-list is about where we send.
 /// Build it on the thread that uses it: reqwest's blocking client runs its own runtime, which
@@ -239,6 +238,7 @@ pub(crate) fn outbound_client(timeout: Option<Duration>) -> reqwest::Result<reqw
     .build()
 }
 
+/// The host of a callback URL, for logs: the rest may carry the receiver's secrets.
 pub(crate) fn url_host(url: &str) -> String {
     reqwest::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default()
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::notify::{
     ATTEMPT_HEADER, Allowed, SIGNATURE_HEADER, error_chain, outbound_client, signature, url_host,
 };
-use crate::{Running, Waker, now_micros, persist, settle};
+use crate::{Running, Waker, claim_backoff, now_micros, persist, settle};
 
 /// The stable id of a task, the same at every attempt: receivers drop repeats by it.
 pub const TASK_HEADER: &str = "X-Async-Engine-Task";
@@ -313,7 +313,7 @@ impl Pusher {
                 },
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    let pause = Duration::from_millis(100 * u64::from(failures.min(50)));
+                    let pause = claim_backoff(failures);
                     tracing::warn!(%error, ?pause, "claiming push tasks failed");
                     self.idle.wait(seen, pause, stop);
                 }

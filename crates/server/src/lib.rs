@@ -195,9 +195,11 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
     async_engine_api::metrics::handle();
     let waker = Waker::default();
     let wake = waker.clone();
+    // Built once: each build reads the push steps' environment and checks their hosts.
+    let definitions = settings.definitions()?;
     let mut state = AppState::new(
         store.clone(),
-        settings.definitions()?,
+        definitions.clone(),
         settings.callbacks()?,
         settings.auth()?,
         Arc::new(move || wake.wake()),
@@ -242,8 +244,7 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
             batch: settings.engine.batch,
             node: format!("{}:{}", local, std::process::id()),
         };
-        let targets: Vec<_> = settings
-            .definitions()?
+        let targets: Vec<_> = definitions
             .into_iter()
             .flat_map(|definition| definition.steps)
             .filter_map(|step| match step.handler {
