@@ -148,12 +148,14 @@ fn check_csrf(req: &HttpRequest, auth: &Auth, form: &[(String, String)]) -> Resu
     }
 }
 
-/// A form's fields, once its CSRF token has been checked.
+/// A form's fields, once its origin (`same_origin`) and its CSRF token have been checked.
 async fn checked_form(
     req: &HttpRequest,
     payload: web::Payload,
     auth: &Auth,
 ) -> Result<Vec<(String, String)>, ApiError> {
+    // The headers first: a post from another site is refused before its body is read.
+    same_origin(req, auth)?;
     let body = read_body(req, payload, MAX_FORM_BYTES).await?;
     let form: Vec<(String, String)> =
         form_urlencoded::parse(&body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
@@ -449,7 +451,6 @@ async fn command(
 ) -> HttpResponse {
     let run = async {
         checked_form(&req, payload, &state.auth).await?;
-        same_origin(&req, &state.auth)?;
         let caller = state.auth.authorize_page(&req, Scope::ProcessesWrite)?;
         let id = path_id(&req)?.as_str().to_owned();
         let store = state.processes.clone();
@@ -490,7 +491,6 @@ async fn login_form(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
 async fn login(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
     let run = async {
         let form = checked_form(&req, payload, &state.auth).await?;
-        same_origin(&req, &state.auth)?;
         let home = HttpResponse::SeeOther().insert_header((LOCATION, "/")).finish();
         if !state.auth.enabled() {
             return Ok(home);
@@ -512,7 +512,6 @@ async fn login(req: HttpRequest, payload: web::Payload, state: web::Data<AppStat
 async fn logout(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
     let run = async {
         checked_form(&req, payload, &state.auth).await?;
-        same_origin(&req, &state.auth)?;
         if let Some(session) = req.cookie(SESSION_COOKIE) {
             state.auth.end_session(session.value());
         }
