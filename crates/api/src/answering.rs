@@ -20,7 +20,7 @@ pub(crate) async fn respond(
     caller: &Caller,
     request: StatusRequest,
 ) -> Result<HttpResponse, ApiError> {
-    if let Err(refused) = state.limiter.check(&client(req, caller), request.id.as_str()) {
+    if let Err(refused) = state.limiter.check(&state.auth.caller_key(req, caller), request.id.as_str()) {
         metrics::counter!("async_engine_status_reads_limited_total").increment(1);
         return Err(refused);
     }
@@ -31,14 +31,6 @@ pub(crate) async fn respond(
         return Ok(answer.not_modified());
     }
     Ok(answer.response())
-}
-
-/// Who a caller is for the per-client limits (contract §6): its API key, else its address.
-fn client(req: &HttpRequest, caller: &Caller) -> String {
-    match &caller.key {
-        Some(key) => format!("key:{key}"),
-        None => req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default(),
-    }
 }
 
 /// The entity tags of `If-None-Match`, weak or strong alike (a weak comparison, RFC 9110).

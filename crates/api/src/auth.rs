@@ -471,6 +471,11 @@ impl Auth {
                     .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https")))
     }
 
+    /// Who `caller` is for per-client limits: see [`caller_key`].
+    pub fn caller_key(&self, req: &HttpRequest, caller: &Caller) -> String {
+        caller_key(caller, self.client_address(req))
+    }
+
     /// The client's address: the peer's, or behind trusted proxies the last address of
     /// `X-Forwarded-For` that is not one of them (the ones before it could be made up).
     pub fn client_address(&self, req: &HttpRequest) -> Option<IpAddr> {
@@ -619,6 +624,18 @@ pub fn parse_digest(text: &str) -> Result<[u8; 32], String> {
 /// The hex SHA-256 of a token, as `token_sha256` takes it.
 pub fn digest_hex(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Who a caller is for per-client limits (the status interval, waiting claims): its API key,
+/// or without one its client address (the peer's, or behind `server.trusted_proxies` the
+/// forwarded one), so that clients behind one proxy, or workers on other machines, do not
+/// share one allowance.
+pub fn caller_key(caller: &Caller, address: Option<IpAddr>) -> String {
+    match (&caller.key, address) {
+        (Some(key), _) => format!("key:{key}"),
+        (None, Some(address)) => format!("address:{}", address.to_canonical()),
+        (None, None) => "address:".to_owned(),
+    }
 }
 
 #[cfg(test)]

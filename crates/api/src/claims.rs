@@ -10,7 +10,6 @@
 //! Waiting claims are capped per caller: its API key, or without auth its client address.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -18,7 +17,6 @@ use std::time::Duration;
 use async_engine_domain::{ClaimRequest, TaskStore, TenantId};
 use tokio::sync::Notify;
 
-use crate::auth::Caller;
 use crate::clock::now_micros;
 use crate::error::ApiError;
 use crate::pool::blocking;
@@ -55,23 +53,12 @@ struct Waiters {
 #[derive(Default)]
 struct Table {
     queues: HashMap<Waited, Waiters>,
-    /// Waiting claims per caller, keyed by [`waiter_key`].
+    /// Waiting claims per caller, keyed by [`caller_key`].
     per_key: HashMap<String, usize>,
     ticking: bool,
     /// Counts the checkers started, so that one ending resets `ticking` only for itself.
     generation: u64,
     closed: bool,
-}
-
-/// Who a waiting claim counts against: its API key, or without auth its client address (the
-/// peer's, or behind `server.trusted_proxies` the forwarded one), so that workers on other
-/// machines do not share one cap.
-pub fn waiter_key(caller: &Caller, address: Option<IpAddr>) -> String {
-    match (&caller.key, address) {
-        (Some(key), _) => format!("key:{key}"),
-        (None, Some(address)) => format!("address:{}", address.to_canonical()),
-        (None, None) => "address:".to_owned(),
-    }
 }
 
 struct Inner {
@@ -132,7 +119,7 @@ impl ClaimWaiters {
 
     /// Counts a claim as waiting on `queue` of `tenant` from now on, until the returned guard
     /// is dropped; starts the checker if none runs. `None` after [`ClaimWaiters::close`]. Over
-    /// `key`'s cap (a [`waiter_key`]) the 429 to answer if a claim without waiting finds nothing.
+    /// `key`'s cap (a [`caller_key`]) the 429 to answer if a claim without waiting finds nothing.
     pub fn enter(
         &self,
         store: &Arc<dyn TaskStore>,
@@ -380,22 +367,6 @@ mod tests {
         });
         assert_eq!(checks.load(Ordering::SeqCst), 1);
         drop(first);
-    }
-
-    #[test]
-    fn callers_are_keyed_by_api_key_else_by_client_address() {
-        let anonymous = Caller::anonymous();
-        let address = |text: &str| Some(text.parse::<IpAddr>().unwrap());
-        assert_eq!(waiter_key(&anonymous, address("192.0.2.1")), "address:192.0.2.1");
-        assert_eq!(
-            waiter_key(&anonymous, address("::ffff:192.0.2.1")),
-            "address:192.0.2.1",
-            "one client, however its address is written"
-        );
-        assert_ne!(
-            waiter_key(&anonymous, address("192.0.2.1")),
-            waiter_key(&anonymous, address("192.0.2.2"))
-        );
     }
 
     #[actix_web::test]

@@ -10,7 +10,6 @@ use utoipa::ToSchema;
 
 use crate::auth::Scope;
 use crate::body::read_body;
-use crate::claims::waiter_key;
 use crate::clock::{now_micros, rfc3339};
 use crate::error::ApiError;
 use crate::pool::blocking;
@@ -137,7 +136,7 @@ pub async fn claim(
     let waiting = match wait {
         0 => None,
         _ => {
-            let key = waiter_key(&caller, state.auth.client_address(&req));
+            let key = state.auth.caller_key(&req, &caller);
             match state.claims.enter(&state.tasks, &key, &caller.tenant, &request.queues[0]) {
                 Ok(waiting) => waiting,
                 Err(over_cap) => {

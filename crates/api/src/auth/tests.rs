@@ -260,3 +260,16 @@ fn digests_and_scopes_are_checked() {
     assert_eq!("tasks:work".parse(), Ok(Scope::TasksWork));
     assert!("tasks:play".parse::<Scope>().is_err());
 }
+
+#[test]
+fn callers_are_keyed_by_api_key_else_by_client_address() {
+    let anonymous = Caller::anonymous();
+    let address = |text: &str| Some(text.parse::<IpAddr>().unwrap());
+    assert_eq!(caller_key(&anonymous, address("192.0.2.1")), "address:192.0.2.1");
+    assert_eq!(
+        caller_key(&anonymous, address("::ffff:192.0.2.1")),
+        "address:192.0.2.1",
+        "one client, however its address is written"
+    );
+    assert_ne!(caller_key(&anonymous, address("192.0.2.1")), caller_key(&anonymous, address("192.0.2.2")));
+}
