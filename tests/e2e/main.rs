@@ -18,6 +18,7 @@ mod operations;
 mod push;
 mod resilience;
 mod security;
+mod worker;
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};

@@ -2,6 +2,7 @@
 //! commands of its command line. `main.rs` only parses arguments and reports errors.
 
 pub mod client;
+pub mod runner;
 pub mod settings;
 mod telemetry;
 

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use async_engine::Settings;
 use clap::{Parser, Subcommand};
 
@@ -67,6 +68,40 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Run PROGRAM once per task of a `queue:NAME` step: the task's items on its standard input
+    /// as NDJSON ({"index": I, "item": ITEM} a line), one outcome per item read from its
+    /// standard output ({"index": I}, or {"index": I, "code": C, "statusMessage": "..."}).
+    /// SIGTERM or Ctrl-C stops claiming and lets running programs finish (a second one gives
+    /// their tasks back at once). Exit status: 0 when stopped or --max-tasks were done, 1 when
+    /// the server refused the worker (a token or queue name), 2 for a bad command line.
+    Worker {
+        /// The queue: the NAME of the step's `queue:NAME` handler.
+        #[arg(long)]
+        queue: String,
+        /// Programs run at once.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+        concurrency: u16,
+        /// Run this many tasks, then exit 0.
+        #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..))]
+        max_tasks: Option<u64>,
+        /// Kill a program that runs longer than this (seconds) and fail its task.
+        #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+        timeout: Option<std::time::Duration>,
+        /// The lease asked for each task, extended by heartbeats while its program runs.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=3600))]
+        lease_secs: u32,
+        /// On stop, how long running programs may take before their tasks are given back.
+        #[arg(long, default_value = "30", value_name = "SECS", value_parser = parse_secs)]
+        grace_secs: std::time::Duration,
+        /// The worker's name in leases and the server's log (default worker-PID).
+        #[arg(long)]
+        worker_id: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The program, then its arguments, after `--`.
+        #[arg(required = true, last = true, value_name = "PROGRAM")]
+        program: Vec<std::ffi::OsString>,
+    },
     /// Print a new API token and the [[auth.keys]] entry (with its SHA-256) that admits it.
     Token {
         /// The key's name, as logs and limits know the caller.
@@ -81,6 +116,14 @@ enum Command {
     },
 }
 
+fn parse_secs(text: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = text.parse().map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if !(0.0..=86_400.0).contains(&secs) {
+        return Err(format!("{secs} is not 0 to 86400 seconds"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
 /// What a command prints for scripts goes to standard output; messages go to standard error.
 fn write_stdout(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
@@ -92,7 +135,7 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Submit { .. } | Command::Status { .. } = &cli.command {
+    if let Command::Submit { .. } | Command::Status { .. } | Command::Worker { .. } = &cli.command {
         return match client_command(cli.command) {
             Ok(code) => ExitCode::from(code),
             Err(error) => {
@@ -111,46 +154,90 @@ fn main() -> ExitCode {
     }
 }
 
+impl ServerArgs {
+    fn client(self) -> anyhow::Result<async_engine_client::Client> {
+        let client = async_engine_client::Client::new(&self.server).context("--server")?;
+        Ok(client.with_token(self.token.unwrap_or_default()))
+    }
+}
+
+/// The status with failure groups and their items, or only counters when the items are more
+/// than one answer may list (the server's governor limit answers 400 then).
+fn summary_status(
+    client: &async_engine_client::Client,
+    id: &str,
+) -> anyhow::Result<async_engine_client::Envelope> {
+    use async_engine_client::StatusOptions;
+    match client.status(id, StatusOptions::default()) {
+        Err(error) if error.status() == Some(400) => Ok(client.status(id, StatusOptions::counters())?),
+        other => Ok(other?),
+    }
+}
+
 /// The client commands: no configuration, only a server to talk to.
 fn client_command(command: Command) -> anyhow::Result<u8> {
-    use async_engine::client::{Bars, Client, exit_code, outcome, read_items, summary};
+    use async_engine::client::{Bars, exit_code, outcome, read_items, summary};
+    use async_engine_client::{Start, StatusOptions};
     match command {
         Command::Submit { name, reference_id, items, server, json } => {
-            let items = read_items(&items)?;
-            let client = Client::new(&server.server, server.token)?;
-            let answer = client.submit(&name, &reference_id, &items)?;
+            let start = Start::from_raw(name, reference_id, read_items(&items)?);
+            let client = server.client()?;
             if json {
-                write_stdout(&format!("{answer}\n"))?;
+                // The envelope as the server wrote it, not as this client reads it.
+                write_stdout(&format!("{}\n", client.submit_text(&start)?))?;
             } else {
-                write_stdout(&summary(&answer))?;
+                write_stdout(&summary(&client.submit(&start)?))?;
             }
             Ok(0)
         }
         Command::Status { id, watch, json, server } => {
-            let client = Client::new(&server.server, server.token)?;
+            let client = server.client()?;
             if !watch {
-                let text = client.status(&id, json)?;
                 if json {
-                    write_stdout(&format!("{text}\n"))?;
+                    write_stdout(&format!("{}\n", client.status_text(&id, StatusOptions::default())?))?;
                 } else {
-                    let answer: serde_json::Value = serde_json::from_str(&text)?;
-                    write_stdout(&summary(&answer))?;
+                    write_stdout(&summary(&summary_status(&client, &id)?))?;
                 }
                 return Ok(0);
             }
             let mut bars = if json { None } else { Some(Bars::new()?) };
-            let last = client.watch(&id, |envelope| match &mut bars {
+            let last = client.watch_text(&id, |text, envelope| match &mut bars {
                 Some(bars) => bars.update(envelope),
                 None => {
                     // Best effort: a closed pipe ends the watch's output, not the watch.
-                    let _ = write_stdout(&format!("{envelope}\n"));
+                    let _ = write_stdout(&format!("{}\n", text.replace('\n', "")));
                 }
             })?;
             if let Some(bars) = &bars {
                 bars.finish();
-                write_stdout(&summary(&last))?;
+                // Events carry counters only; the summary names the failure groups too.
+                write_stdout(&summary(&summary_status(&client, &id).unwrap_or(last.clone())))?;
             }
             Ok(exit_code(&outcome(&last)))
+        }
+        Command::Worker {
+            queue,
+            concurrency,
+            max_tasks,
+            timeout,
+            lease_secs,
+            grace_secs,
+            worker_id,
+            server,
+            program,
+        } => {
+            use async_engine::runner::{Program, WorkerOptions, run_worker};
+            let (name, args) = program.split_first().context("PROGRAM is required after --")?;
+            let program = Program::find(name, args.to_vec(), timeout)?;
+            let options = WorkerOptions {
+                queue: queue.strip_prefix("queue:").unwrap_or(&queue).to_owned(),
+                concurrency: usize::from(concurrency),
+                max_tasks,
+                lease_secs,
+                grace: grace_secs,
+                worker_id,
+            };
+            run_worker(server.client()?, options, program)
         }
         _ => Ok(1),
     }
@@ -167,7 +254,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let settings = Settings::from_env(cli.config.as_deref())?;
     match cli.command {
-        Command::Token { .. } | Command::Submit { .. } | Command::Status { .. } => Ok(()),
+        Command::Token { .. } | Command::Submit { .. } | Command::Status { .. } | Command::Worker { .. } => {
+            Ok(())
+        }
         Command::Purge => {
             let purged = async_engine::purge(&settings)?;
             eprintln!(
