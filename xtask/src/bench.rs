@@ -3,6 +3,8 @@
 //! `TEST_POSTGRES_URL` (or `--postgres`), on PostgreSQL. Writes `BENCHMARKS.md` and exits
 //! non-zero when a target is missed by more than the noise measured.
 
+mod own_work;
+
 use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
@@ -61,7 +63,14 @@ fn spread(mut values: Vec<f64>) -> (f64, f64) {
     (median, noise)
 }
 
-pub fn run(postgres: Option<String>) -> anyhow::Result<bool> {
+/// Rows measured by `backend`'s core run (the own-work rows come from `own_work`).
+const CORE: [&str; 7] = ["B1", "B2", "B3", "B4", "B5", "B6", "B7"];
+const OWN: [&str; 2] = ["B11", "B12"];
+
+pub fn run(postgres: Option<String>, only: &[String]) -> anyhow::Result<bool> {
+    if let Some(unknown) = only.iter().find(|r| !CORE.contains(&r.as_str()) && !OWN.contains(&r.as_str())) {
+        bail!("--only: no row {unknown} (rows: {}, {})", CORE.join(", "), OWN.join(", "));
+    }
     if cfg!(debug_assertions) {
         // Figures of an unoptimised build say nothing: run the release build instead.
         let mut args =
@@ -70,25 +79,46 @@ pub fn run(postgres: Option<String>) -> anyhow::Result<bool> {
         if let Some(url) = &postgres {
             args.extend(["--postgres".into(), url.clone()]);
         }
+        if !only.is_empty() {
+            args.extend(["--only".into(), only.join(",")]);
+        }
         let status = Command::new(env!("CARGO")).args(&args).status().context("running the release build")?;
         return Ok(status.success());
     }
-    ensure_wrk()?;
+    let wanted = |set: &[&str]| only.is_empty() || only.iter().any(|r| set.contains(&r.as_str()));
+    if wanted(&CORE) {
+        ensure_wrk()?;
+    }
     let started = Instant::now();
     build_server()?;
     let mut rows = Vec::new();
     eprintln!("== SQLite");
     let dir = tempfile::tempdir()?;
     let sqlite = dir.path().join("bench.db");
-    rows.extend(backend("SQLite", sqlite.to_str().context("temporary path")?, None)?);
+    let measure = |name: &'static str, url: &str, pg_server: Option<&str>| -> anyhow::Result<Vec<Row>> {
+        let mut rows = Vec::new();
+        if wanted(&CORE) {
+            rows.extend(backend(name, url, pg_server)?);
+        }
+        if wanted(&OWN) {
+            rows.extend(own_work::rows(name, url)?);
+        }
+        rows.retain(|row| only.is_empty() || only.iter().any(|r| r == row.id));
+        Ok(rows)
+    };
+    rows.extend(measure("SQLite", sqlite.to_str().context("temporary path")?, None)?);
     let postgres = postgres.or_else(|| std::env::var("TEST_POSTGRES_URL").ok());
     if let Some(server) = postgres {
         eprintln!("== PostgreSQL");
         let scratch = crate::engine::Scratch::create(&server)?;
-        rows.extend(backend("PostgreSQL", &scratch.url, Some(&server))?);
+        rows.extend(measure("PostgreSQL", &scratch.url, Some(&server))?);
     }
     let report = report(&rows, started.elapsed());
-    std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md"), &report)?;
+    if only.is_empty() {
+        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md"), &report)?;
+    } else {
+        eprintln!("(--only: BENCHMARKS.md is left as the last full run wrote it)");
+    }
     eprintln!("{report}");
     Ok(rows.iter().all(Row::met))
 }
@@ -643,7 +673,12 @@ fn report(rows: &[Row], took: Duration) -> String {
          library. B6: the status with `itemsList=false` on B5's process against the 6-item example\n\
          (median of medians). B7: the release server's peak resident memory (VmHWM) after paging\n\
          through step 0 of B5's process with the items call (10,000 per page), against its peak\n\
-         when idle.\n\n\
+         when idle. B11 and B12: a team's own work on the release server, a 1-step process of\n\
+         100000 items in 500-item tasks from the start's answer to Success, against the same\n\
+         process on `builtin:noop`: B11 an `http` push step to a loopback endpoint answering every\n\
+         index a success (4 in flight), B12 `async-engine worker --concurrency 4` running a\n\
+         Python 3 program (`python3 -S`, the interpreter itself, not a version manager's shim) that\n\
+         echoes every index as a success, a program start per task.\n\n\
          What bounds the rows that miss, with profiles, and what would change them: see\n\
          [ARCHITECTURE.md, How far it scales](ARCHITECTURE.md#how-far-it-scales)."
     );

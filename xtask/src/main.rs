@@ -83,6 +83,10 @@ enum Command {
         /// Measure on PostgreSQL too (else TEST_POSTGRES_URL, when set).
         #[arg(long, value_name = "URL")]
         postgres: Option<String>,
+        /// Measure only these rows (comma-separated, e.g. B11,B12); BENCHMARKS.md is written
+        /// by full runs only.
+        #[arg(long, value_delimiter = ',', value_name = "ROWS")]
+        only: Vec<String>,
     },
     /// Count the database reads per second of clients waiting on one running process: a
     /// handful of plain pollers against growing numbers of long-polls.
@@ -123,8 +127,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             engine::run(items, workers, chunk, postgres, nodes)
         }
         Command::MeasureWaiting { clients, seconds } => waiting::run(clients, seconds),
-        Command::Bench { postgres } => {
-            if bench::run(postgres)? {
+        Command::Bench { postgres, only } => {
+            if bench::run(postgres, &only)? {
                 Ok(())
             } else {
                 anyhow::bail!("a performance target was missed beyond the noise: see BENCHMARKS.md")

@@ -460,6 +460,10 @@ struct DefinitionOut<'a> {
 struct StepOut<'a> {
     step_number: usize,
     name: &'a str,
+    /// `builtin:NAME` (run in the server), `queue:NAME` (run by workers that claim its
+    /// tasks), or `http:PROCESS/STEP` (a push step: the server POSTs each task to the step's
+    /// URL, which is never shown).
+    #[schema(pattern = r"^(builtin|queue|http):.+$")]
     handler: String,
     chunk_size: u32,
     max_attempts: u32,

@@ -158,7 +158,7 @@ pub struct DefinitionStep {
     pub step_number: u32,
     /// The step's name.
     pub name: String,
-    /// `builtin:NAME`, `queue:NAME` or `http`.
+    /// `builtin:NAME`, `queue:NAME` or `http:PROCESS/STEP` (a push step).
     pub handler: String,
     /// Items per task.
     pub chunk_size: u32,

@@ -2,7 +2,7 @@
 //! handler per task on its own thread, heartbeat while it runs, complete or fail with what it
 //! returned, back off while the server is unreachable, and stop gracefully.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -181,7 +181,9 @@ impl Worker {
         self
     }
 
-    /// How many tasks run at once, each on its own thread (at least 1).
+    /// How many tasks run at once, each on its own thread (at least 1). As many more are
+    /// claimed ahead (their leases held and extended), so that a finished task's thread
+    /// starts the next at once and claims come in batches.
     pub fn concurrency(mut self, tasks: usize) -> Self {
         self.concurrency = tasks.max(1);
         self
@@ -200,8 +202,9 @@ impl Worker {
         self
     }
 
-    /// How long a claim may wait for a task (0..=30 s). Stopping waits for a claim in flight,
-    /// so this also bounds how long a stop takes to begin.
+    /// How long a claim may wait for a task when none is running (0..=30 s; at most 1 s while
+    /// tasks run). Stopping waits for a claim in flight, so this also bounds how long a stop of
+    /// an idle worker takes.
     pub fn wait_secs(mut self, secs: u32) -> Self {
         self.wait_secs = secs.min(30);
         self
@@ -248,11 +251,17 @@ impl Worker {
             let mut claimed = 0_u64;
             let mut backoff = Backoff::default();
             while !self.stop.is_stopping() && self.max_tasks.is_none_or(|max| claimed < max) {
-                let free = self.concurrency.saturating_sub(shared.running().len());
-                if free == 0 {
+                // Claim a batch once every claimed task has started, up to one round of
+                // `concurrency` ahead: a finishing task's thread takes the next one at once,
+                // and the server sees one claim per batch rather than one per task.
+                let pending = shared.slots().pending.len();
+                let held = shared.running().len();
+                let ahead = 2 * self.concurrency;
+                if pending > 0 || held >= ahead {
                     shared.wait(Duration::from_millis(100));
                     continue;
                 }
+                let free = ahead - held;
                 let left = self.max_tasks.map_or(u64::MAX, |max| max - claimed);
                 let want = u32::try_from((free as u64).min(left).min(100)).unwrap_or(100);
                 let claim = Claim {
@@ -260,17 +269,30 @@ impl Worker {
                     worker_id: self.worker_id.clone(),
                     max_tasks: want,
                     lease_seconds: Some(self.lease_secs),
-                    wait_seconds: self.wait_secs,
+                    // While tasks run, a stop must not wait long for a claim in flight.
+                    wait_seconds: if held > 0 { self.wait_secs.min(1) } else { self.wait_secs },
                 };
                 match self.client.claim(&claim) {
                     Ok(tasks) => {
                         backoff.reset();
                         for task in tasks {
                             claimed += 1;
+                            if self.stop.is_stopping() {
+                                // Came back from a claim that was waiting when the stop came.
+                                self.give_back(&shared, &task, "the worker stopped before starting the task");
+                                continue;
+                            }
                             let task = Arc::new(task);
                             shared.running().insert(task.task_id, Lease::new(&task, self.lease_secs));
-                            let (shared, handler) = (&shared, &handler);
-                            scope.spawn(move || self.run_one(shared, handler, &task));
+                            let mut slots = shared.slots();
+                            if slots.active < self.concurrency {
+                                slots.active += 1;
+                                drop(slots);
+                                let (shared, handler) = (&shared, &handler);
+                                scope.spawn(move || self.work(shared, handler, task));
+                            } else {
+                                slots.pending.push_back(task);
+                            }
                         }
                     }
                     Err(error) if error.is_transient() => {
@@ -291,15 +313,29 @@ impl Worker {
         fatal.map_or(Ok(summary), Err)
     }
 
-    /// Waits for running tasks: as long as they take after `max_tasks` or a fatal answer, up
-    /// to the grace period once a stop is asked for; then gives the rest back.
+    /// Waits for the tasks held: as long as they take after `max_tasks` or a fatal answer;
+    /// once a stop is asked for, gives back those not started and waits up to the grace
+    /// period for the rest; then gives back what is left.
     fn drain(&self, shared: &Shared) {
-        let running = shared.running().len();
-        if running > 0 {
-            self.emit(&Event::Stopping { running });
-        }
+        let mut announced = false;
         let mut deadline = None;
-        while !shared.running().is_empty() && !self.stop.is_abandoning() {
+        loop {
+            if self.stop.is_stopping() {
+                let unstarted: Vec<Arc<Task>> = shared.slots().pending.drain(..).collect();
+                for task in unstarted {
+                    if shared.running().remove(&task.task_id).is_some() {
+                        self.give_back(shared, &task, "the worker stopped before starting the task");
+                    }
+                }
+            }
+            let running = shared.running().len();
+            if running == 0 || self.stop.is_abandoning() {
+                break;
+            }
+            if !announced {
+                self.emit(&Event::Stopping { running });
+                announced = true;
+            }
             if self.stop.is_stopping()
                 && Instant::now() >= *deadline.get_or_insert_with(|| Instant::now() + self.grace)
             {
@@ -310,14 +346,36 @@ impl Worker {
         let left: Vec<Lease> = shared.running().drain().map(|(_, lease)| lease).collect();
         for lease in left {
             lease.task.cancel();
-            let reason = "the worker stopped before the task finished";
-            // Given back as retryable so that another worker takes it at once rather than when
-            // the lease expires; if the server cannot be told, the lease expires all the same.
-            if let Err(error) = self.client.fail(&lease.task, reason, true) {
-                tracing::warn!(task = lease.task.task_id, %error, "could not give the task back");
+            self.give_back(shared, &lease.task, "the worker stopped before the task finished");
+        }
+    }
+
+    /// Gives a task back as retryable, so that another worker takes it at once rather than
+    /// when its lease expires (which it does all the same if the server cannot be told).
+    fn give_back(&self, shared: &Shared, task: &Task, reason: &str) {
+        if let Err(error) = self.client.fail(task, reason, true) {
+            tracing::warn!(task = task.task_id, %error, "could not give the task back");
+        }
+        shared.summary().given_up += 1;
+        self.emit(&Event::GivenUp { task, reason });
+    }
+
+    /// A task thread: runs `first`, then tasks claimed ahead while there are any.
+    fn work<F>(&self, shared: &Shared, handler: &F, first: Arc<Task>)
+    where
+        F: Fn(&Task) -> Result<Outcomes, TaskFailure> + Sync,
+    {
+        let mut next = Some(first);
+        while let Some(task) = next {
+            self.run_one(shared, handler, &task);
+            let mut slots = shared.slots();
+            next = slots.pending.pop_front();
+            if next.is_none() {
+                slots.active -= 1;
             }
-            shared.summary().given_up += 1;
-            self.emit(&Event::GivenUp { task: &lease.task, reason });
+            drop(slots);
+            // The claiming loop waits for the tasks claimed ahead to start, or for room.
+            shared.changed.notify_all();
         }
     }
 
@@ -325,6 +383,10 @@ impl Worker {
     where
         F: Fn(&Task) -> Result<Outcomes, TaskFailure> + Sync,
     {
+        if task.is_cancelled() {
+            // Its lease was lost while it waited its turn; the heartbeats said so.
+            return;
+        }
         let begun = Instant::now();
         self.emit(&Event::Claimed { task });
         let result = catch_unwind(AssertUnwindSafe(|| handler(task)))
@@ -335,7 +397,6 @@ impl Worker {
         if taken.is_some() {
             self.report(shared, task, result, begun);
         }
-        shared.changed.notify_all();
     }
 
     fn report(&self, shared: &Shared, task: &Task, result: Result<Outcomes, TaskFailure>, begun: Instant) {
@@ -488,9 +549,18 @@ impl Lease {
     }
 }
 
+/// Task threads, and the tasks claimed ahead that wait for one.
+#[derive(Default)]
+struct Slots {
+    active: usize,
+    pending: VecDeque<Arc<Task>>,
+}
+
 #[derive(Default)]
 struct Shared {
+    /// Every lease held, started or not: what heartbeats extend.
     running: Mutex<HashMap<i64, Lease>>,
+    slots: Mutex<Slots>,
     changed: Condvar,
     summary: Mutex<Summary>,
 }
@@ -500,6 +570,10 @@ impl Shared {
         // A panic holding the lock is caught by run_one's catch_unwind before it could poison
         // anything but the handler's own state; keep going with the map as it is.
         self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn slots(&self) -> MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn summary(&self) -> MutexGuard<'_, Summary> {

@@ -8,8 +8,8 @@ use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -69,22 +69,20 @@ impl Program {
             .map_err(|e| TaskFailure::retryable(format!("cannot start {}: {e}", self.path.display())))?;
         let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
         let last_error = Mutex::new(String::new());
-        let bad_output = AtomicBool::new(false);
+        let output = Output::default();
         let (ended, read) = std::thread::scope(|scope| {
             if let Some(stdin) = stdin {
                 scope.spawn(|| write_items(stdin, task));
             }
             let reader = scope.spawn(|| {
                 let read = stdout.map_or_else(|| Ok(Outcomes::new()), |out| read_outcomes(out, task));
-                if read.is_err() {
-                    bad_output.store(true, Ordering::SeqCst);
-                }
+                output.closed(read.is_err());
                 read
             });
             if let Some(stderr) = stderr {
                 scope.spawn(|| keep_last_line(stderr, &last_error, stderr_line));
             }
-            let ended = self.wait(&mut child, task, &bad_output);
+            let ended = self.wait(&mut child, task, &output);
             (ended, reader.join().unwrap_or_else(|_| Err("the output reader panicked".into())))
         });
         let last = last_error.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -133,12 +131,11 @@ impl Program {
     /// program is reaped: the program's own children end with the task, and pipes they held
     /// open would keep the readers waiting. (Before reaping, the exited program still holds
     /// its ID, so the group's ID cannot have been given to another process.)
-    fn wait(&self, child: &mut Child, task: &Task, bad_output: &AtomicBool) -> Result<ExitStatus, String> {
+    fn wait(&self, child: &mut Child, task: &Task, output: &Output) -> Result<ExitStatus, String> {
         let begun = Instant::now();
-        let mut pause = Duration::from_millis(1);
         loop {
             let exited = exited(child).map_err(|e| format!("waiting for the program: {e}"))?;
-            let why = if exited || bad_output.load(Ordering::SeqCst) {
+            let why = if exited || output.was_wrong() {
                 // The reader's error says what was wrong with the output; the status is read.
                 None
             } else if task.is_cancelled() {
@@ -146,13 +143,43 @@ impl Program {
             } else if let Some(limit) = self.timeout.filter(|limit| begun.elapsed() >= *limit) {
                 Some(format!("the program ran longer than --timeout {}s and was killed", limit.as_secs_f64()))
             } else {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(20));
+                output.wait();
                 continue;
             };
             kill_group(child);
             let status = child.wait().map_err(|e| format!("waiting for the program: {e}"))?;
             return why.map_or(Ok(status), Err);
+        }
+    }
+}
+
+/// The state of a program's standard output, which the waiting thread sleeps on: a program
+/// usually ends right after closing it, so its exit is noticed within a millisecond without
+/// polling often while it runs.
+#[derive(Default)]
+struct Output {
+    state: Mutex<(bool, bool)>,
+    changed: Condvar,
+}
+
+impl Output {
+    fn closed(&self, wrong: bool) {
+        *self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (true, wrong);
+        self.changed.notify_all();
+    }
+
+    fn was_wrong(&self) -> bool {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).1
+    }
+
+    /// Sleeps up to 20 ms, waking when the output closes; 1 ms once it has.
+    fn wait(&self) {
+        let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.0 {
+            drop(state);
+            std::thread::sleep(Duration::from_millis(1));
+        } else {
+            let _ = self.changed.wait_timeout(state, Duration::from_millis(20));
         }
     }
 }
