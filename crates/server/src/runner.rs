@@ -19,6 +19,8 @@ use serde::Deserialize;
 
 /// The longest line read from a program's output; an outcome line is far shorter.
 const MAX_LINE_BYTES: u64 = 64 * 1024;
+/// The largest `additionalData` passed in the program's environment.
+const MAX_ENV_DATA_BYTES: usize = 32 * 1024;
 /// The most of a program's last standard error line kept for the task's error.
 const MAX_ERROR_CHARS: usize = 500;
 
@@ -105,7 +107,12 @@ impl Program {
     }
 
     fn spawn(&self, task: &Task) -> std::io::Result<Child> {
-        Command::new(&self.path)
+        let mut command = Command::new(&self.path);
+        // Linux refuses to start a program with one environment string over 128 KiB.
+        if task.additional_data.get().len() <= MAX_ENV_DATA_BYTES {
+            command.env("ASYNC_ENGINE_ADDITIONAL_DATA", task.additional_data.get());
+        }
+        command
             .args(&self.args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -122,7 +129,6 @@ impl Program {
             .env("ASYNC_ENGINE_PROCESS_NAME", &task.async_process_name)
             .env("ASYNC_ENGINE_STEP_NUMBER", task.step_number.to_string())
             .env("ASYNC_ENGINE_STEP_NAME", &task.step_name)
-            .env("ASYNC_ENGINE_ADDITIONAL_DATA", task.additional_data.get())
             .spawn()
     }
 
