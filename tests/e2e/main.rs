@@ -18,6 +18,7 @@ mod operations;
 mod push;
 mod resilience;
 mod security;
+mod uploads;
 mod worker;
 
 use std::ffi::OsStr;

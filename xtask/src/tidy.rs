@@ -30,9 +30,10 @@ const LAYERS: &[(&str, &[&[&str]])] = &[
             ],
             // The state and what it holds: the blocking pool, the claim waiters, the watcher.
             &["pool", "claims", "watcher", "state"],
-            // Shared HTTP plumbing: answering status reads (limits, ETags), reading bodies,
+            // Shared HTTP plumbing: answering status reads (limits, ETags), reading bodies and
+            // spooling uploads,
             // resources with their 405s and the 404, the middleware.
-            &["answering", "body", "routing", "middleware"],
+            &["answering", "body", "upload", "routing", "middleware"],
             // One module per resource, each registering its own routes.
             &["status", "watch", "processes", "tasks", "dashboard", "operations"],
             // The router and the OpenAPI document, collecting the resources; test helpers.

@@ -30,6 +30,7 @@ mod answering;
 mod body;
 mod middleware;
 mod routing;
+mod upload;
 // One module per resource.
 mod dashboard;
 mod operations;

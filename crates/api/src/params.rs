@@ -157,6 +157,27 @@ pub fn shorten(value: &str) -> String {
     }
 }
 
+/// How a streamed start's body lists its items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `application/x-ndjson`: one JSON item a line.
+    Ndjson,
+    /// `text/csv`: RFC 4180, a header row naming each item's fields, values as strings.
+    Csv,
+}
+
+impl Format {
+    /// The format of a request's body, when it is one of the streamed kinds.
+    pub fn of(req: &actix_web::HttpRequest) -> Option<Self> {
+        let mime = actix_web::HttpMessage::mime_type(req).ok().flatten()?;
+        match (mime.type_().as_str(), mime.subtype().as_str()) {
+            ("application", "x-ndjson" | "ndjson") => Some(Self::Ndjson),
+            ("text", "csv") => Some(Self::Csv),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

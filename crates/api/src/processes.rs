@@ -6,7 +6,7 @@ use actix_web::http::header::LOCATION;
 use actix_web::{HttpRequest, HttpResponse, web};
 use async_engine_domain::{
     CommandError, ItemsError, ItemsPage, ItemsQuery, ListError, ListQuery, NewProcess, OutcomeFilter,
-    ProcessId, ProcessStatus, RawJson, ReferenceId, Started, Status,
+    ProcessId, ProcessStatus, RawJson, ReferenceId, Started, Status, StreamedStartError,
 };
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -21,6 +21,7 @@ use crate::params::{self, parse_path_id};
 use crate::pool::blocking;
 use crate::routing::resource;
 use crate::state::AppState;
+use crate::upload::{self, Format, UploadLimits};
 
 /// Records of commands and lists show steps' counters, not their items.
 const SUMMARY: Shape = Shape { verbose: true, items_list: false, fail_message: true };
@@ -103,14 +104,22 @@ fn parse_start(body: &[u8]) -> Result<StartRequest, ApiError> {
 
 /// `POST /v1/asyncprocesses`
 #[utoipa::path(post, path = "/v1/asyncprocesses", tag = "processes", operation_id = "startAsyncProcess",
-    request_body = crate::schema::StartBody,
-    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "A repeated key returns the first process")),
+    description = "The body is a JSON start; or, for bulk uploads, the items alone as NDJSON (one JSON item a line; blank lines skipped) or CSV (RFC 4180, a header row naming each item's fields, values as strings) with the start's options in the query. An upload is read and checked as it arrives, up to limits.max_upload_bytes; a malformed line (named, with its column) or a body cut off leaves no process.",
+    request_body(content(
+        (crate::schema::StartBody = "application/json"),
+        (String = "application/x-ndjson"),
+        (String = "text/csv"))),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "A repeated key returns the first process"),
+        ("asyncProcessName" = Option<String>, Query, min_length = 1, max_length = 255, description = "With an NDJSON or CSV body (then required): the definition's name"),
+        ("referenceId" = Option<String>, Query, min_length = 1, max_length = 255, description = "With an NDJSON or CSV body (then required): the reference ID"),
+        ("additionalData" = Option<String>, Query, description = "With an NDJSON or CSV body: the additionalData, a JSON object"),
+        ("callbackUrl" = Option<String>, Query, max_length = 2048, description = "With an NDJSON or CSV body: where to POST the envelope when the process finishes")),
     responses(
         (status = 202, description = "Started (or the process of a repeated Idempotency-Key)", body = Envelope),
         (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
         (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = Envelope),
         (status = 403, description = "The key lacks the scope", body = Envelope),
-        (status = 413, description = "The body is larger than limits.max_body_bytes", body = Envelope),
+        (status = 413, description = "The body is larger than limits.max_body_bytes (an NDJSON or CSV upload: limits.max_upload_bytes)", body = Envelope),
         (status = 500, description = "The server failed; the cause is in its log", body = Envelope)))]
 pub async fn start(
     req: HttpRequest,
@@ -118,8 +127,88 @@ pub async fn start(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = state.auth.authorize(&req, Scope::ProcessesWrite)?;
+    if let Some(format) = Format::of(&req) {
+        return start_streamed(req, payload, state, caller.tenant, format).await;
+    }
     let body = read_body(&req, payload, state.config.max_body_bytes).await?;
     let request = parse_start(&body)?;
+    let new = new_process(&req, &state, caller.tenant, request)?;
+    let store = state.processes.clone();
+    let started = blocking(move || store.start(&new)).await??;
+    started_answer(&state, &started)
+}
+
+/// The start options of a streamed start, in its query.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct StreamedQuery {
+    async_process_name: String,
+    reference_id: String,
+    #[serde(default)]
+    additional_data: Option<String>,
+    #[serde(default)]
+    callback_url: Option<String>,
+}
+
+/// `POST /v1/asyncprocesses` with NDJSON or CSV items: the options in the query, the items
+/// read, checked and spooled as they arrive, then stored in one transaction.
+async fn start_streamed(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    tenant: async_engine_domain::TenantId,
+    format: Format,
+) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<StreamedQuery>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|e| {
+            ApiError::input(format!(
+                "a streamed start names its process in the query (asyncProcessName, referenceId; \
+             additionalData, callbackUrl optional): {e}"
+            ))
+        })?;
+    let additional_data = match query.additional_data {
+        None => RawJson::empty_object(),
+        Some(text) => {
+            let raw = serde_json::from_str::<Box<RawValue>>(&text)
+                .ok()
+                .filter(|raw| raw.get().starts_with('{'))
+                .ok_or_else(|| ApiError::input("additionalData must be a JSON object"))?;
+            RawJson::from_input(raw).map_err(|e| ApiError::input(format!("additionalData {e}")))?
+        }
+    };
+    let request = StartRequest {
+        name: query.async_process_name,
+        reference_id: ReferenceId::new(query.reference_id).map_err(|e| ApiError::input(e.to_string()))?,
+        items: Vec::new(),
+        additional_data,
+        callback_url: query.callback_url,
+    };
+    // Everything the query decides is checked before the body is read.
+    let new = new_process(&req, &state, tenant, request)?;
+    let limits = UploadLimits {
+        max_bytes: state.config.max_upload_bytes,
+        max_item_bytes: state.config.max_body_bytes,
+        idle: state.config.body_timeout,
+    };
+    let spooled = upload::spool(&req, payload, format, limits).await?;
+    let store = state.processes.clone();
+    let started = blocking(move || store.start_streamed(&new, &mut spooled.into_items())).await?.map_err(
+        |e| match e {
+            StreamedStartError::Items(why) => ApiError::Internal(why),
+            StreamedStartError::Storage(e) => e.into(),
+        },
+    )?;
+    started_answer(&state, &started)
+}
+
+/// The process a start request makes, once its name, callback and key are checked.
+fn new_process(
+    req: &HttpRequest,
+    state: &AppState,
+    tenant: async_engine_domain::TenantId,
+    request: StartRequest,
+) -> Result<NewProcess, ApiError> {
     let idempotency_key = match req.headers().get("Idempotency-Key") {
         None => None,
         Some(value) => {
@@ -147,8 +236,8 @@ pub async fn start(
     };
     let id = ProcessId::new(uuid::Uuid::now_v7().simple().to_string())
         .map_err(|e| ApiError::Internal(format!("generated ID refused: {e}")))?;
-    let new = NewProcess {
-        tenant: caller.tenant,
+    Ok(NewProcess {
+        tenant,
         async_process_id: id,
         reference_id: request.reference_id,
         definition,
@@ -157,10 +246,12 @@ pub async fn start(
         idempotency_key,
         callback_url,
         now_micros: now_micros(),
-    };
-    let store = state.processes.clone();
-    let started = blocking(move || store.start(&new)).await??;
-    let (Started::Created(record) | Started::Existing(record)) = &started;
+    })
+}
+
+/// 202 with the new (or the idempotency key's earlier) process and its `Location`.
+fn started_answer(state: &AppState, started: &Started) -> Result<HttpResponse, ApiError> {
+    let (Started::Created(record) | Started::Existing(record)) = started;
     if matches!(started, Started::Created(_)) {
         (state.on_new_work)();
     }

@@ -44,8 +44,11 @@ impl SuccessCode {
 #[derive(Debug, Clone, Copy)]
 pub struct ApiConfig {
     pub success_code: SuccessCode,
-    /// The largest request body accepted; larger ones get 413.
+    /// The largest request body accepted; larger ones get 413. Also the largest item of a
+    /// streamed start (a line of NDJSON, a record of CSV).
     pub max_body_bytes: usize,
+    /// `limits.max_upload_bytes`: the largest streamed start (NDJSON or CSV); larger get 413.
+    pub max_upload_bytes: usize,
     /// Lease of an external worker's claim that names none.
     pub default_lease_secs: u64,
     /// The governor limit: a status answer may list at most this many items (contract §6).
@@ -69,6 +72,7 @@ impl Default for ApiConfig {
         Self {
             success_code: SuccessCode::Accepted,
             max_body_bytes: 1024 * 1024,
+            max_upload_bytes: 1 << 30,
             default_lease_secs: 60,
             max_items_per_response: 10_000,
             watch_interval: Duration::from_millis(250),

@@ -26,5 +26,6 @@ pub use snapshot::{FailureSnapshot, ProcessSnapshot, SnapshotError, StepSnapshot
 pub use status::{ProcessEnd, Status, StepState, UnknownStatus};
 pub use work::{
     ClaimRequest, ClaimedTask, CommandError, ItemsError, ItemsPage, ItemsQuery, ListError, ListQuery,
-    ListedItem, NewProcess, OutcomeFilter, Page, ProcessStore, Started, TaskError, TaskReport, TaskStore,
+    ListedItem, NewProcess, OutcomeFilter, Page, ProcessStore, Started, StreamedStartError, TaskError,
+    TaskReport, TaskStore,
 };

@@ -180,10 +180,29 @@ pub enum ItemsError {
     Storage(#[from] RepositoryError),
 }
 
+/// Why a start whose items came as a stream stored nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamedStartError {
+    /// Reading the items failed (the caller's upload, already checked, could not be read
+    /// back): nothing was stored.
+    #[error("{0}")]
+    Items(String),
+    #[error(transparent)]
+    Storage(#[from] RepositoryError),
+}
+
 /// Starting and steering processes.
 #[cfg_attr(feature = "mocks", mockall::automock)]
 pub trait ProcessStore: Send + Sync {
     fn start(&self, process: &NewProcess) -> Result<Started, RepositoryError>;
+    /// Starts a process over `items` as they come (`process.items` is not read), in one
+    /// transaction: an `Err` from `items` leaves no process at all. Memory stays flat
+    /// whatever the number of items.
+    fn start_streamed(
+        &self,
+        process: &NewProcess,
+        items: &mut dyn Iterator<Item = Result<RawJson, String>>,
+    ) -> Result<Started, StreamedStartError>;
     fn cancel(&self, tenant: &TenantId, id: &str, now_micros: i64) -> Result<ProcessStatus, CommandError>;
     fn retry(&self, tenant: &TenantId, id: &str, now_micros: i64) -> Result<ProcessStatus, CommandError>;
     fn list(&self, query: &ListQuery) -> Result<Page, ListError>;

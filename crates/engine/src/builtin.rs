@@ -14,7 +14,8 @@ impl Handler for Noop {
     }
 }
 
-/// The documented demo rules for quote lines (`{"productCode": ..., "quantity": ...}`):
+/// The documented demo rules for quote lines (`{"productCode": ..., "quantity": ...}`, the
+/// quantity a number or, from a CSV upload, a string of digits):
 ///
 /// * `validate`: an item that is not an object, or whose `quantity` is missing or 0, fails
 ///   with 5004 "Missing data"; a `productCode` starting with `DISCONTINUED` fails with 5001
@@ -29,7 +30,13 @@ pub enum Rules {
 impl Rules {
     /// The failure an item meets under these rules, if any.
     pub fn judge(self, item: &Value) -> Option<(i64, &'static str)> {
-        let quantity = item.get("quantity").and_then(Value::as_u64).unwrap_or(0);
+        // A number, or (as every value of a CSV upload is) a string holding one.
+        let quantity = match item.get("quantity") {
+            Some(Value::String(text)) => text.trim().parse().ok(),
+            Some(number) => number.as_u64(),
+            None => None,
+        }
+        .unwrap_or(0);
         let product = item.get("productCode").and_then(Value::as_str).unwrap_or("");
         match self {
             Rules::Validate if !item.is_object() || quantity == 0 => Some((5004, "Missing data")),
@@ -73,6 +80,9 @@ mod tests {
             (Rules::Validate, json!({"productCode": "TV"}), Some(5004)),
             (Rules::Validate, json!("AnyItem"), Some(5004)),
             (Rules::Validate, json!({"productCode": "DISCONTINUED-DSL", "quantity": 1}), Some(5001)),
+            (Rules::Validate, json!({"productCode": "TV", "quantity": "2"}), None),
+            (Rules::Validate, json!({"productCode": "TV", "quantity": "none"}), Some(5004)),
+            (Rules::Price, json!({"productCode": "TV", "quantity": "500"}), Some(6001)),
             (Rules::Price, json!({"productCode": "TV", "quantity": 100}), None),
             (Rules::Price, json!({"productCode": "TV", "quantity": 101}), Some(6001)),
         ];

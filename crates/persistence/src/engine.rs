@@ -5,15 +5,15 @@
 
 use async_engine_domain::{
     ClaimRequest, ClaimedTask, CommandError, ItemsError, ItemsPage, ItemsQuery, ListError, ListQuery,
-    NewProcess, Page, ProcessStatus, ProcessStore, RepositoryError, Started, TaskError, TaskReport,
-    TaskStore, TenantId,
+    NewProcess, Page, ProcessStatus, ProcessStore, RawJson, RepositoryError, Started, StreamedStartError,
+    TaskError, TaskReport, TaskStore, TenantId,
 };
 
 use crate::claim::{any_due, claim};
 use crate::commands::{cancel, list, retry};
 use crate::error::Error;
 use crate::lease::{complete, fail, heartbeat};
-use crate::start::start;
+use crate::start::{existing, start, start_streamed};
 use crate::store::Store;
 
 impl ProcessStore for Store {
@@ -29,6 +29,30 @@ impl ProcessStore for Store {
                 Ok(start(&mut conn, process).map_err(|e| self.noted(e))?)
             }
             other => Ok(other.map_err(|e| self.noted(e))?),
+        }
+    }
+
+    fn start_streamed(
+        &self,
+        process: &NewProcess,
+        items: &mut dyn Iterator<Item = Result<RawJson, String>>,
+    ) -> Result<Started, StreamedStartError> {
+        let mut conn = self.conn().map_err(RepositoryError::from)?;
+        match start_streamed(&mut conn, process, items) {
+            Err(Error::Items(why)) => Err(StreamedStartError::Items(why)),
+            // As for start, but the items are spent: the winner's process is read directly.
+            Err(Error::Query(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                info,
+            ))) if process.idempotency_key.is_some() => {
+                let key = process.idempotency_key.as_deref().unwrap_or_default();
+                match existing(&mut conn, process.tenant.as_str(), key) {
+                    Ok(Some(started)) => Ok(started),
+                    Ok(None) => Err(RepositoryError::Failed(info.message().to_owned()).into()),
+                    Err(e) => Err(RepositoryError::from(self.noted(e)).into()),
+                }
+            }
+            other => Ok(other.map_err(|e| RepositoryError::from(self.noted(e)))?),
         }
     }
 

@@ -18,6 +18,9 @@ pub enum Error {
     Query(#[from] diesel::result::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A streamed start's items could not be read: not the database's failure.
+    #[error("{0}")]
+    Items(String),
 }
 
 impl Error {

@@ -261,13 +261,15 @@ fn fill_items(
 }
 
 /// Stores a process's items, indexed from 0, in batches.
+/// Inserts `values` as the items numbered from `first`.
 pub(crate) fn insert_items(
     conn: &mut DbConnection,
     process_id: i64,
+    first: usize,
     values: &[RawJson],
 ) -> Result<(), Error> {
     for (offset, chunk) in values.chunks(INSERT_BATCH).enumerate() {
-        let base = offset * INSERT_BATCH;
+        let base = first + offset * INSERT_BATCH;
         let rows = chunk
             .iter()
             .enumerate()
@@ -335,7 +337,7 @@ pub fn import(
             .collect::<Result<Vec<_>, Error>>()?;
         per_backend!(conn, |c| diesel::insert_into(steps::table).values(&new_steps).execute(c))?;
 
-        insert_items(conn, process_id, &snapshot.items)?;
+        insert_items(conn, process_id, 0, &snapshot.items)?;
 
         for (number, step) in snapshot.steps.iter().enumerate() {
             let step_number = to_i32(number)?;

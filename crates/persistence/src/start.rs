@@ -1,12 +1,12 @@
 //! Starting a process: its record, steps, items and first tasks, in one transaction.
 
-use async_engine_domain::{NewProcess, Started, Status, StepDefinition};
+use async_engine_domain::{NewProcess, RawJson, Started, Status, StepDefinition};
 use diesel::prelude::*;
 
 use crate::advance::{advance, create_tasks};
 use crate::connection::{DbConnection, per_backend, write_transaction};
 use crate::error::Error;
-use crate::queries::{insert_items, to_i32, to_i64};
+use crate::queries::{INSERT_BATCH, insert_items, to_i32, to_i64};
 use crate::run::{load_steps, report};
 use crate::schema::{processes, steps};
 
@@ -49,18 +49,59 @@ struct NewRunnableStep<'a> {
 }
 
 pub(crate) fn start(conn: &mut DbConnection, new: &NewProcess) -> Result<Started, Error> {
+    start_with(conn, new, Some(new.items.len()), |conn, process_id| {
+        insert_items(conn, process_id, 0, &new.items)?;
+        Ok(new.items.len())
+    })
+}
+
+/// The process an earlier start with this idempotency key made.
+pub(crate) fn existing(conn: &mut DbConnection, tenant: &str, key: &str) -> Result<Option<Started>, Error> {
+    let id: Option<String> = processes::table
+        .filter(processes::tenant.eq(tenant))
+        .filter(processes::idempotency_key.eq(key))
+        .select(processes::async_process_id)
+        .first(conn)
+        .optional()?;
+    id.map(|id| Ok(Started::Existing(report(conn, tenant, &id)?))).transpose()
+}
+
+/// A start whose items come from `items` as they arrive, inserted a batch at a time.
+pub(crate) fn start_streamed(
+    conn: &mut DbConnection,
+    new: &NewProcess,
+    items: &mut dyn Iterator<Item = Result<RawJson, String>>,
+) -> Result<Started, Error> {
+    start_with(conn, new, None, |conn, process_id| {
+        let mut batch = Vec::with_capacity(INSERT_BATCH);
+        let mut count = 0;
+        for item in items {
+            batch.push(item.map_err(Error::Items)?);
+            if batch.len() == INSERT_BATCH {
+                insert_items(conn, process_id, count, &batch)?;
+                count += batch.len();
+                batch.clear();
+            }
+        }
+        insert_items(conn, process_id, count, &batch)?;
+        Ok(count + batch.len())
+    })
+}
+
+/// Starts a process in one transaction; `fill` inserts its items and says how many. With
+/// `known`, the counters are written with the rows; otherwise once the items are in.
+fn start_with(
+    conn: &mut DbConnection,
+    new: &NewProcess,
+    known: Option<usize>,
+    fill: impl FnOnce(&mut DbConnection, i64) -> Result<usize, Error>,
+) -> Result<Started, Error> {
     write_transaction(conn, |conn| {
         let tenant = new.tenant.as_str();
-        if let Some(key) = &new.idempotency_key {
-            let existing: Option<String> = processes::table
-                .filter(processes::tenant.eq(tenant))
-                .filter(processes::idempotency_key.eq(key))
-                .select(processes::async_process_id)
-                .first(conn)
-                .optional()?;
-            if let Some(id) = existing {
-                return Ok(Started::Existing(report(conn, tenant, &id)?));
-            }
+        if let Some(key) = &new.idempotency_key
+            && let Some(existing) = existing(conn, tenant, key)?
+        {
+            return Ok(existing);
         }
         let definition = &new.definition;
         let waiting = Status::WaitingToProcess;
@@ -74,7 +115,7 @@ pub(crate) fn start(conn: &mut DbConnection, new: &NewProcess) -> Result<Started
                 message: waiting.step_message(),
                 current_step: 0,
                 total_steps: to_i32(definition.steps.len())?,
-                item_count: to_i64(new.items.len())?,
+                item_count: to_i64(known.unwrap_or(0))?,
                 additional_data: new.additional_data.as_str(),
                 created_at: new.now_micros,
                 updated_at: new.now_micros,
@@ -89,16 +130,27 @@ pub(crate) fn start(conn: &mut DbConnection, new: &NewProcess) -> Result<Started
             .iter()
             .enumerate()
             .map(|(number, step)| {
-                new_step(process_id, number, step, if number == 0 { new.items.len() } else { 0 })
+                new_step(process_id, number, step, if number == 0 { known.unwrap_or(0) } else { 0 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
         per_backend!(conn, |c| diesel::insert_into(steps::table).values(&rows).execute(c))?;
-        insert_items(conn, process_id, &new.items)?;
+        let count = fill(conn, process_id)?;
+        if known.is_none() {
+            let count = to_i64(count)?;
+            diesel::update(processes::table.filter(processes::id.eq(process_id)))
+                .set(processes::item_count.eq(count))
+                .execute(conn)?;
+            diesel::update(
+                steps::table.filter(steps::process_id.eq(process_id)).filter(steps::step_number.eq(0)),
+            )
+            .set(steps::entered.eq(count))
+            .execute(conn)?;
+        }
         let first = load_steps(conn, process_id)?
             .into_iter()
             .next()
             .ok_or_else(|| Error::Corrupt("a process without steps".into()))?;
-        let all: Vec<i64> = (0..to_i64(new.items.len())?).collect();
+        let all: Vec<i64> = (0..to_i64(count)?).collect();
         create_tasks(conn, process_id, 0, &first, &all, new.now_micros)?;
         advance(conn, process_id, new.now_micros)?;
         Ok(Started::Created(report(conn, tenant, new.async_process_id.as_str())?))
@@ -167,6 +219,53 @@ mod tests {
                 other => panic!("{other:?}"),
             }
             assert_eq!(drain(store, "queue:q0", &[], 0), 1, "one process, one task");
+        }
+    }
+
+    fn streamed(id: &str, key: Option<&str>) -> NewProcess {
+        NewProcess {
+            tenant: TenantId::default_tenant(),
+            async_process_id: ProcessId::new(id).unwrap(),
+            reference_id: ReferenceId::new("streamed").unwrap(),
+            definition: definition(&[FailurePolicy::Skip], 1_000),
+            items: Vec::new(),
+            additional_data: RawJson::empty_object(),
+            idempotency_key: key.map(str::to_owned),
+            callback_url: None,
+            now_micros: 0,
+        }
+    }
+
+    on_both_backends! {
+        fn a_streamed_start_counts_and_cuts_what_came_and_a_failed_one_leaves_nothing(store: &Store) {
+            // More than one insert batch, and a last batch that is not full.
+            let items = (0..12_345).map(|n| Ok(RawJson::from_value(&json!({ "n": n }))));
+            let started = store.start_streamed(&streamed("whole", Some("k")), &mut items.into_iter()).unwrap();
+            let Started::Created(process) = started else { panic!("{started:?}") };
+            let step = &process.steps.as_ref().unwrap()[0];
+            assert_eq!((step.total, process.status), (12_345, Status::WaitingToProcess));
+            assert_eq!(drain(store, "queue:q0", &[], 0), 13, "tasks of 1,000 over every item");
+
+            let broken = (0..7_000).map(|n| if n < 6_999 { Ok(RawJson::from_value(&json!(n))) } else { Err("line 7000: cut off".to_owned()) });
+            match store.start_streamed(&streamed("broken", None), &mut broken.into_iter()) {
+                Err(async_engine_domain::StreamedStartError::Items(why)) => assert_eq!(why, "line 7000: cut off"),
+                other => panic!("{other:?}"),
+            }
+            let query = async_engine_domain::StatusQuery {
+                tenant: TenantId::default_tenant(),
+                id: async_engine_domain::LookupId::new("broken").unwrap(),
+                kind: async_engine_domain::IdKind::AsyncProcessId,
+                detail: async_engine_domain::Detail::Process,
+            };
+            assert!(async_engine_domain::StatusReader::find_status(store, &query).unwrap().is_empty());
+            assert_eq!(drain(store, "queue:q0", &[], 0), 0, "and no task of the broken one");
+
+            // A repeated key returns the first process without reading the items.
+            let mut untouched = std::iter::once(Err("not read".to_owned()));
+            match store.start_streamed(&streamed("again", Some("k")), &mut untouched).unwrap() {
+                Started::Existing(process) => assert_eq!(process.async_process_id, "whole"),
+                other => panic!("{other:?}"),
+            }
         }
     }
 }

@@ -207,6 +207,7 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
         ApiConfig {
             success_code,
             max_body_bytes: settings.limits.max_body_bytes,
+            max_upload_bytes: settings.limits.max_upload_bytes,
             default_lease_secs: settings.engine.lease_secs,
             max_items_per_response: settings.limits.max_items_per_response,
             watch_interval: Duration::from_millis(settings.api.watch_interval_ms),

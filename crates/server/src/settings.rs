@@ -150,6 +150,7 @@ pub struct ApiSettings {
 #[serde(deny_unknown_fields)]
 pub struct LimitSettings {
     pub max_body_bytes: usize,
+    pub max_upload_bytes: usize,
     pub max_items_per_response: u64,
     pub min_status_interval_secs: u64,
     pub max_waiting_claims_per_key: usize,
@@ -289,6 +290,13 @@ impl Settings {
         }
         if !(256..=1 << 30).contains(&self.limits.max_body_bytes) {
             bail!("limits.max_body_bytes: {} is out of range 256..=1073741824", self.limits.max_body_bytes);
+        }
+        if !(self.limits.max_body_bytes..=1 << 40).contains(&self.limits.max_upload_bytes) {
+            bail!(
+                "limits.max_upload_bytes: {} is out of range limits.max_body_bytes ({})..=1099511627776",
+                self.limits.max_upload_bytes,
+                self.limits.max_body_bytes
+            );
         }
         if !(1..=10_000_000).contains(&self.limits.max_items_per_response) {
             bail!(

@@ -90,7 +90,7 @@ on_both_backends! {
                 if let Some(content_type) = content_type {
                     request = request.header("content-type", content_type);
                 }
-                let mention = if content_type.is_some() { "application/json, not" } else { "needs Content-Type" };
+                let mention = if content_type.is_some() { "must be Content-Type: application/json" } else { "needs Content-Type" };
                 refused(request.send().unwrap(), 415, mention);
             }
         }
@@ -102,6 +102,11 @@ on_both_backends! {
         let id = answer["AsyncProcessStatus"][0]["asyncProcessId"].as_str().unwrap().to_owned();
         let text = server.request(Method::POST, &format!("/v1/asyncprocesses/{id}/cancel")).header("content-type", "text/plain").send().unwrap();
         refused(text, 415, "text/plain");
+        // The upload types start processes only: elsewhere they are refused like any other.
+        for content_type in ["text/csv", "application/x-ndjson"] {
+            let claim = server.request(Method::POST, "/v1/tasks/claim").header("content-type", content_type).body("{}").send().unwrap();
+            refused(claim, 415, content_type);
+        }
         let bare = server.request(Method::POST, &format!("/v1/asyncprocesses/{id}/cancel")).send().unwrap();
         assert_eq!(bare.status().as_u16(), 202);
         // JSON with parameters, in any case, is JSON.
