@@ -112,4 +112,46 @@ on_both_backends! {
         let (status, _) = upload(base, "asyncProcessName=Noop&referenceId=good", "application/x-ndjson", b"1\n2\n".to_vec(), None);
         assert_eq!((status, processes_of(base, "good")), (202, 1));
     }
+
+    fn result_files_list_each_item_once_by_outcome_as_csv_or_ndjson(_dir: &Path, db: &str) {
+        let server = start(db, &[]);
+        let lines = include_bytes!("../../examples/quote-lines.csv").to_vec();
+        let query = "asyncProcessName=Bulk%20CPQ&referenceId=results-1";
+        let (status, answer) = upload(&server.base, query, "text/csv", lines.clone(), None);
+        assert_eq!(status, 202, "{answer}");
+        let id = answer["AsyncProcessStatus"][0]["asyncProcessId"].as_str().unwrap().to_owned();
+        assert_eq!(wait_final(&server.base, &id, Duration::from_secs(30))["status"], "Failed");
+        let download = |path: &str| {
+            let response = reqwest::blocking::get(format!("{}/v1/asyncprocesses/{id}/steps/{path}", server.base)).unwrap();
+            assert_eq!(response.status().as_u16(), 200, "{path}");
+            let disposition = response.headers()["content-disposition"].to_str().unwrap().to_owned();
+            (disposition, response.text().unwrap())
+        };
+        let (disposition, failed) = download("0/results?outcome=failed&format=csv");
+        assert_eq!(disposition, format!("attachment; filename=\"{id}-step0-failed.csv\""));
+        assert_eq!(
+            failed,
+            "index,outcome,code,statusMessage,productCode,quantity,note,item\n\
+             2,failed,5001,Invalid status,DISCONTINUED-DSL,1,old line,\n\
+             4,failed,5004,Missing data,MOBILE-5G,,no quantity given,\n"
+        );
+        let (_, all) = download("1/results");
+        let rows: Vec<Value> = all.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let outcomes: Vec<(u64, &str)> = rows.iter().map(|r| (r["index"].as_u64().unwrap(), r["outcome"].as_str().unwrap())).collect();
+        assert_eq!(outcomes, [(0, "succeeded"), (1, "succeeded"), (2, "succeeded"), (3, "failed"), (4, "succeeded")], "{all}");
+        assert_eq!((rows[3]["code"].as_i64(), rows[3]["item"]["productCode"].as_str()), (Some(6001), Some("IOT-SIM")));
+
+        // A queue step nobody works on: everything is unprocessed there, also once cancelled.
+        let (status, answer) = upload(&server.base, "asyncProcessName=External%20Pricing&referenceId=results-2", "text/csv", lines, None);
+        assert_eq!(status, 202, "{answer}");
+        let id = answer["AsyncProcessStatus"][0]["asyncProcessId"].as_str().unwrap().to_owned();
+        let (status, _) = call(&server.base, "POST", &format!("/v1/asyncprocesses/{id}/cancel"), None);
+        assert_eq!(status, 202);
+        let response = reqwest::blocking::get(format!("{}/v1/asyncprocesses/{id}/steps/1/results?outcome=unprocessed", server.base)).unwrap();
+        let text = response.text().unwrap();
+        assert_eq!(text.lines().count(), 5, "{text}");
+        let (status, refused) = call(&server.base, "GET", &format!("/v1/asyncprocesses/{id}/steps/9/results"), None);
+        assert_eq!(status, 400);
+        assert!(refused["technicalMessage"].as_str().unwrap().contains("no step 9"), "{refused}");
+    }
 }

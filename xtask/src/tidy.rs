@@ -35,7 +35,7 @@ const LAYERS: &[(&str, &[&[&str]])] = &[
             // resources with their 405s and the 404, the middleware.
             &["answering", "body", "upload", "routing", "middleware"],
             // One module per resource, each registering its own routes.
-            &["status", "watch", "processes", "tasks", "dashboard", "operations"],
+            &["status", "watch", "processes", "results", "tasks", "dashboard", "operations"],
             // The router and the OpenAPI document, collecting the resources; test helpers.
             &["router", "openapi", "test_support"],
         ],

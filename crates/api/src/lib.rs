@@ -35,6 +35,7 @@ mod upload;
 mod dashboard;
 mod operations;
 mod processes;
+mod results;
 mod status;
 mod tasks;
 mod watch;

@@ -11,7 +11,8 @@ use actix_web::{App, HttpServer, web};
 
 use crate::state::AppState;
 use crate::{
-    dashboard, guard, headers, middleware, openapi, operations, processes, routing, status, tasks, watch,
+    dashboard, guard, headers, middleware, openapi, operations, processes, results, routing, status, tasks,
+    watch,
 };
 
 /// The whole application: routes, fallbacks and middleware. Tests serve exactly this.
@@ -41,6 +42,7 @@ pub fn app(
         // Outermost: every answer, the envelopes made above included, gets the security headers.
         .wrap(from_fn(headers::security_headers))
         .configure(processes::routes)
+        .configure(results::routes)
         .configure(status::routes)
         .configure(watch::routes)
         .configure(tasks::routes)

@@ -180,6 +180,43 @@ pub enum ItemsError {
     Storage(#[from] RepositoryError),
 }
 
+/// Which items of a step a results read returns (the result files, issue 15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultsFilter {
+    Succeeded,
+    Failed,
+    /// Items of the process with no outcome at the step: not reached yet, left out by an
+    /// earlier step's failure, or never run because the process ended first.
+    Unprocessed,
+    All,
+}
+
+/// A page of a step's results in item order, after the item `after` (none: from the first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultsQuery {
+    pub tenant: TenantId,
+    pub async_process_id: String,
+    pub step_number: u32,
+    pub filter: ResultsFilter,
+    pub after: Option<u64>,
+    pub limit: u32,
+}
+
+/// An item's result at a step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ItemResult {
+    Succeeded,
+    Failed { code: i64, status_message: String },
+    Unprocessed,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultRow {
+    pub index: u64,
+    pub item: RawJson,
+    pub result: ItemResult,
+}
+
 /// Why a start whose items came as a stream stored nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamedStartError {
@@ -209,6 +246,9 @@ pub trait ProcessStore: Send + Sync {
     /// Pages through one step's recorded outcomes, oldest first; memory stays flat whatever
     /// the size of the step.
     fn items(&self, query: &ItemsQuery) -> Result<ItemsPage, ItemsError>;
+    /// One page of a step's results in item order: at most `query.limit` rows, each read at
+    /// the same cost whatever the size of the process; an empty page is the end.
+    fn results(&self, query: &ResultsQuery) -> Result<Vec<ResultRow>, ItemsError>;
 }
 
 /// Leasing tasks and recording their outcomes, exactly once.

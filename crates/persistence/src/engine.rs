@@ -5,8 +5,8 @@
 
 use async_engine_domain::{
     ClaimRequest, ClaimedTask, CommandError, ItemsError, ItemsPage, ItemsQuery, ListError, ListQuery,
-    NewProcess, Page, ProcessStatus, ProcessStore, RawJson, RepositoryError, Started, StreamedStartError,
-    TaskError, TaskReport, TaskStore, TenantId,
+    NewProcess, Page, ProcessStatus, ProcessStore, RawJson, RepositoryError, ResultRow, ResultsQuery,
+    Started, StreamedStartError, TaskError, TaskReport, TaskStore, TenantId,
 };
 
 use crate::claim::{any_due, claim};
@@ -70,6 +70,10 @@ impl ProcessStore for Store {
 
     fn items(&self, query: &ItemsQuery) -> Result<ItemsPage, ItemsError> {
         self.with(|conn| crate::queries::items_page(conn, query))
+    }
+
+    fn results(&self, query: &ResultsQuery) -> Result<Vec<ResultRow>, ItemsError> {
+        self.with(|conn| crate::queries::results_page(conn, query))
     }
 }
 

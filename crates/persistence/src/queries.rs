@@ -5,9 +5,9 @@ use std::collections::HashMap;
 
 use crate::connection::{DbConnection, per_backend, read_transaction, write_transaction};
 use async_engine_domain::{
-    Detail, FailureGroup, IdKind, ImportResult, ItemsError, ItemsPage, ItemsQuery, ListedItem, OutcomeFilter,
-    ProcessSnapshot, ProcessStatus, RawJson, RepositoryError, SnapshotWriter, Status, StatusQuery,
-    StatusReader, StepItems, StepReport, TenantId,
+    Detail, FailureGroup, IdKind, ImportResult, ItemResult, ItemsError, ItemsPage, ItemsQuery, ListedItem,
+    OutcomeFilter, ProcessSnapshot, ProcessStatus, RawJson, RepositoryError, ResultRow, ResultsFilter,
+    ResultsQuery, SnapshotWriter, Status, StatusQuery, StatusReader, StepItems, StepReport, TenantId,
 };
 use diesel::prelude::*;
 
@@ -130,6 +130,85 @@ pub fn items_page(
         }
         let next_cursor = if more { last.map(|seq| seq.to_string()) } else { None };
         Ok(Ok(ItemsPage { items: listed, next_cursor }))
+    })
+}
+
+/// `(item_index, value, the outcome's item_index if recorded, failure code, failure message)`.
+type ResultLine = (i64, String, Option<i64>, Option<i64>, Option<String>);
+
+/// One page of a step's results in item order: every item of the process, its outcome at
+/// the step joined on (none: unprocessed), keyed on the item index so that each page is an
+/// index range read.
+pub fn results_page(
+    conn: &mut DbConnection,
+    query: &ResultsQuery,
+) -> Result<Result<Vec<ResultRow>, ItemsError>, Error> {
+    read_transaction(conn, |conn| {
+        let process: Option<(i64, i32)> = processes::table
+            .filter(processes::tenant.eq(query.tenant.as_str()))
+            .filter(processes::async_process_id.eq(&query.async_process_id))
+            .select((processes::id, processes::total_steps))
+            .first(conn)
+            .optional()?;
+        let Some((process_id, total_steps)) = process else {
+            return Ok(Err(ItemsError::NotFound(query.async_process_id.clone())));
+        };
+        let step = i32::try_from(query.step_number).unwrap_or(i32::MAX);
+        if step >= total_steps {
+            let last = u32::try_from(total_steps - 1).unwrap_or(0);
+            return Ok(Err(ItemsError::NoSuchStep { step: query.step_number, last }));
+        }
+        let after = query.after.map_or(-1, |a| i64::try_from(a).unwrap_or(i64::MAX));
+        let mut select = items::table
+            .left_join(
+                outcomes::table.on(outcomes::process_id
+                    .eq(items::process_id)
+                    .and(outcomes::item_index.eq(items::item_index))
+                    .and(outcomes::step_number.eq(step))),
+            )
+            .left_join(failure_groups::table.on(outcomes::failure_group.eq(failure_groups::id.nullable())))
+            .filter(items::process_id.eq(process_id))
+            .filter(items::item_index.gt(after))
+            .into_boxed();
+        match query.filter {
+            ResultsFilter::All => {}
+            ResultsFilter::Succeeded => {
+                select = select
+                    .filter(outcomes::item_index.nullable().is_not_null())
+                    .filter(outcomes::failure_group.is_null());
+            }
+            ResultsFilter::Failed => select = select.filter(outcomes::failure_group.is_not_null()),
+            ResultsFilter::Unprocessed => select = select.filter(outcomes::item_index.nullable().is_null()),
+        }
+        let rows: Vec<ResultLine> = select
+            .order(items::item_index.asc())
+            .limit(i64::from(query.limit.max(1)))
+            .select((
+                items::item_index,
+                items::value,
+                outcomes::item_index.nullable(),
+                failure_groups::code.nullable(),
+                failure_groups::status_message.nullable(),
+            ))
+            .load(conn)?;
+        rows.into_iter()
+            .map(|(index, value, recorded, code, message)| {
+                let item = RawJson::from_text(value).map_err(|e| {
+                    Error::Corrupt(format!("process {}: item {index}: {e}", query.async_process_id))
+                })?;
+                let result = match (recorded, code) {
+                    (None, _) => ItemResult::Unprocessed,
+                    (Some(_), None) => ItemResult::Succeeded,
+                    (Some(_), Some(code)) => {
+                        ItemResult::Failed { code, status_message: message.unwrap_or_default() }
+                    }
+                };
+                let index =
+                    u64::try_from(index).map_err(|_| Error::Corrupt(format!("item index {index}")))?;
+                Ok(ResultRow { index, item, result })
+            })
+            .collect::<Result<Vec<_>, Error>>()
+            .map(Ok)
     })
 }
 
@@ -675,6 +754,42 @@ mod tests {
             begin_with(store, "p2", &[async_engine_domain::FailurePolicy::Skip], 1, 2, None);
             assert_eq!(marks("ref").len(), 2, "one more process has the reference ID");
             assert!(marks("nothing").is_empty());
+        }
+    }
+
+    on_both_backends! {
+        fn results_list_every_item_once_by_outcome_in_item_order(store: &Store) {
+            use crate::fixtures::{begin, drain};
+            use async_engine_domain::{FailurePolicy, ProcessStore};
+            begin(store, "r", &[FailurePolicy::Skip, FailurePolicy::Skip], 5, 2);
+            let read = |step: u32, filter: ResultsFilter, after: Option<u64>, limit: u32| -> Vec<(u64, ItemResult)> {
+                let query = ResultsQuery {
+                    tenant: TenantId::default_tenant(),
+                    async_process_id: "r".into(),
+                    step_number: step,
+                    filter,
+                    after,
+                    limit,
+                };
+                store.results(&query).unwrap().into_iter().map(|row| (row.index, row.result)).collect()
+            };
+            let unprocessed = |indices: &[u64]| indices.iter().map(|&i| (i, ItemResult::Unprocessed)).collect::<Vec<_>>();
+            assert_eq!(read(0, ResultsFilter::All, None, 100), unprocessed(&[0, 1, 2, 3, 4]));
+            // Step 0 fails items 1 and 3 (skip: they do not enter step 1).
+            drain(store, "queue:q0", &[1, 3], 0);
+            let failed = read(0, ResultsFilter::Failed, None, 100);
+            assert_eq!(failed.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 3]);
+            assert!(matches!(&failed[0].1, ItemResult::Failed { .. }), "{failed:?}");
+            assert_eq!(read(0, ResultsFilter::Succeeded, None, 100), [(0, ItemResult::Succeeded), (2, ItemResult::Succeeded), (4, ItemResult::Succeeded)]);
+            assert_eq!(read(0, ResultsFilter::Unprocessed, None, 100), []);
+            // Pages: after the last index given, at most `limit`.
+            assert_eq!(read(0, ResultsFilter::Succeeded, Some(0), 1), [(2, ItemResult::Succeeded)]);
+            assert_eq!(read(0, ResultsFilter::All, Some(4), 10), []);
+            drain(store, "queue:q1", &[], 0);
+            assert_eq!(read(1, ResultsFilter::Unprocessed, None, 100), unprocessed(&[1, 3]), "left out by step 0");
+            assert_eq!(read(1, ResultsFilter::All, None, 100).len(), 5, "every item once");
+            let missing = ResultsQuery { tenant: TenantId::default_tenant(), async_process_id: "r".into(), step_number: 2, filter: ResultsFilter::All, after: None, limit: 1 };
+            assert_eq!(store.results(&missing), Err(ItemsError::NoSuchStep { step: 2, last: 1 }));
         }
     }
 }
