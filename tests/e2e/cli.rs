@@ -81,3 +81,68 @@ fn a_wrong_token_or_server_is_one_clear_line() {
     let said = String::from_utf8_lossy(&nowhere.stderr);
     assert!(said.contains("cannot reach") && said.trim().lines().count() == 1, "{said}");
 }
+
+#[test]
+fn csv_in_failed_csv_out_fixed_and_submitted_again() {
+    let (dir, db) = crate::temp_db();
+    let server = crate::start(&db, &[]);
+    let quotes = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quote-lines.csv");
+    let first = client(
+        &server.base,
+        &["submit", "Bulk CPQ", "--reference-id", "csv-trip", "--items", quotes, "--json"],
+    );
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let answer: Value = serde_json::from_slice(&first.stdout).unwrap();
+    let id = answer["AsyncProcessStatus"][0]["asyncProcessId"].as_str().unwrap().to_owned();
+    assert_eq!(client(&server.base, &["status", &id, "--watch"]).status.code(), Some(2));
+
+    let failed = client(&server.base, &["results", &id, "--step", "0", "--failed", "--format", "csv"]);
+    assert!(failed.status.success(), "{}", String::from_utf8_lossy(&failed.stderr));
+    let text = String::from_utf8(failed.stdout).unwrap();
+    let mut rows = text.lines();
+    assert_eq!(rows.next(), Some("index,outcome,code,statusMessage,productCode,quantity,note,item"));
+    let failed: Vec<Vec<&str>> = rows.map(|r| r.split(',').collect()).collect();
+    assert_eq!(
+        failed.iter().map(|r| (r[0], r[2], r[4])).collect::<Vec<_>>(),
+        [("2", "5001", "DISCONTINUED-DSL"), ("4", "5004", "MOBILE-5G")]
+    );
+
+    // Fixed: the item columns only, a product that exists, a quantity.
+    let fixed = dir.path().join("fixed.csv");
+    std::fs::write(
+        &fixed,
+        "productCode,quantity,note\nBROADBAND-1G,1,old line\nMOBILE-5G,1,no quantity given\n",
+    )
+    .unwrap();
+    let again = client(
+        &server.base,
+        &["submit", "Bulk CPQ", "--reference-id", "csv-trip-2", "--items", fixed.to_str().unwrap(), "--json"],
+    );
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let answer: Value = serde_json::from_slice(&again.stdout).unwrap();
+    let id = answer["AsyncProcessStatus"][0]["asyncProcessId"].as_str().unwrap().to_owned();
+    assert_eq!(client(&server.base, &["status", &id, "--watch"]).status.code(), Some(0));
+}
+
+#[test]
+fn a_file_larger_than_one_json_body_is_streamed() {
+    let (dir, db) = crate::temp_db();
+    let server = crate::start(&db, &[]);
+    // 25,000 quote lines: about 1.4 MB, past the 1 MiB a JSON start may have.
+    let lines: Vec<String> = (0..25_000)
+        .map(|n| json!({ "productCode": format!("TV-PREMIUM-{n:05}"), "quantity": 1 + n % 100 }).to_string())
+        .collect();
+    let file = dir.path().join("quotes.ndjson");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    assert!(std::fs::metadata(&file).unwrap().len() > 1 << 20);
+    let output = client(
+        &server.base,
+        &["submit", "Bulk CPQ", "--reference-id", "big", "--items", file.to_str().unwrap(), "--json"],
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let id = answer["AsyncProcessStatus"][0]["asyncProcessId"].as_str().unwrap().to_owned();
+    let watched = client(&server.base, &["status", &id, "--watch"]);
+    assert_eq!(watched.status.code(), Some(0), "{}", String::from_utf8_lossy(&watched.stdout));
+    assert!(String::from_utf8_lossy(&watched.stdout).contains("step 1 Price: 25000/25000 Success"));
+}

@@ -10,7 +10,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::types::{
-    Claim, Definitions, Envelope, ItemOutcome, ItemsPage, ListFilter, Outcomes, StatusOptions, Task,
+    Claim, Definitions, Envelope, ItemOutcome, ItemsPage, ListFilter, Outcomes, ResultOutcome, StatusOptions,
+    Task, UploadFormat,
 };
 use crate::{Error, Start};
 
@@ -68,6 +69,67 @@ impl Client {
             request = request.header("Idempotency-Key", key);
         }
         self.send(request)?.text().map_err(|e| self.broke_off(&e))
+    }
+
+    /// Starts a process over items streamed from `body` as NDJSON (one JSON item a line) or
+    /// CSV (a header row, then one item a row), sent as they are read: the server checks each
+    /// item as it arrives and stores the process only if the whole body was valid.
+    pub fn submit_stream(
+        &self,
+        name: &str,
+        reference_id: &str,
+        format: UploadFormat,
+        body: impl std::io::Read + Send + 'static,
+        idempotency_key: Option<&str>,
+    ) -> Result<Envelope, Error> {
+        parse(&self.submit_stream_text(name, reference_id, format, body, idempotency_key)?)
+    }
+
+    /// [`Client::submit_stream`]'s answer exactly as the server sent it.
+    pub fn submit_stream_text(
+        &self,
+        name: &str,
+        reference_id: &str,
+        format: UploadFormat,
+        body: impl std::io::Read + Send + 'static,
+        idempotency_key: Option<&str>,
+    ) -> Result<String, Error> {
+        let content_type = match format {
+            UploadFormat::Ndjson => "application/x-ndjson",
+            UploadFormat::Csv => "text/csv",
+        };
+        let mut request = self
+            .http
+            .post(self.url("/v1/asyncprocesses"))
+            .query(&[("asyncProcessName", name), ("referenceId", reference_id)])
+            .header(header::CONTENT_TYPE, content_type)
+            .body(reqwest::blocking::Body::new(body));
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        self.send(request)?.text().map_err(|e| self.broke_off(&e))
+    }
+
+    /// A step's results as a file (NDJSON or CSV), to be read as it streams in.
+    pub fn results(
+        &self,
+        async_process_id: &str,
+        step: u32,
+        outcome: ResultOutcome,
+        format: UploadFormat,
+    ) -> Result<impl std::io::Read + Send + use<>, Error> {
+        let outcome = match outcome {
+            ResultOutcome::All => "all",
+            ResultOutcome::Succeeded => "succeeded",
+            ResultOutcome::Failed => "failed",
+            ResultOutcome::Unprocessed => "unprocessed",
+        };
+        let format = match format {
+            UploadFormat::Ndjson => "ndjson",
+            UploadFormat::Csv => "csv",
+        };
+        let url = self.url(&format!("/v1/asyncprocesses/{}/steps/{step}/results", encode(async_process_id)));
+        self.send(self.http.get(url).query(&[("outcome", outcome), ("format", format)]))
     }
 
     /// Where the processes an asyncProcessId or referenceId names stand.

@@ -3,7 +3,8 @@
 //!
 //! [`Client`] has one blocking method per call: start a process ([`Client::submit`]), see where
 //! it stands ([`Client::status`], [`Client::watch`]), list, cancel and retry processes, page
-//! through a step's items, and the task calls workers make. [`Worker`] is the loop every worker
+//! through a step's items, upload items as NDJSON or CSV ([`Client::submit_stream`]), download
+//! a step's results ([`Client::results`]), and the task calls workers make. [`Worker`] is the loop every worker
 //! needs: give it a queue and a function from a task to its items' [`Outcomes`], and it claims,
 //! heartbeats, completes, backs off while the server is away, and stops gracefully:
 //!
@@ -39,6 +40,7 @@ pub use client::Client;
 pub use error::Error;
 pub use types::{
     Claim, Definition, DefinitionStep, Definitions, Envelope, FailureGroup, ItemOutcome, ItemsPage,
-    ListFilter, Outcomes, ProcessStatus, Start, StatusOptions, StepItem, StepStatus, Task, TaskItem,
+    ListFilter, Outcomes, ProcessStatus, ResultOutcome, Start, StatusOptions, StepItem, StepStatus, Task,
+    TaskItem, UploadFormat,
 };
 pub use worker::{Event, Stop, Summary, TaskFailure, Worker};

@@ -326,6 +326,28 @@ pub enum ItemOutcome {
     Failed,
 }
 
+/// How a streamed start's items, or a result file, are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadFormat {
+    /// One JSON value a line.
+    Ndjson,
+    /// RFC 4180 with a header row.
+    Csv,
+}
+
+/// Which items of a step a result file lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultOutcome {
+    /// Every item of the process.
+    All,
+    /// Those that succeeded at the step.
+    Succeeded,
+    /// Those that failed at the step.
+    Failed,
+    /// Those with no outcome at the step (not reached yet, left out, or never run).
+    Unprocessed,
+}
+
 /// A claim of tasks of a `queue:NAME` step (`POST /v1/tasks/claim`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -2,10 +2,12 @@
 //! watched process, one progress bar per step (contract §9). The calls themselves are the
 //! client library's.
 
+use std::fs::File;
+use std::io::{IsTerminal, Read, Seek, Write};
 use std::path::Path;
 
 use anyhow::Context;
-use async_engine_client::{Envelope, ProcessStatus};
+use async_engine_client::{Envelope, ProcessStatus, UploadFormat};
 use indicatif::{MultiProgress, ProgressBar, ProgressState, ProgressStyle};
 use serde_json::value::RawValue;
 
@@ -120,22 +122,101 @@ fn short(id: &str) -> String {
     }
 }
 
-/// The items of a file: a JSON array, or one JSON value per line (NDJSON).
-pub fn read_items(path: &Path) -> anyhow::Result<Vec<Box<RawValue>>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("--items: cannot read {}", path.display()))?;
-    if text.trim_start().starts_with('[') {
-        return serde_json::from_str(&text)
-            .with_context(|| format!("--items: {} is not a JSON array", path.display()));
+/// How `submit --items FILE` lists its items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ItemsFormat {
+    /// A JSON array.
+    Json,
+    /// One JSON item a line.
+    Ndjson,
+    /// A header row naming the fields, then one item a row.
+    Csv,
+}
+
+/// How `results` writes its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResultsFormat {
+    Ndjson,
+    Csv,
+}
+
+impl From<ResultsFormat> for UploadFormat {
+    fn from(format: ResultsFormat) -> Self {
+        match format {
+            ResultsFormat::Ndjson => UploadFormat::Ndjson,
+            ResultsFormat::Csv => UploadFormat::Csv,
+        }
     }
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(n, line)| {
-            serde_json::from_str::<Box<RawValue>>(line)
-                .with_context(|| format!("--items: {} line {} is not JSON", path.display(), n + 1))
-        })
-        .collect()
+}
+
+/// The body `submit` streams for a file of items, with a bar of the bytes sent in a terminal.
+/// NDJSON and CSV files go as they are, read as they are sent; a JSON array is read whole and
+/// sent as NDJSON (a JSON value's text holds no raw line break but in its whitespace).
+pub fn open_items(
+    path: &Path,
+    format: Option<ItemsFormat>,
+) -> anyhow::Result<(UploadFormat, Box<dyn Read + Send>)> {
+    let shown = path.display();
+    let mut file = File::open(path).with_context(|| format!("--items: cannot read {shown}"))?;
+    let format = match format {
+        Some(format) => format,
+        None if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) => ItemsFormat::Csv,
+        None => {
+            let mut start = [0_u8; 512];
+            let read = file.read(&mut start).with_context(|| format!("--items: cannot read {shown}"))?;
+            file.seek(std::io::SeekFrom::Start(0))?;
+            let text = String::from_utf8_lossy(&start[..read]);
+            if text.trim_start_matches('\u{feff}').trim_start().starts_with('[') {
+                ItemsFormat::Json
+            } else {
+                ItemsFormat::Ndjson
+            }
+        }
+    };
+    let length = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let (upload, body): (UploadFormat, Box<dyn Read + Send>) = match format {
+        ItemsFormat::Csv => (UploadFormat::Csv, Box::new(file)),
+        ItemsFormat::Ndjson => (UploadFormat::Ndjson, Box::new(file)),
+        ItemsFormat::Json => {
+            let mut text = String::new();
+            file.read_to_string(&mut text).with_context(|| format!("--items: cannot read {shown}"))?;
+            let items: Vec<Box<RawValue>> = serde_json::from_str(text.trim_start_matches('\u{feff}'))
+                .with_context(|| format!("--items: {shown} is not a JSON array"))?;
+            let mut lines = String::with_capacity(text.len());
+            for item in &items {
+                lines.extend(item.get().chars().map(|c| if c == '\n' || c == '\r' { ' ' } else { c }));
+                lines.push('\n');
+            }
+            (UploadFormat::Ndjson, Box::new(std::io::Cursor::new(lines.into_bytes())))
+        }
+    };
+    if !std::io::stderr().is_terminal() {
+        return Ok((upload, body));
+    }
+    let bar = ProgressBar::new(length).with_style(
+        ProgressStyle::with_template("sending {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .context("progress bar template")?
+            .progress_chars("=> "),
+    );
+    Ok((upload, Box::new(bar.wrap_read(body))))
+}
+
+/// Copies a download to `out`, with the bytes so far on standard error in a terminal.
+pub fn copy_with_progress(mut from: impl Read, out: &mut impl Write) -> anyhow::Result<u64> {
+    let copied = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec}")
+                .context("progress bar template")?,
+        );
+        let copied = std::io::copy(&mut bar.wrap_read(from), out);
+        bar.finish_and_clear();
+        copied
+    } else {
+        std::io::copy(&mut from, out)
+    };
+    let copied = copied.context("writing the results")?;
+    out.flush()?;
+    Ok(copied)
 }
 
 #[cfg(test)]
@@ -145,17 +226,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn items_come_from_a_json_array_or_ndjson() {
+    fn items_files_are_sent_as_ndjson_or_csv() {
+        let read = |path: &Path, format| {
+            let (format, mut body) = open_items(path, format).unwrap();
+            let mut text = String::new();
+            body.read_to_string(&mut text).unwrap();
+            (format, text)
+        };
         let dir = tempfile::tempdir().unwrap();
         let array = dir.path().join("a.json");
-        std::fs::write(&array, r#"[ {"a": 1}, 2, "three" ]"#).unwrap();
-        let got: Vec<String> = read_items(&array).unwrap().iter().map(|v| v.get().to_owned()).collect();
-        assert_eq!(got, [r#"{"a": 1}"#, "2", r#""three""#]);
+        std::fs::write(&array, "[ {\"a\":\n 1}, 2, \"three\" ]").unwrap();
+        assert_eq!(read(&array, None), (UploadFormat::Ndjson, "{\"a\":  1}\n2\n\"three\"\n".to_owned()));
         let lines = dir.path().join("a.ndjson");
         std::fs::write(&lines, "{\"a\": 1}\n\n2\n").unwrap();
-        assert_eq!(read_items(&lines).unwrap().len(), 2);
-        std::fs::write(&lines, "{\"a\": 1}\nnope\n").unwrap();
-        assert!(format!("{:#}", read_items(&lines).unwrap_err()).contains("line 2"));
+        assert_eq!(read(&lines, None), (UploadFormat::Ndjson, "{\"a\": 1}\n\n2\n".to_owned()));
+        let csv = dir.path().join("q.CSV");
+        std::fs::write(&csv, "a,b\n1,2\n").unwrap();
+        assert_eq!(read(&csv, None).0, UploadFormat::Csv);
+        assert_eq!(read(&lines, Some(ItemsFormat::Csv)).0, UploadFormat::Csv);
+        std::fs::write(&array, "[1, nope]").unwrap();
+        assert!(format!("{:#}", open_items(&array, None).err().unwrap()).contains("is not a JSON array"));
+        assert!(open_items(&dir.path().join("missing.json"), None).is_err());
     }
 
     #[test]

@@ -45,9 +45,17 @@ enum Command {
         name: String,
         #[arg(long)]
         reference_id: String,
-        /// A JSON array of items, or one JSON item per line (NDJSON).
+        /// The items: a JSON array, one JSON item per line (NDJSON), or CSV (a header row
+        /// naming the fields, then an item per row), streamed to the server as it is read.
         #[arg(long, value_name = "FILE")]
         items: PathBuf,
+        /// How FILE lists its items (default: csv for a .csv file; else a JSON array when it
+        /// starts with '[', NDJSON otherwise).
+        #[arg(long, value_enum)]
+        format: Option<async_engine::client::ItemsFormat>,
+        /// A key that makes a repeated submit return the first one's process.
+        #[arg(long)]
+        idempotency_key: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
         /// Print the server's answer (the envelope) instead of a summary.
@@ -65,6 +73,28 @@ enum Command {
         /// Print the envelope (each change, one per line, with --watch).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Write a step's results to standard output: every item with its outcome (succeeded,
+    /// failed with code and message, or unprocessed), in item order, as NDJSON or CSV.
+    Results {
+        /// An asyncProcessId.
+        id: String,
+        /// The step, from 0.
+        #[arg(long, default_value_t = 0)]
+        step: u32,
+        /// Only the items that failed at the step.
+        #[arg(long, group = "which")]
+        failed: bool,
+        /// Only the items that succeeded at the step.
+        #[arg(long, group = "which")]
+        succeeded: bool,
+        /// Only the items with no outcome at the step.
+        #[arg(long, group = "which")]
+        unprocessed: bool,
+        #[arg(long, value_enum, default_value = "ndjson")]
+        format: async_engine::client::ResultsFormat,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -135,7 +165,11 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Submit { .. } | Command::Status { .. } | Command::Worker { .. } = &cli.command {
+    if let Command::Submit { .. }
+    | Command::Status { .. }
+    | Command::Worker { .. }
+    | Command::Results { .. } = &cli.command
+    {
         return match client_command(cli.command) {
             Ok(code) => ExitCode::from(code),
             Err(error) => {
@@ -176,18 +210,34 @@ fn summary_status(
 
 /// The client commands: no configuration, only a server to talk to.
 fn client_command(command: Command) -> anyhow::Result<u8> {
-    use async_engine::client::{Bars, exit_code, outcome, read_items, summary};
-    use async_engine_client::{Start, StatusOptions};
+    use async_engine::client::{Bars, exit_code, outcome, summary};
+    use async_engine_client::StatusOptions;
     match command {
-        Command::Submit { name, reference_id, items, server, json } => {
-            let start = Start::from_raw(name, reference_id, read_items(&items)?);
+        Command::Submit { name, reference_id, items, format, idempotency_key, server, json } => {
+            let (format, body) = async_engine::client::open_items(&items, format)?;
             let client = server.client()?;
+            let key = idempotency_key.as_deref();
             if json {
                 // The envelope as the server wrote it, not as this client reads it.
-                write_stdout(&format!("{}\n", client.submit_text(&start)?))?;
+                write_stdout(&format!(
+                    "{}\n",
+                    client.submit_stream_text(&name, &reference_id, format, body, key)?
+                ))?;
             } else {
-                write_stdout(&summary(&client.submit(&start)?))?;
+                write_stdout(&summary(&client.submit_stream(&name, &reference_id, format, body, key)?))?;
             }
+            Ok(0)
+        }
+        Command::Results { id, step, failed, succeeded, unprocessed, format, server } => {
+            use async_engine_client::ResultOutcome;
+            let outcome = match (failed, succeeded, unprocessed) {
+                (true, _, _) => ResultOutcome::Failed,
+                (_, true, _) => ResultOutcome::Succeeded,
+                (_, _, true) => ResultOutcome::Unprocessed,
+                _ => ResultOutcome::All,
+            };
+            let file = server.client()?.results(&id, step, outcome, format.into())?;
+            async_engine::client::copy_with_progress(file, &mut std::io::stdout().lock())?;
             Ok(0)
         }
         Command::Status { id, watch, json, server } => {
@@ -254,9 +304,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let settings = Settings::from_env(cli.config.as_deref())?;
     match cli.command {
-        Command::Token { .. } | Command::Submit { .. } | Command::Status { .. } | Command::Worker { .. } => {
-            Ok(())
-        }
+        Command::Token { .. }
+        | Command::Submit { .. }
+        | Command::Status { .. }
+        | Command::Worker { .. }
+        | Command::Results { .. } => Ok(()),
         Command::Purge => {
             let purged = async_engine::purge(&settings)?;
             eprintln!(
