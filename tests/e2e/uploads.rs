@@ -154,4 +154,33 @@ on_both_backends! {
         assert_eq!(status, 400);
         assert!(refused["technicalMessage"].as_str().unwrap().contains("no step 9"), "{refused}");
     }
+
+    fn sub_resources_take_a_reference_id_that_names_one_process(_dir: &Path, db: &str) {
+        let server = start(db, &[]);
+        let base = &server.base;
+        let start_one = |reference: &str| {
+            let body = json!({ "asyncProcessName": "External Pricing", "referenceId": reference, "items": [{ "productCode": "TV", "quantity": 1 }] });
+            let (status, answer) = call(base, "POST", "/v1/asyncprocesses", Some(body));
+            assert_eq!(status, 202, "{answer}");
+            answer["AsyncProcessStatus"][0]["asyncProcessId"].as_str().unwrap().to_owned()
+        };
+        let only = start_one("only-one");
+        for path in ["steps/0/items", "steps/0/results", "deliveries"] {
+            let response = reqwest::blocking::get(format!("{base}/v1/asyncprocesses/only-one/{path}")).unwrap();
+            assert_eq!(response.status().as_u16(), 200, "{path}");
+        }
+        let (status, cancelled) = call(base, "POST", "/v1/asyncprocesses/only-one/cancel", None);
+        assert_eq!((status, cancelled["AsyncProcessStatus"][0]["asyncProcessId"].as_str()), (202, Some(only.as_str())));
+        let (first, second) = (start_one("twice"), start_one("twice"));
+        let (status, refused) = call(base, "POST", "/v1/asyncprocesses/twice/cancel", None);
+        assert_eq!(status, 400);
+        let message = refused["technicalMessage"].as_str().unwrap();
+        assert!(message.starts_with("the referenceId 'twice' names 2 processes"), "{message}");
+        assert!(message.contains(&first) && message.contains(&second), "{message}");
+        // An asyncProcessId still names its process, and nothing else was touched.
+        let (status, _) = call(base, "POST", &format!("/v1/asyncprocesses/{first}/cancel"), None);
+        assert_eq!(status, 202);
+        let (_, still) = call(base, "GET", &format!("/v1/asyncprocesses/{second}?verbose=false"), None);
+        assert_ne!(still["AsyncProcessStatus"][0]["status"], "Aborted");
+    }
 }

@@ -94,3 +94,33 @@ fn check_governor_limit(state: &AppState, query: &StatusQuery) -> Result<(), Api
     }
     Ok(())
 }
+
+/// The one process a sub-resource's `{id}` names (its items, results, deliveries, cancel,
+/// retry): an asyncProcessId, or the referenceId of exactly one process, like the status call.
+/// A referenceId of several is a 400 naming them; an ID that names none is passed on as it is,
+/// for the call to answer as for a process that does not exist.
+pub(crate) async fn resolve_target(
+    state: &AppState,
+    tenant: &TenantId,
+    raw: &str,
+) -> Result<String, ApiError> {
+    let id = crate::params::parse_path_id(raw)?;
+    let query =
+        StatusQuery { tenant: tenant.clone(), id: id.clone(), kind: IdKind::Either, detail: Detail::Process };
+    let status = state.status.clone();
+    let records = blocking(move || status.find_status(&query)).await??;
+    match records.as_slice() {
+        [] => Ok(id.as_str().to_owned()),
+        [one] => Ok(one.async_process_id.clone()),
+        several => {
+            let shown: Vec<&str> = several.iter().take(10).map(|r| r.async_process_id.as_str()).collect();
+            let more =
+                if several.len() > 10 { format!(" and {} more", several.len() - 10) } else { String::new() };
+            Err(ApiError::input(format!(
+                "the referenceId '{id}' names {} processes; name one by its asyncProcessId: {}{more}",
+                several.len(),
+                shown.join(", ")
+            )))
+        }
+    }
+}

@@ -6,18 +6,19 @@ use actix_web::http::header::LOCATION;
 use actix_web::{HttpRequest, HttpResponse, web};
 use async_engine_domain::{
     CommandError, ItemsError, ItemsPage, ItemsQuery, ListError, ListQuery, NewProcess, OutcomeFilter,
-    ProcessId, ProcessStatus, RawJson, ReferenceId, Started, Status, StreamedStartError,
+    ProcessId, ProcessStatus, RawJson, ReferenceId, Started, Status, StreamedStartError, TenantId,
 };
 use serde::Serialize;
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
+use crate::answering::resolve_target;
 use crate::auth::Scope;
 use crate::body::read_body;
 use crate::clock::{now_micros, rfc3339};
 use crate::envelope::{Envelope, Record, Shape};
 use crate::error::ApiError;
-use crate::params::{self, parse_path_id};
+use crate::params;
 use crate::pool::blocking;
 use crate::routing::resource;
 use crate::state::AppState;
@@ -156,7 +157,7 @@ async fn start_streamed(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-    tenant: async_engine_domain::TenantId,
+    tenant: TenantId,
     format: Format,
 ) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<StreamedQuery>::from_query(req.query_string())
@@ -206,7 +207,7 @@ async fn start_streamed(
 fn new_process(
     req: &HttpRequest,
     state: &AppState,
-    tenant: async_engine_domain::TenantId,
+    tenant: TenantId,
     request: StartRequest,
 ) -> Result<NewProcess, ApiError> {
     let idempotency_key = match req.headers().get("Idempotency-Key") {
@@ -270,21 +271,20 @@ pub(crate) fn command_error(error: CommandError) -> ApiError {
     }
 }
 
-fn command_target(req: &HttpRequest) -> Result<String, ApiError> {
-    let raw = req.match_info().get("id").unwrap_or_default();
-    Ok(parse_path_id(raw)?.as_str().to_owned())
+async fn command_target(req: &HttpRequest, state: &AppState, tenant: &TenantId) -> Result<String, ApiError> {
+    resolve_target(state, tenant, req.match_info().get("id").unwrap_or_default()).await
 }
 
 /// `POST /v1/asyncprocesses/{id}/cancel`
 #[utoipa::path(post, path = "/v1/asyncprocesses/{id}/cancel", tag = "processes", operation_id = "cancelAsyncProcess",
-    params(("id" = String, Path, description = "An asyncProcessId", min_length = 1, max_length = 255)),
+    params(("id" = String, Path, description = "An asyncProcessId, or a referenceId that names one process", min_length = 1, max_length = 255)),
     responses((status = 202, description = "Aborted", body = Envelope), (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
         (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = Envelope),
         (status = 403, description = "The key lacks the scope", body = Envelope),
         (status = 500, description = "The server failed; the cause is in its log", body = Envelope)))]
 pub async fn cancel(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let tenant = state.auth.authorize(&req, Scope::ProcessesWrite)?.tenant;
-    let id = command_target(&req)?;
+    let id = command_target(&req, &state, &tenant).await?;
     let store = state.processes.clone();
     let record = blocking(move || store.cancel(&tenant, &id, now_micros())).await?.map_err(command_error)?;
     Ok(accepted(&[record], SUMMARY))
@@ -292,14 +292,14 @@ pub async fn cancel(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
 
 /// `POST /v1/asyncprocesses/{id}/retry`
 #[utoipa::path(post, path = "/v1/asyncprocesses/{id}/retry", tag = "processes", operation_id = "retryAsyncProcess",
-    params(("id" = String, Path, description = "An asyncProcessId", min_length = 1, max_length = 255)),
+    params(("id" = String, Path, description = "An asyncProcessId, or a referenceId that names one process", min_length = 1, max_length = 255)),
     responses((status = 202, description = "Its failed items run again", body = Envelope), (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
         (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = Envelope),
         (status = 403, description = "The key lacks the scope", body = Envelope),
         (status = 500, description = "The server failed; the cause is in its log", body = Envelope)))]
 pub async fn retry(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let tenant = state.auth.authorize(&req, Scope::ProcessesWrite)?.tenant;
-    let id = command_target(&req)?;
+    let id = command_target(&req, &state, &tenant).await?;
     let store = state.processes.clone();
     let record = blocking(move || store.retry(&tenant, &id, now_micros())).await?.map_err(command_error)?;
     (state.on_new_work)();
@@ -421,7 +421,7 @@ struct ItemOut<'a> {
 
 /// `GET /v1/asyncprocesses/{id}/steps/{stepNumber}/items?outcome=&limit=&cursor=` (contract §6)
 #[utoipa::path(get, path = "/v1/asyncprocesses/{id}/steps/{stepNumber}/items", tag = "status", operation_id = "listStepItems",
-    params(("id" = String, Path, description = "An asyncProcessId", min_length = 1, max_length = 255),
+    params(("id" = String, Path, description = "An asyncProcessId, or a referenceId that names one process", min_length = 1, max_length = 255),
         ("stepNumber" = u32, Path, description = "0 for the first step"),
         ("outcome" = Option<crate::schema::Outcome>, Query, description = "Only the items that succeeded, or only those that failed, at this step"),
         ("limit" = Option<u32>, Query, minimum = 1, description = "At most limits.max_items_per_response"),
@@ -433,7 +433,7 @@ struct ItemOut<'a> {
         (status = 500, description = "The server failed; the cause is in its log", body = Envelope)))]
 pub async fn items(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let tenant = state.auth.authorize(&req, Scope::StatusRead)?.tenant;
-    let id = command_target(&req)?;
+    let id = command_target(&req, &state, &tenant).await?;
     let step = req
         .match_info()
         .get("stepNumber")
@@ -501,7 +501,7 @@ struct DeliveriesOut {
 /// `GET /v1/asyncprocesses/{id}/deliveries`: the FinishProcess notifications of a process and
 /// how each attempt went, for operators.
 #[utoipa::path(get, path = "/v1/asyncprocesses/{id}/deliveries", tag = "processes", operation_id = "listDeliveries",
-    params(("id" = String, Path, description = "An asyncProcessId", min_length = 1, max_length = 255)),
+    params(("id" = String, Path, description = "An asyncProcessId, or a referenceId that names one process", min_length = 1, max_length = 255)),
     responses((status = 200, description = "The process's FinishProcess notifications and their attempts", body = DeliveriesOut),
         (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
         (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = Envelope),
@@ -509,7 +509,7 @@ struct DeliveriesOut {
         (status = 500, description = "The server failed; the cause is in its log", body = Envelope)))]
 pub async fn deliveries(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let tenant = state.auth.authorize(&req, Scope::StatusRead)?.tenant;
-    let id = command_target(&req)?;
+    let id = command_target(&req, &state, &tenant).await?;
     let store = state.deliveries.clone();
     let lookup = id.clone();
     let records = blocking(move || store.deliveries(&tenant, &lookup))
@@ -608,7 +608,10 @@ mod tests {
     use crate::test_support::{send, state};
 
     async fn call(processes: MockProcessStore, request: TestRequest) -> (u16, serde_json::Value) {
-        send(AppState { processes: Arc::new(processes), ..state() }, request).await
+        // No process is found by its ID first: the command is asked with the ID as given.
+        let mut status = async_engine_domain::repository::MockStatusReader::new();
+        status.expect_find_status().returning(|_| Ok(Vec::new()));
+        send(AppState { processes: Arc::new(processes), status: Arc::new(status), ..state() }, request).await
     }
 
     #[actix_web::test]

@@ -11,9 +11,9 @@ use async_engine_domain::{ItemResult, ItemsError, ProcessStore, ResultRow, Resul
 use futures_util::stream;
 use serde::de::{MapAccess, Visitor};
 
+use crate::answering::resolve_target;
 use crate::auth::Scope;
 use crate::error::ApiError;
-use crate::params::parse_path_id;
 use crate::pool::blocking;
 use crate::routing::resource;
 use crate::state::AppState;
@@ -37,7 +37,7 @@ enum FileFormat {
 /// `GET /v1/asyncprocesses/{id}/steps/{stepNumber}/results?outcome=&format=`
 #[utoipa::path(get, path = "/v1/asyncprocesses/{id}/steps/{stepNumber}/results", tag = "status", operation_id = "downloadStepResults",
     description = "Every item of the process with its result at the step, in item order: `succeeded`, `failed` (with code and statusMessage) or `unprocessed` (no outcome at this step: not reached yet, left out by an earlier step's failure, or never run because the process ended). NDJSON: one object a line, {\"index\", \"outcome\", \"code\", \"statusMessage\", \"item\"}. CSV: index, outcome, code, statusMessage, then the item's fields as columns when the first item is a flat object (as from a CSV upload), and a last column `item` with the JSON of any item that is not.",
-    params(("id" = String, Path, description = "An asyncProcessId", min_length = 1, max_length = 255),
+    params(("id" = String, Path, description = "An asyncProcessId, or a referenceId that names one process", min_length = 1, max_length = 255),
         ("stepNumber" = u32, Path, description = "The step, from 0"),
         ("outcome" = Option<String>, Query, description = "succeeded, failed, unprocessed or all (the default)", pattern = "^(succeeded|failed|unprocessed|all)$"),
         ("format" = Option<String>, Query, description = "ndjson (the default) or csv", pattern = "^(ndjson|csv)$")),
@@ -49,7 +49,7 @@ enum FileFormat {
         (status = 500, description = "The server failed; the cause is in its log", body = crate::envelope::Envelope)))]
 pub async fn results(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let tenant = state.auth.authorize(&req, Scope::StatusRead)?.tenant;
-    let id = parse_path_id(req.match_info().get("id").unwrap_or_default())?.as_str().to_owned();
+    let id = resolve_target(&state, &tenant, req.match_info().get("id").unwrap_or_default()).await?;
     let step = req
         .match_info()
         .get("stepNumber")
