@@ -135,6 +135,9 @@ on_both_backends! {
              2,failed,5001,Invalid status,DISCONTINUED-DSL,1,old line,\n\
              4,failed,5004,Missing data,MOBILE-5G,,no quantity given,\n"
         );
+        // The dashboard's download link answers the same file.
+        let page_link = reqwest::blocking::get(format!("{}/processes/{id}/steps/0/results?outcome=failed&format=csv", server.base)).unwrap();
+        assert_eq!(page_link.text().unwrap(), failed);
         let (_, all) = download("1/results");
         let rows: Vec<Value> = all.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         let outcomes: Vec<(u64, &str)> = rows.iter().map(|r| (r["index"].as_u64().unwrap(), r["outcome"].as_str().unwrap())).collect();

@@ -51,6 +51,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/", GET).route(web::get().to(list)))
         .service(resource("/processes/{id}", GET).route(web::get().to(process)))
         .service(resource("/processes/{id}/steps/{step}/items", GET).route(web::get().to(items)))
+        .service(resource("/processes/{id}/steps/{step}/results", GET).route(web::get().to(results)))
         .service(resource("/processes/{id}/cancel", POST).route(web::post().to(cancel)))
         .service(resource("/processes/{id}/retry", POST).route(web::post().to(retry)))
         .service(
@@ -345,6 +346,20 @@ async fn items(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let csrf = Csrf::of(&req, &state.auth);
     match items_page(&req, &state, caller.tenant, csrf.token.clone()).await {
         Ok(items) => page(&req, &state, &csrf, StatusCode::OK, &items),
+        Err(error) => error_page(&req, &state, error),
+    }
+}
+
+/// `GET /processes/{id}/steps/{step}/results?outcome=&format=`: a step's result file, for the
+/// page's download links (the session's key, as for every page).
+async fn results(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let caller = match state.auth.authorize_page(&req, Scope::StatusRead) {
+        Ok(caller) => caller,
+        Err(error) => return error_page(&req, &state, error),
+    };
+    let step = req.match_info().get("step").unwrap_or_default().to_owned();
+    match crate::results::results_file(&req, &state, &caller.tenant, &step).await {
+        Ok(file) => file,
         Err(error) => error_page(&req, &state, error),
     }
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use actix_web::http::header::{CONTENT_DISPOSITION, HeaderValue};
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
-use async_engine_domain::{ItemResult, ItemsError, ProcessStore, ResultRow, ResultsFilter, ResultsQuery};
+use async_engine_domain::{
+    ItemResult, ItemsError, ProcessStore, ResultRow, ResultsFilter, ResultsQuery, TenantId,
+};
 use futures_util::stream;
 use serde::de::{MapAccess, Visitor};
 
@@ -49,12 +51,23 @@ enum FileFormat {
         (status = 500, description = "The server failed; the cause is in its log", body = crate::envelope::Envelope)))]
 pub async fn results(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let tenant = state.auth.authorize(&req, Scope::StatusRead)?.tenant;
-    let id = resolve_target(&state, &tenant, req.match_info().get("id").unwrap_or_default()).await?;
-    let step = req
-        .match_info()
-        .get("stepNumber")
-        .and_then(|n| n.parse::<u32>().ok())
-        .ok_or_else(|| ApiError::input("stepNumber must be a whole number: 0 for the first step"))?;
+    let step = req.match_info().get("stepNumber").unwrap_or_default().to_owned();
+    results_file(&req, &state, &tenant, &step).await
+}
+
+/// The file of the step named `step` of the process the request's `{id}` names, as the
+/// query asks; also what the dashboard's download links answer.
+pub(crate) async fn results_file(
+    req: &HttpRequest,
+    state: &AppState,
+    tenant: &TenantId,
+    step: &str,
+) -> Result<HttpResponse, ApiError> {
+    let id = resolve_target(state, tenant, req.match_info().get("id").unwrap_or_default()).await?;
+    let step = step
+        .parse::<u32>()
+        .map_err(|_| ApiError::input("stepNumber must be a whole number: 0 for the first step"))?;
+    let tenant = tenant.clone();
     let (mut filter, mut format) = (ResultsFilter::All, FileFormat::Ndjson);
     for (name, value) in form_urlencoded::parse(req.query_string().as_bytes()) {
         match name.as_ref() {
