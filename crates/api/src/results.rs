@@ -287,7 +287,7 @@ mod tests {
         let mut pages = Pages {
             store: Arc::new(async_engine_domain::work::MockProcessStore::new()),
             query: ResultsQuery {
-                tenant: async_engine_domain::TenantId::default_tenant(),
+                tenant: TenantId::default_tenant(),
                 async_process_id: "p".into(),
                 step_number: 0,
                 filter: ResultsFilter::All,
