@@ -186,4 +186,45 @@ on_both_backends! {
         let (_, still) = call(base, "GET", &format!("/v1/asyncprocesses/{second}?verbose=false"), None);
         assert_ne!(still["AsyncProcessStatus"][0]["status"], "Aborted");
     }
+
+    fn result_files_match_the_counters_after_a_skip_a_retry_and_an_abort(dir: &Path, db: &str) {
+        let server = crate::engine::serve(dir, db, &[]);
+        let base = &server.base;
+        let results = |id: &str, step: u32| -> Vec<(u64, String)> {
+            let text = reqwest::blocking::get(format!("{base}/v1/asyncprocesses/{id}/steps/{step}/results")).unwrap().text().unwrap();
+            text.lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .map(|r| (r["index"].as_u64().unwrap(), r["outcome"].as_str().unwrap().to_owned()))
+                .collect()
+        };
+        let counted = |record: &Value, step: usize| record["itemsProcessed"][step]["currentNumberOfItemsProccessed"].as_u64().unwrap();
+        let good = json!({ "productCode": "TV", "quantity": 1 });
+        let bad = json!({ "productCode": "TV", "quantity": 0 });
+        let start = |name: &str, items: Value| {
+            let (status, answer) = call(base, "POST", "/v1/asyncprocesses", Some(json!({ "asyncProcessName": name, "referenceId": "files", "items": items })));
+            assert_eq!(status, 202, "{answer}");
+            answer["AsyncProcessStatus"][0]["asyncProcessId"].as_str().unwrap().to_owned()
+        };
+
+        let skip = start("Skip", json!([good, bad, good]));
+        wait_final(base, &skip, Duration::from_secs(30));
+        let (status, _) = call(base, "POST", &format!("/v1/asyncprocesses/{skip}/retry"), None);
+        assert_eq!(status, 202);
+        let record = wait_final(base, &skip, Duration::from_secs(30));
+        let owned = |rows: &[(u64, &str)]| rows.iter().map(|(i, o)| (*i, (*o).to_owned())).collect::<Vec<_>>();
+        assert_eq!(results(&skip, 0), owned(&[(0, "succeeded"), (1, "failed"), (2, "succeeded")]), "once each after the retry");
+        assert_eq!(results(&skip, 1), owned(&[(0, "succeeded"), (1, "unprocessed"), (2, "succeeded")]));
+        assert_eq!((counted(&record, 0), counted(&record, 1)), (3, 2));
+
+        let abort = start("Abort", json!([good, bad, good, good, good, good]));
+        let record = wait_final(base, &abort, Duration::from_secs(30));
+        assert_eq!(record["status"], "Failed");
+        for step in [0, 1] {
+            let rows = results(&abort, step);
+            assert_eq!(rows.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5], "every item once");
+            let recorded = rows.iter().filter(|(_, o)| o != "unprocessed").count() as u64;
+            assert_eq!(recorded, counted(&record, step as usize), "step {step}: {rows:?} against {record}");
+        }
+        assert!(results(&abort, 0).contains(&(1, "failed".to_owned())));
+    }
 }

@@ -3,6 +3,7 @@
 //! `TEST_POSTGRES_URL` (or `--postgres`), on PostgreSQL. Writes `BENCHMARKS.md` and exits
 //! non-zero when a target is missed by more than the noise measured.
 
+mod bulk;
 mod own_work;
 
 use std::fmt::Write as _;
@@ -66,10 +67,17 @@ fn spread(mut values: Vec<f64>) -> (f64, f64) {
 /// Rows measured by `backend`'s core run (the own-work rows come from `own_work`).
 const CORE: [&str; 7] = ["B1", "B2", "B3", "B4", "B5", "B6", "B7"];
 const OWN: [&str; 2] = ["B11", "B12"];
+const BULK: [&str; 3] = ["B8", "B9", "B10"];
 
 pub fn run(postgres: Option<String>, only: &[String]) -> anyhow::Result<bool> {
-    if let Some(unknown) = only.iter().find(|r| !CORE.contains(&r.as_str()) && !OWN.contains(&r.as_str())) {
-        bail!("--only: no row {unknown} (rows: {}, {})", CORE.join(", "), OWN.join(", "));
+    let known = |r: &String| [&CORE[..], &BULK, &OWN].iter().any(|set| set.contains(&r.as_str()));
+    if let Some(unknown) = only.iter().find(|r| !known(r)) {
+        bail!(
+            "--only: no row {unknown} (rows: {}, {}, {})",
+            CORE.join(", "),
+            BULK.join(", "),
+            OWN.join(", ")
+        );
     }
     if cfg!(debug_assertions) {
         // Figures of an unoptimised build say nothing: run the release build instead.
@@ -99,6 +107,9 @@ pub fn run(postgres: Option<String>, only: &[String]) -> anyhow::Result<bool> {
         let mut rows = Vec::new();
         if wanted(&CORE) {
             rows.extend(backend(name, url, pg_server)?);
+        }
+        if wanted(&BULK) {
+            rows.extend(bulk::rows(name, url)?);
         }
         if wanted(&OWN) {
             rows.extend(own_work::rows(name, url)?);
@@ -644,11 +655,14 @@ fn report(rows: &[Row], took: Duration) -> String {
     for row in rows {
         let target = match row.target {
             Target::AtLeast(t) => format!("≥ {t}"),
-            Target::AtMost(t) if row.id == "B7" => format!("≤ +{t} MiB"),
+            Target::AtMost(t) if row.id == "B7" || row.id == "B9" => format!("≤ +{t} MiB"),
             Target::AtMost(t) => format!("≤ {t}×"),
         };
-        let ratio =
-            if row.id == "B7" { format!("+{:.1} MiB", row.ratio) } else { format!("{:.2}", row.ratio) };
+        let ratio = if row.id == "B7" || row.id == "B9" {
+            format!("+{:.1} MiB", row.ratio)
+        } else {
+            format!("{:.2}", row.ratio)
+        };
         let _ = writeln!(
             text,
             "| {} | {} | {} | {} | {} | {} | {:.0}% | {} |",
@@ -673,7 +687,11 @@ fn report(rows: &[Row], took: Duration) -> String {
          library. B6: the status with `itemsList=false` on B5's process against the 6-item example\n\
          (median of medians). B7: the release server's peak resident memory (VmHWM) after paging\n\
          through step 0 of B5's process with the items call (10,000 per page), against its peak\n\
-         when idle. B11 and B12: a team's own work on the release server, a 1-step process of\n\
+         when idle. B8: a streamed NDJSON start (`POST /v1/asyncprocesses`, application/x-ndjson)\n\
+         of 1000000 items of about 100 bytes, first byte to committed (202), against the raw loop;\n\
+         B9: the release server's peak resident memory after those starts against its peak when\n\
+         idle; B10: the step's result file as CSV (every item, 1000000 rows) read to its end,\n\
+         against one plain statement reading the same rows. B11 and B12: a team's own work on the release server, a 1-step process of\n\
          100000 items in 500-item tasks from the start's answer to Success, against the same\n\
          process on `builtin:noop`: B11 an `http` push step to a loopback endpoint answering every\n\
          index a success (4 in flight), B12 `async-engine worker --concurrency 4` running a\n\

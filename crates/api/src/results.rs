@@ -2,6 +2,7 @@
 //! NDJSON or CSV, streamed a page at a time in item order, so that memory stays flat and each
 //! row costs the same whatever the size of the process (issue 15).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use actix_web::http::header::{CONTENT_DISPOSITION, HeaderValue};
@@ -12,6 +13,7 @@ use async_engine_domain::{
 };
 use futures_util::stream;
 use serde::de::{MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 use crate::answering::resolve_target;
 use crate::auth::Scope;
@@ -164,41 +166,45 @@ impl Pages {
     }
 
     fn csv(&mut self, rows: &[ResultRow]) -> Vec<u8> {
-        let mut out = csv::WriterBuilder::new().flexible(true).from_writer(Vec::new());
-        let columns = match &self.columns {
-            Some(columns) => columns.clone(),
-            None => {
-                let columns: Vec<String> = rows
-                    .first()
-                    .and_then(|row| flat_fields(row.item.as_str()))
-                    .map(|fields| fields.into_iter().map(|(name, _)| name).collect())
-                    .unwrap_or_default();
-                let mut header =
-                    vec!["index".to_owned(), "outcome".into(), "code".into(), "statusMessage".into()];
-                header.extend(columns.iter().cloned());
-                header.push("item".into());
-                let _ = out.write_record(&header);
-                self.columns = Some(columns);
-                self.columns.clone().unwrap_or_default()
-            }
-        };
+        let mut out =
+            csv::WriterBuilder::new().flexible(true).from_writer(Vec::with_capacity(rows.len() * 128));
+        if self.columns.is_none() {
+            let columns: Vec<String> = rows
+                .first()
+                .and_then(|row| flat_fields(&row.item))
+                .map(|fields| fields.into_iter().map(|(name, _)| name.into_owned()).collect())
+                .unwrap_or_default();
+            let fixed = ["index", "outcome", "code", "statusMessage"];
+            let header = fixed.iter().copied().chain(columns.iter().map(String::as_str)).chain(["item"]);
+            let _ = out.write_record(header);
+            self.columns = Some(columns);
+        }
+        let columns = self.columns.as_deref().unwrap_or_default();
         for row in rows {
             let (outcome, code, message) = describe(&row.result);
-            let mut record = vec![row.index.to_string(), outcome.to_owned(), code, message.to_owned()];
-            match flat_fields(row.item.as_str()).filter(|fields| {
+            let _ = out.write_field(row.index.to_string());
+            let _ = out.write_field(outcome);
+            let _ = out.write_field(code);
+            let _ = out.write_field(message);
+            let fields = flat_fields(&row.item).filter(|fields| {
                 fields.len() == columns.len()
-                    && fields.iter().zip(&columns).all(|((name, _), column)| name == column)
-            }) {
+                    && fields.iter().zip(columns).all(|((name, _), column)| name == column)
+            });
+            match fields {
                 Some(fields) => {
-                    record.extend(fields.into_iter().map(|(_, value)| value));
-                    record.push(String::new());
+                    for (_, value) in &fields {
+                        let _ = out.write_field(value.as_ref());
+                    }
+                    let _ = out.write_field("");
                 }
                 None => {
-                    record.extend(columns.iter().map(|_| String::new()));
-                    record.push(row.item.as_str().to_owned());
+                    for _ in columns {
+                        let _ = out.write_field("");
+                    }
+                    let _ = out.write_field(&row.item);
                 }
             }
-            let _ = out.write_record(&record);
+            let _ = out.write_record(None::<&[u8]>);
         }
         out.into_inner().unwrap_or_default()
     }
@@ -221,37 +227,47 @@ fn ndjson(rows: &[ResultRow]) -> Vec<u8> {
             out.push_str(&format!(",\"code\":{code},\"statusMessage\":{}", serde_json::Value::from(message)));
         }
         out.push_str(",\"item\":");
-        out.push_str(row.item.as_str());
+        out.push_str(&row.item);
         out.push_str("}\n");
     }
     out.into_bytes()
 }
 
 /// The fields of a flat JSON object (every value a string, number, boolean or null), in the
-/// order written, values as CSV text; `None` for anything else.
-fn flat_fields(json: &str) -> Option<Vec<(String, String)>> {
+/// order written, values as CSV text; `None` for anything else. Borrowed from `json` where no
+/// escape needs decoding: a result file reads every row through this.
+fn flat_fields(json: &str) -> Option<Vec<(Cow<'_, str>, Cow<'_, str>)>> {
     struct Flat;
     impl<'de> Visitor<'de> for Flat {
-        type Value = Option<Vec<(String, String)>>;
+        type Value = Option<Vec<(Cow<'de, str>, Cow<'de, str>)>>;
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("an object")
         }
         fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
             let mut fields = Vec::new();
             let mut flat = true;
-            while let Some((name, value)) = map.next_entry::<String, serde_json::Value>()? {
-                let text = match value {
-                    serde_json::Value::String(text) => text,
-                    serde_json::Value::Null => String::new(),
-                    serde_json::Value::Bool(_) | serde_json::Value::Number(_) => value.to_string(),
-                    _ => {
-                        flat = false;
-                        String::new()
-                    }
-                };
-                fields.push((name, text));
+            while let Some((name, value)) = map.next_entry::<&'de RawValue, &'de RawValue>()? {
+                fields.push((
+                    text(name.get()).map_err(serde::de::Error::custom)?,
+                    match value.get().as_bytes().first() {
+                        Some(b'"') => text(value.get()).map_err(serde::de::Error::custom)?,
+                        Some(b'{' | b'[') => {
+                            flat = false;
+                            Cow::Borrowed("")
+                        }
+                        _ if value.get() == "null" => Cow::Borrowed(""),
+                        _ => Cow::Borrowed(value.get()),
+                    },
+                ));
             }
             Ok(flat.then_some(fields))
+        }
+    }
+    /// A JSON string's text: its inside as written when it has no escapes.
+    fn text(raw: &str) -> Result<Cow<'_, str>, serde_json::Error> {
+        match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+            Some(inside) if !inside.contains('\\') => Ok(Cow::Borrowed(inside)),
+            _ => serde_json::from_str::<String>(raw).map(Cow::Owned),
         }
     }
     let mut deserializer = serde_json::Deserializer::from_str(json);
@@ -260,25 +276,23 @@ fn flat_fields(json: &str) -> Option<Vec<(String, String)>> {
 
 #[cfg(test)]
 mod tests {
-    use async_engine_domain::RawJson;
-
     use super::*;
 
     fn row(index: u64, item: &str, result: ItemResult) -> ResultRow {
-        ResultRow { index, item: RawJson::from_text(item.to_owned()).unwrap(), result }
+        ResultRow { index, item: item.to_owned(), result }
     }
 
     #[test]
     fn flat_objects_keep_their_field_order() {
         assert_eq!(
             flat_fields(r#"{"zeta":"a, b","alpha":2,"n":null}"#),
-            Some(vec![
-                ("zeta".into(), "a, b".into()),
-                ("alpha".into(), "2".into()),
-                ("n".into(), String::new())
-            ])
+            Some(vec![("zeta".into(), "a, b".into()), ("alpha".into(), "2".into()), ("n".into(), "".into())])
         );
         assert_eq!(flat_fields(r#"{"a":{"b":1}}"#), None);
+        assert_eq!(
+            flat_fields(r#"{"q\u0041":"say \"hi\""}"#),
+            Some(vec![("qA".into(), "say \"hi\"".into())])
+        );
         assert_eq!(flat_fields("[1]"), None);
     }
 

@@ -213,7 +213,9 @@ pub enum ItemResult {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResultRow {
     pub index: u64,
-    pub item: RawJson,
+    /// The item's JSON text as stored (checked when it was stored: a result file copies it
+    /// out without parsing it again).
+    pub item: String,
     pub result: ItemResult,
 }
 

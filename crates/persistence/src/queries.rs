@@ -192,10 +192,7 @@ pub fn results_page(
             ))
             .load(conn)?;
         rows.into_iter()
-            .map(|(index, value, recorded, code, message)| {
-                let item = RawJson::from_text(value).map_err(|e| {
-                    Error::Corrupt(format!("process {}: item {index}: {e}", query.async_process_id))
-                })?;
+            .map(|(index, item, recorded, code, message)| {
                 let result = match (recorded, code) {
                     (None, _) => ItemResult::Unprocessed,
                     (Some(_), None) => ItemResult::Succeeded,

@@ -21,7 +21,7 @@ const ECHO: &str = "import sys\nout = sys.stdout\nfor line in sys.stdin:\n    \
                     out.write('{\"index\": %s}\\n' % line[9:line.index(',')])\n";
 
 /// A child process killed when dropped, so that a failed bench leaves nothing running.
-struct Killed(Child);
+pub(super) struct Killed(pub(super) Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -136,7 +136,7 @@ fn run(
 }
 
 /// The release server over `url` with `config`; its base URL.
-fn serve(url: &str, config: &std::path::Path) -> anyhow::Result<(Killed, String)> {
+pub(super) fn serve(url: &str, config: &std::path::Path) -> anyhow::Result<(Killed, String)> {
     let mut child = Command::new(server_binary())
         .arg("serve")
         .arg("--config")
