@@ -251,17 +251,24 @@ fn idle_threads_share_one_look_per_interval_and_a_wake_rouses_one() {
     let running = start_pusher(Arc::new(store), vec![target], any_host(), config, waker.clone()).unwrap();
     // Each thread looks once as it starts; then about one look per 20 ms among them all
     // (eight threads polling on their own would make 160 in this time).
+    // The bounds follow the time that really passed: on a loaded machine a sleep lasts longer,
+    // and the shared look comes round more often in it.
+    let looks = |since: std::time::Instant| since.elapsed().as_millis() as usize / 20 + 1;
+    let begun = std::time::Instant::now();
     std::thread::sleep(Duration::from_millis(400));
     let idle = claims.load(Ordering::SeqCst);
-    assert!((8..=8 + 20 + 6).contains(&idle), "{idle} claims");
+    let allowed = 8 + looks(begun) + 6;
+    assert!((8..=allowed).contains(&idle), "{idle} claims, at most {allowed}");
     // Burst of wakes while one look is due at most: far fewer claims than wakes x threads.
+    let burst = std::time::Instant::now();
     for _ in 0..10 {
         waker.wake();
     }
     std::thread::sleep(Duration::from_millis(100));
     let woken = claims.load(Ordering::SeqCst) - idle;
+    let allowed = 10 + looks(burst) + 3;
     running.stop();
-    assert!(woken <= 10 + 5 + 3, "{woken} claims after 10 wakes");
+    assert!(woken <= allowed, "{woken} claims after 10 wakes, at most {allowed}");
 }
 
 #[test]
