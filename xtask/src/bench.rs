@@ -567,18 +567,39 @@ fn vm_hwm_kib(pid: u32) -> anyhow::Result<u64> {
 
 /// The release server on `url`: its peak resident memory idle, then after paging through the
 /// large process's first step with the items call.
-fn page_memory(url: &str) -> anyhow::Result<(u64, u64)> {
-    let mut child = Command::new(server_binary())
-        .arg("serve")
+/// A child process killed when dropped, so that a failed bench leaves nothing running.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The release server over `url` (with `config` layered on the defaults, and `env`); its base URL.
+fn release_server(
+    url: &str,
+    config: Option<&std::path::Path>,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Killed, String)> {
+    let mut command = Command::new(server_binary());
+    command.arg("serve");
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    let mut child = command
         .env("ASYNC_ENGINE__DATABASE__URL", url)
         .env("ASYNC_ENGINE__SERVER__PORT", "0")
-        .env("ASYNC_ENGINE__ENGINE__ENABLED", "false")
         .env("ASYNC_ENGINE__RETENTION__DAYS", "0")
+        .env("ASYNC_ENGINE__LIMITS__MAX_BODY_BYTES", (64 << 20).to_string())
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
     let stderr = child.stderr.take().context("stderr")?;
-    // Read on a thread that keeps draining: a closed pipe would fail the server's logging.
+    let child = Killed(child);
+    // Drained for the server's whole life: a closed pipe would fail its logging.
     let (lines, log) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
@@ -593,30 +614,31 @@ fn page_memory(url: &str) -> anyhow::Result<(u64, u64)> {
                 .map(|rest| rest.split_whitespace().next().unwrap_or("").trim_matches('"').to_owned())
         })
         .context("the server did not start")?;
+    Ok((child, base))
+}
+
+fn page_memory(url: &str) -> anyhow::Result<(u64, u64)> {
+    let (server, base) = release_server(url, None, &[("ASYNC_ENGINE__ENGINE__ENABLED", "false")])?;
+    let child = &server.0;
     let client = reqwest::blocking::Client::new();
-    let result = (|| -> anyhow::Result<(u64, u64)> {
-        client.get(format!("{base}/v1/asyncprocesses/large?itemsList=false")).send()?;
-        let idle = vm_hwm_kib(child.id())?;
-        let mut cursor: Option<String> = None;
-        let mut seen = 0_u64;
-        loop {
-            let after = cursor.as_deref().map(|c| format!("&cursor={c}")).unwrap_or_default();
-            let page: Value = client
-                .get(format!("{base}/v1/asyncprocesses/large/steps/0/items?limit=10000{after}"))
-                .send()?
-                .json()?;
-            seen += page["items"].as_array().map_or(0, |i| i.len() as u64);
-            match page["nextCursor"].as_str() {
-                Some(next) => cursor = Some(next.to_owned()),
-                None => break,
-            }
+    client.get(format!("{base}/v1/asyncprocesses/large?itemsList=false")).send()?;
+    let idle = vm_hwm_kib(child.id())?;
+    let mut cursor: Option<String> = None;
+    let mut seen = 0_u64;
+    loop {
+        let after = cursor.as_deref().map(|c| format!("&cursor={c}")).unwrap_or_default();
+        let page: Value = client
+            .get(format!("{base}/v1/asyncprocesses/large/steps/0/items?limit=10000{after}"))
+            .send()?
+            .json()?;
+        seen += page["items"].as_array().map_or(0, |i| i.len() as u64);
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
         }
-        anyhow::ensure!(seen == u64::from(LARGE), "paged {seen} items, not {LARGE}");
-        Ok((idle, vm_hwm_kib(child.id())?))
-    })();
-    let _ = child.kill();
-    let _ = child.wait();
-    result
+    }
+    anyhow::ensure!(seen == u64::from(LARGE), "paged {seen} items, not {LARGE}");
+    Ok((idle, vm_hwm_kib(child.id())?))
 }
 
 fn machine() -> String {

@@ -71,21 +71,11 @@ pub fn items_page(
         Some(_) => return Ok(Err(ItemsError::BadCursor)),
     };
     read_transaction(conn, |conn| {
-        let process: Option<(i64, i32)> = processes::table
-            .filter(processes::tenant.eq(query.tenant.as_str()))
-            .filter(processes::async_process_id.eq(&query.async_process_id))
-            .select((processes::id, processes::total_steps))
-            .first(conn)
-            .optional()?;
-        let Some((process_id, total_steps)) = process else {
-            return Ok(Err(ItemsError::NotFound(query.async_process_id.clone())));
-        };
-        // A step number past i32 names no step (a caller's mistake, not corrupt data).
-        let step = i32::try_from(query.step_number).unwrap_or(i32::MAX);
-        if step >= total_steps {
-            let last = u32::try_from(total_steps - 1).unwrap_or(0);
-            return Ok(Err(ItemsError::NoSuchStep { step: query.step_number, last }));
-        }
+        let (process_id, step) =
+            match process_step(conn, &query.tenant, &query.async_process_id, query.step_number)? {
+                Ok(found) => found,
+                Err(refused) => return Ok(Err(refused)),
+            };
         let mut select = outcomes::table
             .inner_join(items::table.on(
                 items::process_id.eq(outcomes::process_id).and(items::item_index.eq(outcomes::item_index)),
@@ -133,6 +123,31 @@ pub fn items_page(
     })
 }
 
+/// The internal ID of a tenant's process and one of its steps, or why the caller named none.
+fn process_step(
+    conn: &mut DbConnection,
+    tenant: &TenantId,
+    id: &str,
+    step_number: u32,
+) -> Result<Result<(i64, i32), ItemsError>, Error> {
+    let process: Option<(i64, i32)> = processes::table
+        .filter(processes::tenant.eq(tenant.as_str()))
+        .filter(processes::async_process_id.eq(id))
+        .select((processes::id, processes::total_steps))
+        .first(conn)
+        .optional()?;
+    let Some((process_id, total_steps)) = process else {
+        return Ok(Err(ItemsError::NotFound(id.to_owned())));
+    };
+    // A step number past i32 names no step (a caller's mistake, not corrupt data).
+    let step = i32::try_from(step_number).unwrap_or(i32::MAX);
+    if step >= total_steps {
+        let last = u32::try_from(total_steps - 1).unwrap_or(0);
+        return Ok(Err(ItemsError::NoSuchStep { step: step_number, last }));
+    }
+    Ok(Ok((process_id, step)))
+}
+
 /// `(item_index, value, the outcome's item_index if recorded, failure code, failure message)`.
 type ResultLine = (i64, String, Option<i64>, Option<i64>, Option<String>);
 
@@ -144,20 +159,11 @@ pub fn results_page(
     query: &ResultsQuery,
 ) -> Result<Result<Vec<ResultRow>, ItemsError>, Error> {
     read_transaction(conn, |conn| {
-        let process: Option<(i64, i32)> = processes::table
-            .filter(processes::tenant.eq(query.tenant.as_str()))
-            .filter(processes::async_process_id.eq(&query.async_process_id))
-            .select((processes::id, processes::total_steps))
-            .first(conn)
-            .optional()?;
-        let Some((process_id, total_steps)) = process else {
-            return Ok(Err(ItemsError::NotFound(query.async_process_id.clone())));
-        };
-        let step = i32::try_from(query.step_number).unwrap_or(i32::MAX);
-        if step >= total_steps {
-            let last = u32::try_from(total_steps - 1).unwrap_or(0);
-            return Ok(Err(ItemsError::NoSuchStep { step: query.step_number, last }));
-        }
+        let (process_id, step) =
+            match process_step(conn, &query.tenant, &query.async_process_id, query.step_number)? {
+                Ok(found) => found,
+                Err(refused) => return Ok(Err(refused)),
+            };
         let after = query.after.map_or(-1, |a| i64::try_from(a).unwrap_or(i64::MAX));
         let mut select = items::table
             .left_join(

@@ -10,8 +10,7 @@ use anyhow::Context;
 use async_engine_persistence::Store;
 use diesel::prelude::*;
 
-use super::own_work::serve;
-use super::{ROUNDS, Row, Target, raw_loop, spread, vm_hwm_kib};
+use super::{ROUNDS, Row, Target, raw_loop, release_server, spread, vm_hwm_kib};
 
 const ITEMS: u32 = 1_000_000;
 
@@ -32,7 +31,7 @@ pub fn rows(name: &'static str, url: &str) -> anyhow::Result<Vec<Row>> {
         &config,
         "[[processes]]\nname = \"Bulk\"\n[[processes.steps]]\nname = \"Load\"\nhandler = \"queue:bulk-bench\"\nchunk_size = 500\n",
     )?;
-    let (server, base) = serve(url, &config)?;
+    let (server, base) = release_server(url, Some(&config), &[])?;
     let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(900)).build()?;
     client.get(format!("{base}/healthz")).send()?;
     let idle = vm_hwm_kib(server.0.id())?;

@@ -3,13 +3,13 @@
 //! a success. B12: `async-engine worker` running a Python 3 program that echoes every index
 //! as a success. Each is start-to-Success of one 1-step process, rounds interleaved.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use super::{ROUNDS, Row, Target, server_binary, spread};
+use super::{ROUNDS, Row, Target, release_server, server_binary, spread};
 
 /// Items of each process.
 const ITEMS: u32 = 100_000;
@@ -19,16 +19,6 @@ const CONCURRENCY: u32 = 4;
 
 const ECHO: &str = "import sys\nout = sys.stdout\nfor line in sys.stdin:\n    \
                     out.write('{\"index\": %s}\\n' % line[9:line.index(',')])\n";
-
-/// A child process killed when dropped, so that a failed bench leaves nothing running.
-pub(super) struct Killed(pub(super) Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 pub fn rows(name: &'static str, url: &str) -> anyhow::Result<Vec<Row>> {
     let dir = tempfile::tempdir()?;
@@ -43,11 +33,11 @@ pub fn rows(name: &'static str, url: &str) -> anyhow::Result<Vec<Row>> {
              [[processes]]\nname = \"OwnQueue\"\n[[processes.steps]]\nname = \"Work\"\nhandler = \"queue:own\"\nchunk_size = {CHUNK}\n"
         ),
     )?;
-    let (_server, base) = serve(url, &config)?;
+    let (_server, base) = release_server(url, Some(&config), &[])?;
     let echo = dir.path().join("echo.py");
     std::fs::write(&echo, ECHO)?;
     let python = python()?;
-    let _worker = Killed(
+    let _worker = super::Killed(
         Command::new(server_binary())
             .args(["worker", "--server", &base, "--queue", "own", "--concurrency", &CONCURRENCY.to_string()])
             .arg("--")
@@ -133,39 +123,6 @@ fn run(
         }
         anyhow::ensure!(begun.elapsed() < Duration::from_secs(600), "{definition} did not finish in 10 min");
     }
-}
-
-/// The release server over `url` with `config`; its base URL.
-pub(super) fn serve(url: &str, config: &std::path::Path) -> anyhow::Result<(Killed, String)> {
-    let mut child = Command::new(server_binary())
-        .arg("serve")
-        .arg("--config")
-        .arg(config)
-        .env("ASYNC_ENGINE__DATABASE__URL", url)
-        .env("ASYNC_ENGINE__SERVER__PORT", "0")
-        .env("ASYNC_ENGINE__RETENTION__DAYS", "0")
-        .env("ASYNC_ENGINE__LIMITS__MAX_BODY_BYTES", (64 << 20).to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = child.stderr.take().context("stderr")?;
-    let child = Killed(child);
-    let (lines, log) = std::sync::mpsc::channel();
-    // Drained for the server's whole life: a closed pipe would fail its logging.
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    let base = log
-        .iter()
-        .find_map(|line| {
-            line.split("listening on ")
-                .nth(1)
-                .map(|rest| rest.split_whitespace().next().unwrap_or("").trim_matches('"').to_owned())
-        })
-        .context("the server did not start")?;
-    Ok((child, base))
 }
 
 /// A push endpoint on a loopback port that answers every index of a task a success.

@@ -253,14 +253,14 @@ fn idle_threads_share_one_look_per_interval_and_a_wake_rouses_one() {
     // (eight threads polling on their own would make 160 in this time).
     // The bounds follow the time that really passed: on a loaded machine a sleep lasts longer,
     // and the shared look comes round more often in it.
-    let looks = |since: std::time::Instant| since.elapsed().as_millis() as usize / 20 + 1;
-    let begun = std::time::Instant::now();
+    let looks = |since: Instant| since.elapsed().as_millis() as usize / 20 + 1;
+    let begun = Instant::now();
     std::thread::sleep(Duration::from_millis(400));
     let idle = claims.load(Ordering::SeqCst);
     let allowed = 8 + looks(begun) + 6;
     assert!((8..=allowed).contains(&idle), "{idle} claims, at most {allowed}");
     // Burst of wakes while one look is due at most: far fewer claims than wakes x threads.
-    let burst = std::time::Instant::now();
+    let burst = Instant::now();
     for _ in 0..10 {
         waker.wake();
     }
