@@ -122,10 +122,9 @@ fn parse(body: impl Read, format: Format, limits: UploadLimits) -> Result<Spool,
     Ok(Spool { file })
 }
 
-fn ndjson(body: impl Read, out: &mut impl Write, max_item: usize) -> Result<u64, ApiError> {
+fn ndjson(body: impl Read, out: &mut impl Write, max_item: usize) -> Result<(), ApiError> {
     let mut reader = BufReader::new(body);
     let mut line = Vec::new();
-    let mut count = 0;
     for number in 1_u64.. {
         line.clear();
         let read = (&mut reader)
@@ -156,9 +155,8 @@ fn ndjson(body: impl Read, out: &mut impl Write, max_item: usize) -> Result<u64,
         let item =
             RawJson::from_input(raw).map_err(|e| ApiError::input(format!("line {number}: the item {e}")))?;
         writeln!(out, "{}", item.as_str()).map_err(internal)?;
-        count += 1;
     }
-    Ok(count)
+    Ok(())
 }
 
 /// serde_json's message without its own "at line L column C", which would count within the
@@ -168,7 +166,7 @@ fn reason(error: &serde_json::Error) -> String {
     text.split(" at line ").next().unwrap_or(&text).to_owned()
 }
 
-fn csv(body: impl Read, out: &mut impl Write, max_item: usize) -> Result<u64, ApiError> {
+fn csv(body: impl Read, out: &mut impl Write, max_item: usize) -> Result<(), ApiError> {
     let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(body);
     let headers = reader.headers().map_err(csv_error)?.clone();
     if headers.is_empty() || headers.iter().all(str::is_empty) {
@@ -186,7 +184,6 @@ fn csv(body: impl Read, out: &mut impl Write, max_item: usize) -> Result<u64, Ap
     // Each name's JSON text once: an item is the names and its values, in the header's order.
     let names: Vec<String> = headers.iter().map(|h| serde_json::Value::from(h).to_string()).collect();
     let mut record = csv::StringRecord::new();
-    let mut count = 0;
     let mut item = String::new();
     while reader.read_record(&mut record).map_err(csv_error)? {
         let line = record.position().map_or(0, csv::Position::line);
@@ -207,9 +204,8 @@ fn csv(body: impl Read, out: &mut impl Write, max_item: usize) -> Result<u64, Ap
         }
         item.push('}');
         writeln!(out, "{item}").map_err(internal)?;
-        count += 1;
     }
-    Ok(count)
+    Ok(())
 }
 
 fn csv_error(error: csv::Error) -> ApiError {
