@@ -228,3 +228,104 @@ on_both_backends! {
         assert!(results(&abort, 0).contains(&(1, "failed".to_owned())));
     }
 }
+
+fn put_part(base: &str, id: &str, part: &str, content_type: &str, body: &str) -> (u16, Value) {
+    let response = reqwest::blocking::Client::new()
+        .put(format!("{base}/v1/asyncprocesses/{id}/parts/{part}"))
+        .header("Content-Type", content_type)
+        .body(body.to_owned())
+        .send()
+        .unwrap();
+    (response.status().as_u16(), response.json().unwrap_or(Value::Null))
+}
+
+/// `(part, items)` of each part the process holds, and whether it is open.
+fn parts_of(base: &str, id: &str) -> (bool, Vec<(u64, u64)>) {
+    let (status, body) = call(base, "GET", &format!("/v1/asyncprocesses/{id}/parts"), None);
+    assert_eq!(status, 200, "{body}");
+    let parts = body["parts"].as_array().unwrap().iter();
+    (
+        body["open"].as_bool().unwrap(),
+        parts.map(|p| (p["part"].as_u64().unwrap(), p["items"].as_u64().unwrap())).collect(),
+    )
+}
+
+on_both_backends! {
+    fn an_upload_in_parts_is_replaced_resumed_and_closed_in_part_order(_dir: &Path, db: &str) {
+        let server = start(db, &[]);
+        let base = &server.base;
+        let open = json!({ "asyncProcessName": "Noop", "referenceId": "in-parts", "open": true });
+        let (status, answer) = call(base, "POST", "/v1/asyncprocesses", Some(open.clone()));
+        assert_eq!(status, 202, "{answer}");
+        let record = &answer["AsyncProcessStatus"][0];
+        let id = record["asyncProcessId"].as_str().unwrap().to_owned();
+        assert_eq!(record["status"], "WaitingToProcess");
+        let (status, refused) = call(base, "POST", "/v1/asyncprocesses", Some(json!({ "asyncProcessName": "Noop", "referenceId": "x", "open": true, "items": [] })));
+        assert_eq!(status, 400, "{refused}");
+
+        // Out of order, CSV parts with their own header rows, one put twice.
+        assert_eq!(put_part(base, &id, "2", "text/csv", "sku,qty\r\nC,3\r\nD,4\r\n").0, 201);
+        assert_eq!(put_part(base, &id, "1", "text/csv", "sku,qty\nX,9\n").0, 201);
+        let (status, replaced) = put_part(base, &id, "1", "text/csv", "sku,qty\nA,1\nB,2\n");
+        assert_eq!(status, 200, "{replaced}");
+        assert_eq!((replaced["items"].as_u64(), replaced["replaced"].as_bool()), (Some(2), Some(true)));
+        // Bad parts change nothing, and say why.
+        let (status, bad) = put_part(base, &id, "3", "application/x-ndjson", "{\"sku\":\"E\"}\n{oops\n");
+        assert_eq!(status, 400, "{bad}");
+        assert!(bad["technicalMessage"].as_str().unwrap().contains("line 2, column 2"), "{bad}");
+        assert_eq!(put_part(base, &id, "0", "text/csv", "a\n1\n").0, 400);
+        assert_eq!(put_part(base, &id, "10001", "text/csv", "a\n1\n").0, 400);
+        assert_eq!(put_part(base, &id, "3", "application/json", "[1]").0, 415);
+        // A client that goes away mid-part leaves part 2 as it was.
+        let address = base.trim_start_matches("http://");
+        let mut stream = TcpStream::connect(address).unwrap();
+        let head = format!(
+            "PUT /v1/asyncprocesses/{id}/parts/2 HTTP/1.1\r\nHost: {address}\r\n\
+             Content-Type: application/x-ndjson\r\nContent-Length: 100000\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(&"1\n".repeat(25_000).into_bytes()).unwrap();
+        drop(stream);
+        std::thread::sleep(Duration::from_millis(500));
+        // Listed by the reference ID too, for a client that resumes.
+        assert_eq!(parts_of(base, "in-parts"), (true, vec![(1, 2), (2, 2)]));
+        let (_, waiting) = call(base, "GET", &format!("/v1/asyncprocesses/{id}"), None);
+        assert_eq!(waiting["AsyncProcessStatus"][0]["message"], "Waiting for items: open for parts until closed (2 parts so far, 4 items)");
+        // The open start again with its key: the same process, still open (a resume).
+        let key = reqwest::blocking::Client::new()
+            .post(format!("{base}/v1/asyncprocesses"))
+            .header("Idempotency-Key", "parts-key")
+            .json(&open);
+        let first: Value = key.try_clone().unwrap().send().unwrap().json().unwrap();
+        let again: Value = key.send().unwrap().json().unwrap();
+        assert_eq!(first["AsyncProcessStatus"][0]["asyncProcessId"], again["AsyncProcessStatus"][0]["asyncProcessId"]);
+
+        let (status, closed) = call(base, "POST", &format!("/v1/asyncprocesses/{id}/close"), None);
+        assert_eq!(status, 202, "{closed}");
+        let done = wait_final(base, &id, Duration::from_secs(30));
+        assert_eq!(done["status"], "Success", "{done}");
+        let (_, page) = call(base, "GET", &format!("/v1/asyncprocesses/{id}/steps/0/items"), None);
+        let skus: Vec<&str> = page["items"].as_array().unwrap().iter().map(|i| i["item"]["sku"].as_str().unwrap()).collect();
+        assert_eq!(skus, ["A", "B", "C", "D"]);
+        assert_eq!(parts_of(base, &id), (false, vec![]));
+        let (status, late) = call(base, "POST", &format!("/v1/asyncprocesses/{id}/close"), None);
+        assert_eq!(status, 409, "{late}");
+        assert_eq!(put_part(base, &id, "3", "text/csv", "sku\nE\n").0, 409);
+    }
+
+    fn an_open_process_can_be_cancelled(_dir: &Path, db: &str) {
+        let server = start(db, &[]);
+        let base = &server.base;
+        let open = json!({ "asyncProcessName": "Noop", "referenceId": "cancel-open", "open": true });
+        let (_, answer) = call(base, "POST", "/v1/asyncprocesses", Some(open));
+        let id = answer["AsyncProcessStatus"][0]["asyncProcessId"].as_str().unwrap().to_owned();
+        assert_eq!(put_part(base, &id, "1", "application/x-ndjson", "1\n2\n").0, 201);
+        let (status, cancelled) = call(base, "POST", "/v1/asyncprocesses/cancel-open/cancel", None);
+        assert_eq!(status, 202, "{cancelled}");
+        assert_eq!(cancelled["AsyncProcessStatus"][0]["status"], "Aborted");
+        assert_eq!(parts_of(base, &id), (false, vec![]));
+        let (status, refused) = put_part(base, &id, "2", "application/x-ndjson", "3\n");
+        assert_eq!(status, 409, "{refused}");
+        assert!(refused["technicalMessage"].as_str().unwrap().contains("not open"), "{refused}");
+    }
+}

@@ -35,7 +35,7 @@ const LAYERS: &[(&str, &[&[&str]])] = &[
             // resources with their 405s and the 404, the middleware.
             &["answering", "body", "upload", "routing", "middleware"],
             // One module per resource, each registering its own routes.
-            &["status", "watch", "processes", "results", "tasks", "dashboard", "operations"],
+            &["status", "watch", "processes", "results", "parts", "tasks", "dashboard", "operations"],
             // The router and the OpenAPI document, collecting the resources; test helpers.
             &["router", "openapi", "test_support"],
         ],
@@ -60,8 +60,9 @@ const LAYERS: &[(&str, &[&[&str]])] = &[
             &["advance"],
             // Transactions: starting a process; what a lease holder does.
             &["start", "lease"],
-            // Transactions: claiming (which gives up expired last attempts); commands, list.
-            &["claim", "commands"],
+            // Transactions: claiming (which gives up expired last attempts); commands, list;
+            // uploads in parts.
+            &["claim", "commands", "parts"],
             // `ProcessStore` and `TaskStore` for `Store`, each call one transaction above.
             &["engine"],
             // Test support: fresh stores, and processes driven through the traits.

@@ -18,6 +18,20 @@ pub struct Envelope<'a> {
     pub records: Vec<Record<'a>>,
 }
 
+impl<'a> Envelope<'a> {
+    /// The 202 of a command (start, cancel, retry, close): each record with its steps'
+    /// counters, not their items.
+    pub fn accepted(records: &'a [ProcessStatus]) -> Self {
+        let summary = Shape { verbose: true, items_list: false, fail_message: true };
+        Envelope {
+            code: 202,
+            status_message: "Success",
+            technical_message: None,
+            records: records.iter().map(|r| Record::new(r, summary)).collect(),
+        }
+    }
+}
+
 /// What the three documented parameters leave in each record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Shape {

@@ -283,15 +283,17 @@ fn json_body(req: &ServiceRequest) -> Result<(), ApiError> {
         .ok()
         .flatten()
         .is_some_and(|m| m.type_() == mime::APPLICATION && m.subtype() == mime::JSON);
-    // Streamed starts: neither type is one a page may send across sites without asking first.
-    let upload = req.path() == "/v1/asyncprocesses" && crate::params::Format::of(req.request()).is_some();
+    // Streamed starts and parts: neither type is one a page may send across sites without
+    // asking first.
+    let upload = crate::params::takes_upload(req.method(), req.path())
+        && crate::params::Format::of(req.request()).is_some();
     if json || upload {
         return Ok(());
     }
     let shown: String = value.to_str().unwrap_or("?").chars().take(100).collect();
     Err(ApiError::UnsupportedMediaType(format!(
-        "request bodies must be Content-Type: application/json (or, to start a process, \
-         application/x-ndjson or text/csv), not '{shown}'"
+        "request bodies must be Content-Type: application/json (or, to start a process or \
+         put a part, application/x-ndjson or text/csv), not '{shown}'"
     )))
 }
 

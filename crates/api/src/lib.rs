@@ -34,6 +34,7 @@ mod upload;
 // One module per resource.
 mod dashboard;
 mod operations;
+mod parts;
 mod processes;
 mod results;
 mod status;

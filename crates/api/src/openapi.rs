@@ -46,6 +46,9 @@ const BEARER: &str = "bearer";
         crate::processes::retry,
         crate::processes::items,
         crate::results::results,
+        crate::parts::put_part,
+        crate::parts::parts,
+        crate::parts::close,
         crate::processes::deliveries,
         crate::processes::definitions,
         crate::tasks::claim,
@@ -214,6 +217,9 @@ mod tests {
             "/v1/asyncprocesses/{id}/deliveries",
             "/v1/asyncprocesses/{id}/cancel",
             "/v1/asyncprocesses/{id}/retry",
+            "/v1/asyncprocesses/{id}/parts/{part}",
+            "/v1/asyncprocesses/{id}/parts",
+            "/v1/asyncprocesses/{id}/close",
             "/v1/asyncprocesses",
             "/v1/actions/getAsyncJobStatus",
             "/v1/processdefinitions",
@@ -347,7 +353,7 @@ mod tests {
                     let answer = envelope_answer(&operation, "421", &what);
                     assert!(description(answer).contains("server.allowed_hosts"), "{what}");
                 }
-                let v1_write = path.starts_with("/v1/") && method == "post";
+                let v1_write = path.starts_with("/v1/") && ["post", "put"].contains(&method.as_str());
                 if v1_write {
                     let forbidden = envelope_answer(&operation, "403", &what);
                     // The scopes' 403 and the foreign Origin's are one answer naming both causes.

@@ -157,6 +157,16 @@ pub fn shorten(value: &str) -> String {
     }
 }
 
+/// Whether the route takes NDJSON or CSV items: a start, or a part of an open process.
+pub fn takes_upload(method: &actix_web::http::Method, path: &str) -> bool {
+    let segments: Vec<&str> = path.split('/').collect();
+    match (method.as_str(), segments.as_slice()) {
+        ("POST", ["", "v1", "asyncprocesses"]) => true,
+        ("PUT", ["", "v1", "asyncprocesses", id, "parts", part]) => !id.is_empty() && !part.is_empty(),
+        _ => false,
+    }
+}
+
 /// How a streamed start's body lists its items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

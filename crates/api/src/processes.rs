@@ -6,7 +6,7 @@ use actix_web::http::header::LOCATION;
 use actix_web::{HttpRequest, HttpResponse, web};
 use async_engine_domain::{
     CommandError, ItemsError, ItemsPage, ItemsQuery, ListError, ListQuery, NewProcess, OutcomeFilter,
-    ProcessId, ProcessStatus, RawJson, ReferenceId, Started, Status, StreamedStartError, TenantId,
+    ProcessId, RawJson, ReferenceId, Started, Status, StreamedStartError, TenantId,
 };
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -24,8 +24,6 @@ use crate::routing::resource;
 use crate::state::AppState;
 use crate::upload::{self, Format, UploadLimits};
 
-/// Records of commands and lists show steps' counters, not their items.
-const SUMMARY: Shape = Shape { verbose: true, items_list: false, fail_message: true };
 const MAX_LIST_LIMIT: u32 = 1_000;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 const DEFAULT_ITEMS_LIMIT: u32 = 1_000;
@@ -45,21 +43,14 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     .service(resource("/v1/processdefinitions", GET).route(web::get().to(definitions)));
 }
 
-fn accepted(records: &[ProcessStatus], shape: Shape) -> HttpResponse {
-    HttpResponse::Accepted().json(Envelope {
-        code: 202,
-        status_message: "Success",
-        technical_message: None,
-        records: records.iter().map(|r| Record::new(r, shape)).collect(),
-    })
-}
-
 struct StartRequest {
     name: String,
     reference_id: ReferenceId,
     items: Vec<RawJson>,
     additional_data: RawJson,
     callback_url: Option<String>,
+    /// Started open: the items come in parts (`PUT .../parts/{n}`) until its close.
+    open: bool,
 }
 
 /// Reads the start body field by field, keeping items as the caller wrote them.
@@ -72,9 +63,28 @@ fn parse_start(body: &[u8]) -> Result<StartRequest, ApiError> {
     };
     let name = text("asyncProcessName")?;
     let reference_id = ReferenceId::new(text("referenceId")?).map_err(|e| ApiError::input(e.to_string()))?;
-    let items = fields.get("items").ok_or_else(|| ApiError::input("items is required (it may be [])"))?;
-    let items: Vec<Box<RawValue>> =
-        serde_json::from_str(items.get()).map_err(|_| ApiError::input("items must be a JSON array"))?;
+    let open = match fields.get("open") {
+        None => false,
+        Some(raw) => {
+            serde_json::from_str(raw.get()).map_err(|_| ApiError::input("open must be true or false"))?
+        }
+    };
+    let items: Vec<Box<RawValue>> = match (open, fields.get("items")) {
+        (true, Some(_)) => {
+            return Err(ApiError::input(
+                "an open process takes its items in parts (PUT /v1/asyncprocesses/{id}/parts/{n}): leave out items",
+            ));
+        }
+        (true, None) => Vec::new(),
+        (false, None) => {
+            return Err(ApiError::input(
+                "items is required (it may be []); or \"open\": true, to send the items in parts",
+            ));
+        }
+        (false, Some(items)) => {
+            serde_json::from_str(items.get()).map_err(|_| ApiError::input("items must be a JSON array"))?
+        }
+    };
     let additional_data = match fields.get("additionalData") {
         None => RawJson::empty_object(),
         Some(raw) if raw.get() == "null" => RawJson::empty_object(),
@@ -100,12 +110,13 @@ fn parse_start(body: &[u8]) -> Result<StartRequest, ApiError> {
             .collect::<Result<_, _>>()?,
         additional_data,
         callback_url,
+        open,
     })
 }
 
 /// `POST /v1/asyncprocesses`
 #[utoipa::path(post, path = "/v1/asyncprocesses", tag = "processes", operation_id = "startAsyncProcess",
-    description = "The body is a JSON start; or, for bulk uploads, the items alone as NDJSON (one JSON item a line; blank lines skipped) or CSV (RFC 4180, a header row naming each item's fields, values as strings) with the start's options in the query. An upload is read and checked as it arrives, up to limits.max_upload_bytes; a malformed line (named, with its column) or a body cut off leaves no process.",
+    description = "The body is a JSON start (with \"open\": true and no items: a process that takes its items in parts, PUT /v1/asyncprocesses/{id}/parts/{n}, until POST /v1/asyncprocesses/{id}/close); or, for bulk uploads, the items alone as NDJSON (one JSON item a line; blank lines skipped) or CSV (RFC 4180, a header row naming each item's fields, values as strings) with the start's options in the query. An upload is read and checked as it arrives, up to limits.max_upload_bytes; a malformed line (named, with its column) or a body cut off leaves no process.",
     request_body(content(
         (crate::schema::StartBody = "application/json"),
         (String = "application/x-ndjson"),
@@ -133,9 +144,10 @@ pub async fn start(
     }
     let body = read_body(&req, payload, state.config.max_body_bytes).await?;
     let request = parse_start(&body)?;
+    let open = request.open;
     let new = new_process(&req, &state, caller.tenant, request)?;
     let store = state.processes.clone();
-    let started = blocking(move || store.start(&new)).await??;
+    let started = blocking(move || if open { store.start_open(&new) } else { store.start(&new) }).await??;
     started_answer(&state, &started)
 }
 
@@ -184,6 +196,7 @@ async fn start_streamed(
         items: Vec::new(),
         additional_data,
         callback_url: query.callback_url,
+        open: false,
     };
     // Everything the query decides is checked before the body is read.
     let new = new_process(&req, &state, tenant, request)?;
@@ -257,7 +270,7 @@ fn started_answer(state: &AppState, started: &Started) -> Result<HttpResponse, A
         (state.on_new_work)();
     }
     let location = format!("/v1/asyncprocesses/{}", record.async_process_id);
-    let mut response = accepted(std::slice::from_ref(record), SUMMARY);
+    let mut response = HttpResponse::Accepted().json(Envelope::accepted(std::slice::from_ref(record)));
     response
         .headers_mut()
         .insert(LOCATION, location.parse().map_err(|_| ApiError::Internal("location header".into()))?);
@@ -287,7 +300,7 @@ pub async fn cancel(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
     let id = command_target(&req, &state, &tenant).await?;
     let store = state.processes.clone();
     let record = blocking(move || store.cancel(&tenant, &id, now_micros())).await?.map_err(command_error)?;
-    Ok(accepted(&[record], SUMMARY))
+    Ok(HttpResponse::Accepted().json(Envelope::accepted(&[record])))
 }
 
 /// `POST /v1/asyncprocesses/{id}/retry`
@@ -303,7 +316,7 @@ pub async fn retry(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
     let store = state.processes.clone();
     let record = blocking(move || store.retry(&tenant, &id, now_micros())).await?.map_err(command_error)?;
     (state.on_new_work)();
-    Ok(accepted(&[record], SUMMARY))
+    Ok(HttpResponse::Accepted().json(Envelope::accepted(&[record])))
 }
 
 /// One parameter of the process list (`status`, `asyncProcessName`, `referenceId`, `cursor`)

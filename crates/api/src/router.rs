@@ -11,8 +11,8 @@ use actix_web::{App, HttpServer, web};
 
 use crate::state::AppState;
 use crate::{
-    dashboard, guard, headers, middleware, openapi, operations, processes, results, routing, status, tasks,
-    watch,
+    dashboard, guard, headers, middleware, openapi, operations, parts, processes, results, routing, status,
+    tasks, watch,
 };
 
 /// The whole application: routes, fallbacks and middleware. Tests serve exactly this.
@@ -43,6 +43,7 @@ pub fn app(
         .wrap(from_fn(headers::security_headers))
         .configure(processes::routes)
         .configure(results::routes)
+        .configure(parts::routes)
         .configure(status::routes)
         .configure(watch::routes)
         .configure(tasks::routes)

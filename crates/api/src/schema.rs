@@ -26,9 +26,12 @@ pub struct StartBody {
     async_process_name: String,
     #[schema(min_length = 1, max_length = 255)]
     reference_id: String,
-    /// Any JSON values, kept as written.
-    #[schema(value_type = Vec<Value>)]
-    items: Vec<()>,
+    /// Any JSON values, kept as written. Required, unless `open` is true (then left out).
+    #[schema(value_type = Option<Vec<Value>>)]
+    items: Option<()>,
+    /// True: a process that takes its items in parts (`PUT /v1/asyncprocesses/{id}/parts/{n}`)
+    /// and waits for them until `POST /v1/asyncprocesses/{id}/close`.
+    open: Option<bool>,
     #[schema(value_type = Option<Object>)]
     additional_data: Option<()>,
     /// Where to POST the envelope when the process finishes; its host must be allowed.

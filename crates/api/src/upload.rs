@@ -19,6 +19,8 @@ use crate::pool::blocking;
 /// The items of an upload, checked, in a temporary file that goes when this is dropped.
 pub struct Spool {
     file: File,
+    /// The body's size as received.
+    pub bytes: u64,
 }
 
 impl Spool {
@@ -64,7 +66,7 @@ pub async fn spool(
             let next = tokio::time::timeout(limits.idle, payload.next()).await;
             let chunk = match next {
                 Err(_) => return Err(ApiError::BodyTimeout { secs: limits.idle.as_secs() }),
-                Ok(None) => return Ok(()),
+                Ok(None) => return Ok(total),
                 Ok(Some(Err(e))) => {
                     return Err(ApiError::input(format!("the upload could not be read to its end: {e}")));
                 }
@@ -76,15 +78,15 @@ pub async fn spool(
             }
             if chunks.send(chunk).await.is_err() {
                 // The parser stopped at a bad item: its error is the answer.
-                return Ok(());
+                return Ok(total);
             }
         }
     };
     let (forwarded, parsed) = tokio::join!(forwarding, parsing);
     // A body cut off or over the limit ends the parser's input early: what it made of the
     // part it saw does not count.
-    forwarded?;
-    parsed?
+    let bytes = u64::try_from(forwarded?).unwrap_or(u64::MAX);
+    Ok(Spool { bytes, ..parsed?? })
 }
 
 /// The body's chunks as a blocking reader, for the parsers.
@@ -119,7 +121,7 @@ fn parse(body: impl Read, format: Format, limits: UploadLimits) -> Result<Spool,
     };
     let mut file = out.into_inner().map_err(|e| internal(e.into_error()))?;
     file.rewind().map_err(internal)?;
-    Ok(Spool { file })
+    Ok(Spool { file, bytes: 0 })
 }
 
 fn ndjson(body: impl Read, out: &mut impl Write, max_item: usize) -> Result<(), ApiError> {

@@ -7,6 +7,7 @@ pub mod json;
 pub mod lifecycle;
 pub mod notify;
 pub mod ops;
+pub mod parts;
 pub mod process;
 pub mod repository;
 pub mod snapshot;
@@ -18,6 +19,7 @@ pub use ids::{IdError, LookupId, ProcessId, ReferenceId, TenantId};
 pub use json::RawJson;
 pub use notify::{Attempt, DeliveryRecord, DeliveryStore, DueDelivery};
 pub use ops::{Gauges, NotReady, Operations};
+pub use parts::{PartError, PartInfo, PartReceipt, PartUpload, Parts};
 pub use process::{FailureGroup, ProcessStatus, StepItems, StepReport};
 pub use repository::{
     Detail, IdKind, ImportResult, RepositoryError, SnapshotWriter, StatusQuery, StatusReader,

@@ -35,4 +35,12 @@ pub trait Operations: Send + Sync {
     /// `finished_before_micros`, each with everything that belongs to it, one transaction per
     /// process; returns how many went.
     fn purge_finished(&self, finished_before_micros: i64, limit: u32) -> Result<u32, RepositoryError>;
+    /// Aborts up to `limit` processes started open before `opened_before_micros` and not
+    /// closed since, dropping the parts they hold; returns how many.
+    fn expire_open(
+        &self,
+        opened_before_micros: i64,
+        limit: u32,
+        now_micros: i64,
+    ) -> Result<u32, RepositoryError>;
 }

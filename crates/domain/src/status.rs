@@ -130,12 +130,14 @@ pub enum ProcessEnd {
     Cancelled,
     /// A step with `on_item_failure = abort` saw a failed item.
     AbortedByPolicy,
+    /// Started open, it was not closed within `limits.open_process_hours`.
+    NeverClosed,
 }
 
 /// The status of a process from its steps' states (contract §2).
 pub fn process_status(steps: &[StepState], end: Option<ProcessEnd>) -> Status {
     match end {
-        Some(ProcessEnd::Cancelled) => return Status::Aborted,
+        Some(ProcessEnd::Cancelled | ProcessEnd::NeverClosed) => return Status::Aborted,
         Some(ProcessEnd::AbortedByPolicy) => return Status::Failed,
         None => {}
     }
@@ -166,6 +168,9 @@ pub fn process_message(steps: &[StepState], names: &[&str], end: Option<ProcessE
     let status = process_status(steps, end);
     let first_failed = steps.iter().position(|s| s.failed > 0);
     match (status, end) {
+        (Status::Aborted, Some(ProcessEnd::NeverClosed)) => {
+            "Aborted: it was left open for parts longer than limits.open_process_hours".to_owned()
+        }
         (Status::Aborted, _) => "Cancelled".to_owned(),
         (Status::Failed, Some(ProcessEnd::AbortedByPolicy)) => {
             // The steps after the one that stopped the process never started.
@@ -302,6 +307,11 @@ mod tests {
             "Stopped: an item failed at step 0 (Validate)"
         );
         assert_eq!(process_message(&[running, ok], &names, Some(ProcessEnd::Cancelled)), "Cancelled");
+        let waiting = step(0, 0, 0, false, true);
+        assert_eq!(process_status(&[waiting, waiting], Some(ProcessEnd::NeverClosed)), Status::Aborted);
+        assert!(
+            process_message(&[waiting], &names, Some(ProcessEnd::NeverClosed)).contains("open_process_hours")
+        );
         // A failure at an earlier skip step does not take the blame for a later step's abort.
         assert_eq!(
             process_message(&[failed, step(4, 1, 1, true, true)], &names, Some(ProcessEnd::AbortedByPolicy)),

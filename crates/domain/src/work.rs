@@ -5,6 +5,7 @@ use crate::definition::ProcessDefinition;
 use crate::ids::{ProcessId, ReferenceId, TenantId};
 use crate::json::RawJson;
 use crate::lifecycle::Refused;
+use crate::parts::{PartError, PartReceipt, PartUpload, Parts};
 use crate::process::ProcessStatus;
 use crate::repository::RepositoryError;
 use crate::snapshot::FailureSnapshot;
@@ -242,6 +243,19 @@ pub trait ProcessStore: Send + Sync {
         process: &NewProcess,
         items: &mut dyn Iterator<Item = Result<RawJson, String>>,
     ) -> Result<Started, StreamedStartError>;
+    /// Starts a process open (`process.items` is not read): waiting for its items, which
+    /// come in parts until [`ProcessStore::close`].
+    fn start_open(&self, process: &NewProcess) -> Result<Started, RepositoryError>;
+    /// Stores one part of an open process in one transaction, replacing what that part held;
+    /// an `Err` from `items` leaves the part as it was.
+    fn put_part(
+        &self,
+        part: &PartUpload,
+        items: &mut dyn Iterator<Item = Result<RawJson, String>>,
+    ) -> Result<PartReceipt, PartError>;
+    fn parts(&self, tenant: &TenantId, id: &str) -> Result<Parts, PartError>;
+    /// Numbers the parts' items in part order into the process's items and starts step 0.
+    fn close(&self, tenant: &TenantId, id: &str, now_micros: i64) -> Result<ProcessStatus, PartError>;
     fn cancel(&self, tenant: &TenantId, id: &str, now_micros: i64) -> Result<ProcessStatus, CommandError>;
     fn retry(&self, tenant: &TenantId, id: &str, now_micros: i64) -> Result<ProcessStatus, CommandError>;
     fn list(&self, query: &ListQuery) -> Result<Page, ListError>;

@@ -12,9 +12,10 @@ use crate::connection::{DbConnection, per_backend};
 use crate::error::Error;
 use crate::queries::{INSERT_BATCH, to_i64};
 use crate::run::{
-    CANCELLED, END_CANCELLED, OPEN, QUEUED, RunRow, RunStepRow, load_run, load_steps, status_of,
+    CANCELLED, END_CANCELLED, END_NEVER_CLOSED, OPEN, QUEUED, RunRow, RunStepRow, load_run, load_steps,
+    status_of,
 };
-use crate::schema::{outcomes, processes, steps, tasks};
+use crate::schema::{outcomes, part_items, parts, processes, steps, tasks};
 
 #[derive(Insertable)]
 #[diesel(table_name = tasks)]
@@ -32,6 +33,7 @@ struct NewTask<'a> {
 fn end_of(row: &RunRow) -> Option<ProcessEnd> {
     match row.end_reason.as_deref() {
         Some(END_CANCELLED) => Some(ProcessEnd::Cancelled),
+        Some(END_NEVER_CLOSED) => Some(ProcessEnd::NeverClosed),
         Some(_) => Some(ProcessEnd::AbortedByPolicy),
         None => None,
     }
@@ -65,11 +67,24 @@ pub(crate) fn create_tasks(
     Ok(())
 }
 
-/// Stops a process: its open tasks are cancelled so that no task starts afterwards.
+/// Stops a process: its open tasks are cancelled so that no task starts afterwards, and the
+/// parts of an open one go.
 pub(crate) fn end_early(conn: &mut DbConnection, process_id: i64, reason: &str) -> Result<(), Error> {
     diesel::update(processes::table.find(process_id)).set(processes::end_reason.eq(reason)).execute(conn)?;
+    drop_parts(conn, process_id)?;
     diesel::update(tasks::table.filter(tasks::process_id.eq(process_id)).filter(tasks::state.eq_any(OPEN)))
         .set((tasks::state.eq(CANCELLED), tasks::lease_token.eq(None::<String>)))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// The process takes no more parts, and what it held of them goes (a close moved them into
+/// its items first).
+pub(crate) fn drop_parts(conn: &mut DbConnection, process_id: i64) -> Result<(), Error> {
+    diesel::delete(part_items::table.filter(part_items::process_id.eq(process_id))).execute(conn)?;
+    diesel::delete(parts::table.filter(parts::process_id.eq(process_id))).execute(conn)?;
+    diesel::update(processes::table.find(process_id))
+        .set(processes::open_for_parts.eq(false))
         .execute(conn)?;
     Ok(())
 }

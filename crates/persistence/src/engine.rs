@@ -1,20 +1,28 @@
-//! The engine's storage: `ProcessStore` and `TaskStore` for `Store`. Every call is one
-//! transaction of the modules below it (`start`, `claim`, `lease`, `commands`), so an outcome,
+//! The engine's storage: `ProcessStore`, `TaskStore` and `Operations` for `Store`. Every call
+//! is one transaction of the modules below it (`start`, `parts`, `claim`, `lease`, `commands`), so an outcome,
 //! the counters it moves, the task it releases and the step it may start are committed
 //! together or not at all: a crash at any moment loses nothing and counts nothing twice.
 
+use std::time::Duration;
+
 use async_engine_domain::{
-    ClaimRequest, ClaimedTask, CommandError, ItemsError, ItemsPage, ItemsQuery, ListError, ListQuery,
-    NewProcess, Page, ProcessStatus, ProcessStore, RawJson, RepositoryError, ResultRow, ResultsQuery,
-    Started, StreamedStartError, TaskError, TaskReport, TaskStore, TenantId,
+    ClaimRequest, ClaimedTask, CommandError, Gauges, ItemsError, ItemsPage, ItemsQuery, ListError, ListQuery,
+    NewProcess, NotReady, Operations, Page, PartError, PartReceipt, PartUpload, Parts, ProcessStatus,
+    ProcessStore, RawJson, RepositoryError, ResultRow, ResultsQuery, Started, StreamedStartError, TaskError,
+    TaskReport, TaskStore, TenantId,
 };
 
 use crate::claim::{any_due, claim};
 use crate::commands::{cancel, list, retry};
 use crate::error::Error;
 use crate::lease::{complete, fail, heartbeat};
-use crate::start::{existing, start, start_streamed};
+use crate::ops::{gauges, purge};
+use crate::parts::{close, expire_open, list_parts, put_part};
+use crate::start::{existing, start, start_open, start_streamed};
 use crate::store::Store;
+
+/// How long readiness waits for a connection: a probe must answer while the database is down.
+const READY_WAIT: Duration = Duration::from_secs(2);
 
 impl ProcessStore for Store {
     fn start(&self, process: &NewProcess) -> Result<Started, RepositoryError> {
@@ -54,6 +62,40 @@ impl ProcessStore for Store {
             }
             other => Ok(other.map_err(|e| RepositoryError::from(self.noted(e)))?),
         }
+    }
+
+    fn start_open(&self, process: &NewProcess) -> Result<Started, RepositoryError> {
+        let mut conn = self.conn()?;
+        match start_open(&mut conn, process) {
+            // As for start: the loser of two starts with one key finds the winner's process.
+            Err(Error::Query(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _,
+            ))) if process.idempotency_key.is_some() => {
+                Ok(start_open(&mut conn, process).map_err(|e| self.noted(e))?)
+            }
+            other => Ok(other.map_err(|e| self.noted(e))?),
+        }
+    }
+
+    fn put_part(
+        &self,
+        part: &PartUpload,
+        items: &mut dyn Iterator<Item = Result<RawJson, String>>,
+    ) -> Result<PartReceipt, PartError> {
+        let mut conn = self.conn().map_err(RepositoryError::from)?;
+        match put_part(&mut conn, part, items) {
+            Err(Error::Items(why)) => Err(PartError::Items(why)),
+            other => other.map_err(|e| RepositoryError::from(self.noted(e)))?,
+        }
+    }
+
+    fn parts(&self, tenant: &TenantId, id: &str) -> Result<Parts, PartError> {
+        self.with(|conn| list_parts(conn, tenant, id))
+    }
+
+    fn close(&self, tenant: &TenantId, id: &str, now_micros: i64) -> Result<ProcessStatus, PartError> {
+        self.with(|conn| close(conn, tenant, id, now_micros))
     }
 
     fn cancel(&self, tenant: &TenantId, id: &str, now_micros: i64) -> Result<ProcessStatus, CommandError> {
@@ -118,5 +160,36 @@ impl TaskStore for Store {
         now_micros: i64,
     ) -> Result<(), TaskError> {
         self.with(|conn| fail(conn, tenant.as_ref(), task_id, token, message, retryable, now_micros))
+    }
+}
+
+impl Operations for Store {
+    fn readiness(&self) -> Result<(), NotReady> {
+        // Reads still work on a full disk, so a probe that only reads would say ready while
+        // every start and every completion fails.
+        if let Some(ago) = self.recent_storage_failure() {
+            return Err(NotReady::WritesFailing(ago));
+        }
+        let conn = self.conn_within(READY_WAIT).map_err(|e| NotReady::Unreachable(e.to_string()))?;
+        drop(conn);
+        let pending = self.pending_migrations().map_err(|e| NotReady::Unreachable(e.to_string()))?;
+        if pending.is_empty() { Ok(()) } else { Err(NotReady::MigrationsPending(pending.len())) }
+    }
+
+    fn gauges(&self) -> Result<Gauges, RepositoryError> {
+        self.with(|conn| gauges(conn).map(Ok))
+    }
+
+    fn purge_finished(&self, finished_before_micros: i64, limit: u32) -> Result<u32, RepositoryError> {
+        self.with(|conn| purge(conn, finished_before_micros, limit).map(Ok))
+    }
+
+    fn expire_open(
+        &self,
+        opened_before_micros: i64,
+        limit: u32,
+        now_micros: i64,
+    ) -> Result<u32, RepositoryError> {
+        self.with(|conn| expire_open(conn, opened_before_micros, limit, now_micros).map(Ok))
     }
 }

@@ -15,6 +15,7 @@ mod lease;
 mod models;
 mod ops;
 mod outbox;
+mod parts;
 mod queries;
 mod run;
 pub mod schema;

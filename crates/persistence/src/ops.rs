@@ -1,17 +1,11 @@
 //! Readiness, gauges and retention (contract §7) over the same pool as everything else.
 
-use std::time::Duration;
-
-use async_engine_domain::{Gauges, NotReady, Operations, RepositoryError, Status};
+use async_engine_domain::{Gauges, Status};
 use diesel::prelude::*;
 
 use crate::connection::{DbConnection, lock_process, read_transaction, write_transaction};
 use crate::error::Error;
 use crate::schema::{deliveries, processes, tasks};
-use crate::store::Store;
-
-/// How long readiness waits for a connection: a probe must answer while the database is down.
-const READY_WAIT: Duration = Duration::from_secs(2);
 
 fn finished() -> [&'static str; 3] {
     [Status::Success.as_str(), Status::Failed.as_str(), Status::Aborted.as_str()]
@@ -84,34 +78,13 @@ pub fn purge(conn: &mut DbConnection, before: i64, limit: u32) -> Result<u32, Er
     Ok(purged)
 }
 
-impl Operations for Store {
-    fn readiness(&self) -> Result<(), NotReady> {
-        // Reads still work on a full disk, so a probe that only reads would say ready while
-        // every start and every completion fails.
-        if let Some(ago) = self.recent_storage_failure() {
-            return Err(NotReady::WritesFailing(ago));
-        }
-        let conn = self.conn_within(READY_WAIT).map_err(|e| NotReady::Unreachable(e.to_string()))?;
-        drop(conn);
-        let pending = self.pending_migrations().map_err(|e| NotReady::Unreachable(e.to_string()))?;
-        if pending.is_empty() { Ok(()) } else { Err(NotReady::MigrationsPending(pending.len())) }
-    }
-
-    fn gauges(&self) -> Result<Gauges, RepositoryError> {
-        self.with(|conn| gauges(conn).map(Ok))
-    }
-
-    fn purge_finished(&self, finished_before_micros: i64, limit: u32) -> Result<u32, RepositoryError> {
-        self.with(|conn| purge(conn, finished_before_micros, limit).map(Ok))
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use async_engine_domain::{FailurePolicy, ProcessStore, TenantId};
+    use async_engine_domain::{FailurePolicy, Operations, ProcessStore, TenantId};
 
     use super::*;
     use crate::fixtures::{begin_with, drain};
+    use crate::store::Store;
     use crate::testing::on_both_backends;
 
     fn count(store: &Store, table: &str) -> i64 {

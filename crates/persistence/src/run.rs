@@ -18,6 +18,7 @@ pub(crate) const OPEN: [&str; 2] = [QUEUED, LEASED];
 
 pub(crate) const END_CANCELLED: &str = "cancelled";
 pub(crate) const END_ABORTED: &str = "aborted_by_policy";
+pub(crate) const END_NEVER_CLOSED: &str = "never_closed";
 
 #[derive(Debug, Queryable, Selectable)]
 #[diesel(table_name = processes, check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
@@ -30,6 +31,7 @@ pub(crate) struct RunRow {
     pub(crate) runnable: bool,
     pub(crate) end_reason: Option<String>,
     pub(crate) callback_url: Option<String>,
+    pub(crate) open_for_parts: bool,
 }
 
 #[derive(Debug, Queryable, Selectable)]

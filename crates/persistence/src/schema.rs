@@ -21,6 +21,7 @@ diesel::table! {
         idempotency_key -> Nullable<Text>,
         version -> BigInt,
         callback_url -> Nullable<Text>,
+        open_for_parts -> Bool,
     }
 }
 
@@ -109,6 +110,25 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    parts (process_id, part_number) {
+        process_id -> BigInt,
+        part_number -> Integer,
+        item_count -> BigInt,
+        byte_count -> BigInt,
+        received_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    part_items (process_id, part_number, position) {
+        process_id -> BigInt,
+        part_number -> Integer,
+        position -> BigInt,
+        value -> Text,
+    }
+}
+
 diesel::joinable!(deliveries -> processes (process_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -118,5 +138,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     failure_groups,
     outcomes,
     tasks,
-    deliveries
+    deliveries,
+    parts,
+    part_items
 );

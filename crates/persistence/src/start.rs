@@ -1,5 +1,6 @@
 //! Starting a process: its record, steps, items and first tasks, in one transaction.
 
+use async_engine_domain::parts::open_message;
 use async_engine_domain::{NewProcess, RawJson, Started, Status, StepDefinition};
 use diesel::prelude::*;
 
@@ -28,6 +29,7 @@ struct NewRunnable<'a> {
     runnable: bool,
     idempotency_key: Option<&'a str>,
     callback_url: Option<&'a str>,
+    open_for_parts: bool,
 }
 
 #[derive(Insertable)]
@@ -88,6 +90,17 @@ pub(crate) fn start_streamed(
     })
 }
 
+/// Starts a process open, in one transaction: its record and steps, no items and no tasks
+/// until its close.
+pub(crate) fn start_open(conn: &mut DbConnection, new: &NewProcess) -> Result<Started, Error> {
+    write_transaction(conn, |conn| {
+        if let Err(existing) = insert_process(conn, new, Some(0), true)? {
+            return Ok(existing);
+        }
+        Ok(Started::Created(report(conn, new.tenant.as_str(), new.async_process_id.as_str())?))
+    })
+}
+
 /// Starts a process in one transaction; `fill` inserts its items and says how many. With
 /// `known`, the counters are written with the rows; otherwise once the items are in.
 fn start_with(
@@ -97,64 +110,96 @@ fn start_with(
     fill: impl FnOnce(&mut DbConnection, i64) -> Result<usize, Error>,
 ) -> Result<Started, Error> {
     write_transaction(conn, |conn| {
-        let tenant = new.tenant.as_str();
-        if let Some(key) = &new.idempotency_key
-            && let Some(existing) = existing(conn, tenant, key)?
-        {
-            return Ok(existing);
-        }
-        let definition = &new.definition;
-        let waiting = Status::WaitingToProcess;
-        let process_id: i64 = diesel::insert_into(processes::table)
-            .values(NewRunnable {
-                tenant,
-                async_process_id: new.async_process_id.as_str(),
-                reference_id: new.reference_id.as_str(),
-                name: &definition.name,
-                status: waiting.as_str(),
-                message: waiting.step_message(),
-                current_step: 0,
-                total_steps: to_i32(definition.steps.len())?,
-                item_count: to_i64(known.unwrap_or(0))?,
-                additional_data: new.additional_data.as_str(),
-                created_at: new.now_micros,
-                updated_at: new.now_micros,
-                runnable: true,
-                idempotency_key: new.idempotency_key.as_deref(),
-                callback_url: new.callback_url.as_deref(),
-            })
-            .returning(processes::id)
-            .get_result(conn)?;
-        let rows = definition
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(number, step)| {
-                new_step(process_id, number, step, if number == 0 { known.unwrap_or(0) } else { 0 })
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
-        per_backend!(conn, |c| diesel::insert_into(steps::table).values(&rows).execute(c))?;
+        let process_id = match insert_process(conn, new, known, false)? {
+            Ok(process_id) => process_id,
+            Err(existing) => return Ok(existing),
+        };
         let count = fill(conn, process_id)?;
         if known.is_none() {
-            let count = to_i64(count)?;
-            diesel::update(processes::table.filter(processes::id.eq(process_id)))
-                .set(processes::item_count.eq(count))
-                .execute(conn)?;
-            diesel::update(
-                steps::table.filter(steps::process_id.eq(process_id)).filter(steps::step_number.eq(0)),
-            )
-            .set(steps::entered.eq(count))
-            .execute(conn)?;
+            set_item_count(conn, process_id, count)?;
         }
-        let first = load_steps(conn, process_id)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::Corrupt("a process without steps".into()))?;
-        let all: Vec<i64> = (0..to_i64(count)?).collect();
-        create_tasks(conn, process_id, 0, &first, &all, new.now_micros)?;
-        advance(conn, process_id, new.now_micros)?;
-        Ok(Started::Created(report(conn, tenant, new.async_process_id.as_str())?))
+        run_from_the_start(conn, process_id, count, new.now_micros)?;
+        Ok(Started::Created(report(conn, new.tenant.as_str(), new.async_process_id.as_str())?))
     })
+}
+
+/// The process's record and steps (the counters at `known` items, or 0), or the process an
+/// earlier start with its idempotency key made.
+fn insert_process(
+    conn: &mut DbConnection,
+    new: &NewProcess,
+    known: Option<usize>,
+    open: bool,
+) -> Result<Result<i64, Started>, Error> {
+    let tenant = new.tenant.as_str();
+    if let Some(key) = &new.idempotency_key
+        && let Some(existing) = existing(conn, tenant, key)?
+    {
+        return Ok(Err(existing));
+    }
+    let definition = &new.definition;
+    let waiting = Status::WaitingToProcess;
+    let message = if open { open_message(0, 0) } else { waiting.step_message().to_owned() };
+    let process_id: i64 = diesel::insert_into(processes::table)
+        .values(NewRunnable {
+            tenant,
+            async_process_id: new.async_process_id.as_str(),
+            reference_id: new.reference_id.as_str(),
+            name: &definition.name,
+            status: waiting.as_str(),
+            message: &message,
+            current_step: 0,
+            total_steps: to_i32(definition.steps.len())?,
+            item_count: to_i64(known.unwrap_or(0))?,
+            additional_data: new.additional_data.as_str(),
+            created_at: new.now_micros,
+            updated_at: new.now_micros,
+            runnable: true,
+            idempotency_key: new.idempotency_key.as_deref(),
+            callback_url: new.callback_url.as_deref(),
+            open_for_parts: open,
+        })
+        .returning(processes::id)
+        .get_result(conn)?;
+    let rows = definition
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(number, step)| {
+            new_step(process_id, number, step, if number == 0 { known.unwrap_or(0) } else { 0 })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    per_backend!(conn, |c| diesel::insert_into(steps::table).values(&rows).execute(c))?;
+    Ok(Ok(process_id))
+}
+
+/// Sets the process's item count, which step 0 enters whole, once its items are in.
+pub(crate) fn set_item_count(conn: &mut DbConnection, process_id: i64, count: usize) -> Result<(), Error> {
+    let count = to_i64(count)?;
+    diesel::update(processes::table.filter(processes::id.eq(process_id)))
+        .set(processes::item_count.eq(count))
+        .execute(conn)?;
+    diesel::update(steps::table.filter(steps::process_id.eq(process_id)).filter(steps::step_number.eq(0)))
+        .set(steps::entered.eq(count))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Queues step 0's tasks over the process's `count` items and moves it on (an empty process
+/// finishes here).
+pub(crate) fn run_from_the_start(
+    conn: &mut DbConnection,
+    process_id: i64,
+    count: usize,
+    now: i64,
+) -> Result<(), Error> {
+    let first = load_steps(conn, process_id)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Corrupt("a process without steps".into()))?;
+    let all: Vec<i64> = (0..to_i64(count)?).collect();
+    create_tasks(conn, process_id, 0, &first, &all, now)?;
+    advance(conn, process_id, now)
 }
 
 fn new_step(

@@ -34,52 +34,81 @@ pub fn migrate(settings: &Settings) -> anyhow::Result<Vec<String>> {
 }
 
 /// Purges, in batches of `retention.batch`, every process finished more than
-/// `retention.days` ago; returns how many went. `stop` is asked between batches.
-fn purge_batches(
-    store: &Store,
-    retention: &settings::RetentionSettings,
-    stop: &dyn Fn() -> bool,
-) -> anyhow::Result<u64> {
-    if retention.days == 0 {
-        return Ok(0);
-    }
-    let cut = async_engine_engine::now_micros()
-        .saturating_sub(i64::from(retention.days).saturating_mul(86_400 * 1_000_000));
-    let mut total = 0;
-    loop {
-        let purged = store.purge_finished(cut, retention.batch).context("purging finished processes")?;
-        total += u64::from(purged);
-        if purged < retention.batch || stop() {
-            return Ok(total);
+/// `retention.days` ago, and aborts every process left open more than
+/// `limits.open_process_hours`; returns how many of each. `stop` is asked between batches.
+fn apply_retention(store: &Store, rules: &Retention, stop: &dyn Fn() -> bool) -> anyhow::Result<(u64, u64)> {
+    let now = async_engine_engine::now_micros();
+    let batch = rules.retention.batch;
+    let mut expired = 0;
+    if rules.open_hours > 0 {
+        let cut = now.saturating_sub(i64::from(rules.open_hours).saturating_mul(3_600 * 1_000_000));
+        loop {
+            let n = store.expire_open(cut, batch, now).context("aborting processes left open")?;
+            expired += u64::from(n);
+            if n < batch || stop() {
+                break;
+            }
         }
     }
+    let mut purged = 0;
+    if rules.retention.days > 0 {
+        let cut = now.saturating_sub(i64::from(rules.retention.days).saturating_mul(86_400 * 1_000_000));
+        loop {
+            let n = store.purge_finished(cut, batch).context("purging finished processes")?;
+            purged += u64::from(n);
+            if n < batch || stop() {
+                break;
+            }
+        }
+    }
+    Ok((purged, expired))
 }
 
-/// `async-engine purge`: applies `retention.days` now.
-pub fn purge(settings: &Settings) -> anyhow::Result<u64> {
+/// What retention applies: `[retention]` and `limits.open_process_hours`.
+#[derive(Debug, Clone)]
+struct Retention {
+    retention: settings::RetentionSettings,
+    open_hours: u32,
+}
+
+impl Retention {
+    fn of(settings: &Settings) -> Self {
+        Self { retention: settings.retention.clone(), open_hours: settings.limits.open_process_hours }
+    }
+}
+
+/// `async-engine purge`: applies retention now; returns how many processes were purged and
+/// how many left open were aborted.
+pub fn purge(settings: &Settings) -> anyhow::Result<(u64, u64)> {
     telemetry::init(&settings.log)?;
     let store = open_store(settings)?;
-    purge_batches(&store, &settings.retention, &|| false)
+    apply_retention(&store, &Retention::of(settings), &|| false)
 }
 
-/// The background purge: a thread that applies retention every `retention.interval_secs`
-/// until the sender it returns is dropped.
+/// The background retention: a thread that applies it every `retention.interval_secs` until
+/// the sender it returns is dropped.
 fn start_retention(
     store: Store,
-    retention: settings::RetentionSettings,
+    rules: Retention,
 ) -> Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
-    if retention.days == 0 {
+    if rules.retention.days == 0 && rules.open_hours == 0 {
         return None;
     }
     let (stop, stopped) = mpsc::channel::<()>();
     let thread = std::thread::Builder::new().name("retention".into()).spawn(move || {
-        let interval = Duration::from_secs(retention.interval_secs);
+        let interval = Duration::from_secs(rules.retention.interval_secs);
         loop {
             let stopping = || !matches!(stopped.try_recv(), Err(mpsc::TryRecvError::Empty));
-            match purge_batches(&store, &retention, &stopping) {
-                Ok(0) => {}
-                Ok(purged) => tracing::info!(purged, days = retention.days, "purged finished processes"),
-                Err(error) => tracing::error!(error = format!("{error:#}"), "retention purge failed"),
+            match apply_retention(&store, &rules, &stopping) {
+                Ok((0, 0)) => {}
+                Ok((purged, expired)) => tracing::info!(
+                    purged,
+                    days = rules.retention.days,
+                    expired,
+                    open_hours = rules.open_hours,
+                    "retention: purged finished processes, aborted processes left open"
+                ),
+                Err(error) => tracing::error!(error = format!("{error:#}"), "retention failed"),
             }
             if !matches!(stopped.recv_timeout(interval), Err(mpsc::RecvTimeoutError::Timeout)) {
                 return;
@@ -294,7 +323,7 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
         let allowed = Arc::new(move |url: &str| callbacks.check(url).map(drop));
         start_notifier(Arc::new(store.clone()), render, allowed, config)
     });
-    let retention = start_retention(store.clone(), settings.retention.clone());
+    let retention = start_retention(store.clone(), Retention::of(settings));
     let shutdown = Duration::from_secs(settings.server.shutdown_timeout_secs);
     let max_connections = open_files_for(settings.server.max_connections, settings.database.pool_size);
     let watcher = state.watcher.clone();

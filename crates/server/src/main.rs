@@ -310,10 +310,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Worker { .. }
         | Command::Results { .. } => Ok(()),
         Command::Purge => {
-            let purged = async_engine::purge(&settings)?;
+            let (purged, expired) = async_engine::purge(&settings)?;
             eprintln!(
-                "async-engine: purged {purged} process(es) finished more than {} day(s) ago",
-                settings.retention.days
+                "async-engine: purged {purged} process(es) finished more than {} day(s) ago; \
+                 aborted {expired} left open more than {} hour(s)",
+                settings.retention.days, settings.limits.open_process_hours
             );
             Ok(())
         }

@@ -151,6 +151,7 @@ pub struct ApiSettings {
 pub struct LimitSettings {
     pub max_body_bytes: usize,
     pub max_upload_bytes: usize,
+    pub open_process_hours: u32,
     pub max_items_per_response: u64,
     pub min_status_interval_secs: u64,
     pub max_waiting_claims_per_key: usize,
@@ -290,6 +291,12 @@ impl Settings {
         }
         if !(256..=1 << 30).contains(&self.limits.max_body_bytes) {
             bail!("limits.max_body_bytes: {} is out of range 256..=1073741824", self.limits.max_body_bytes);
+        }
+        if self.limits.open_process_hours > 8_760 {
+            bail!(
+                "limits.open_process_hours: {} is out of range 0..=8760 (0: open processes never expire)",
+                self.limits.open_process_hours
+            );
         }
         if !(self.limits.max_body_bytes..=1 << 40).contains(&self.limits.max_upload_bytes) {
             bail!(
