@@ -146,3 +146,94 @@ fn a_file_larger_than_one_json_body_is_streamed() {
     assert_eq!(watched.status.code(), Some(0), "{}", String::from_utf8_lossy(&watched.stdout));
     assert!(String::from_utf8_lossy(&watched.stdout).contains("step 1 Price: 25000/25000 Success"));
 }
+
+#[test]
+fn a_submit_in_parts_resumes_sending_only_what_the_server_lacks() {
+    let (dir, db) = crate::temp_db();
+    let server = crate::start(&db, &[]);
+    let base = &server.base;
+    // 30 lines of 20 bytes: parts of 200 bytes hold 10 lines each.
+    let lines: String = (0..30).map(|n| format!("{{\"n\":{n:>13}}}\n")).collect();
+    assert_eq!(lines.len(), 600);
+    let file = dir.path().join("lines.ndjson");
+    std::fs::write(&file, &lines).unwrap();
+    // An earlier run that stopped: part 1 sent whole, part 2 with other bytes.
+    let http = reqwest::blocking::Client::new();
+    let started: Value = http
+        .post(format!("{base}/v1/asyncprocesses"))
+        .header("Idempotency-Key", "resume-1")
+        .json(&json!({ "asyncProcessName": "Noop", "referenceId": "resume", "open": true }))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let id = started["AsyncProcessStatus"][0]["asyncProcessId"].as_str().unwrap().to_owned();
+    for (part, body) in [(1, lines[..200].to_owned()), (2, "{\"n\":\"stale\"}\n".to_owned())] {
+        let put = http
+            .put(format!("{base}/v1/asyncprocesses/{id}/parts/{part}"))
+            .header("Content-Type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .unwrap();
+        assert_eq!(put.status().as_u16(), 201);
+    }
+    let args = [
+        "submit",
+        "Noop",
+        "--reference-id",
+        "resume",
+        "--items",
+        file.to_str().unwrap(),
+        "--part-size",
+        "200",
+        "--idempotency-key",
+        "resume-1",
+        "--json",
+    ];
+    let output = client(base, &args);
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{said}");
+    assert!(said.contains(&format!("resuming process {id}: 1 of 3 part(s) are in")), "{said}");
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer["AsyncProcessStatus"][0]["asyncProcessId"], id.as_str());
+    let watched = client(base, &["status", &id, "--watch"]);
+    assert_eq!(watched.status.code(), Some(0), "{}", String::from_utf8_lossy(&watched.stdout));
+    let page: Value = http
+        .get(format!("{base}/v1/asyncprocesses/{id}/steps/0/items?limit=100"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let numbers: Vec<u64> =
+        page["items"].as_array().unwrap().iter().map(|i| i["item"]["n"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, (0..30).collect::<Vec<_>>(), "every line once, in file order");
+
+    // Run again: the process is closed, nothing is sent twice.
+    let again = client(base, &args);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("nothing to send"));
+    // A CSV file in parts, each with the header, and the key derived from the command.
+    let csv = dir.path().join("quotes.csv");
+    let rows: String = (0..1_000).map(|n| format!("TV-{n:04},\"{}\"\r\n", n % 7 + 1)).collect();
+    std::fs::write(&csv, format!("productCode,quantity\r\n{rows}")).unwrap();
+    let output = client(
+        base,
+        &[
+            "submit",
+            "Noop",
+            "--reference-id",
+            "csv-parts",
+            "--items",
+            csv.to_str().unwrap(),
+            "--part-size",
+            "4K",
+            "--json",
+        ],
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        answer["AsyncProcessStatus"][0]["itemsProcessed"][0]["totalNumberOfItemsToBeProccessed"], 1_000,
+        "{answer}"
+    );
+}

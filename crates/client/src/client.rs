@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::types::{
-    Claim, Definitions, Envelope, ItemOutcome, ItemsPage, ListFilter, Outcomes, ResultOutcome, StatusOptions,
-    Task, UploadFormat,
+    Claim, Definitions, Envelope, ItemOutcome, ItemsPage, ListFilter, Outcomes, Part, Parts, ResultOutcome,
+    StatusOptions, Task, UploadFormat,
 };
 use crate::{Error, Start};
 
@@ -94,20 +94,52 @@ impl Client {
         body: impl std::io::Read + Send + 'static,
         idempotency_key: Option<&str>,
     ) -> Result<String, Error> {
-        let content_type = match format {
-            UploadFormat::Ndjson => "application/x-ndjson",
-            UploadFormat::Csv => "text/csv",
-        };
         let mut request = self
             .http
             .post(self.url("/v1/asyncprocesses"))
             .query(&[("asyncProcessName", name), ("referenceId", reference_id)])
-            .header(header::CONTENT_TYPE, content_type)
+            .header(header::CONTENT_TYPE, upload_type(format))
             .body(reqwest::blocking::Body::new(body));
         if let Some(key) = idempotency_key {
             request = request.header("Idempotency-Key", key);
         }
         self.send(request)?.text().map_err(|e| self.broke_off(&e))
+    }
+
+    /// Stores part `part` (1 to 10000) of a process started with [`Start::open`]: items as
+    /// NDJSON or CSV (a CSV part with its own header row), replacing what that part held.
+    pub fn put_part(
+        &self,
+        async_process_id: &str,
+        part: u32,
+        format: UploadFormat,
+        body: impl std::io::Read + Send + 'static,
+    ) -> Result<Part, Error> {
+        let url = self.url(&format!("/v1/asyncprocesses/{}/parts/{part}", encode(async_process_id)));
+        let request = self
+            .http
+            .put(url)
+            .header(header::CONTENT_TYPE, upload_type(format))
+            .body(reqwest::blocking::Body::new(body));
+        json(self.send(request)?)
+    }
+
+    /// The parts an open process holds so far.
+    pub fn parts(&self, async_process_id: &str) -> Result<Parts, Error> {
+        json(self.send(
+            self.http.get(self.url(&format!("/v1/asyncprocesses/{}/parts", encode(async_process_id)))),
+        )?)
+    }
+
+    /// Closes an open process: its parts' items, in part order, become its items and it runs.
+    pub fn close(&self, async_process_id: &str) -> Result<Envelope, Error> {
+        parse(&self.close_text(async_process_id)?)
+    }
+
+    /// [`Client::close`]'s answer exactly as the server sent it.
+    pub fn close_text(&self, async_process_id: &str) -> Result<String, Error> {
+        let url = self.url(&format!("/v1/asyncprocesses/{}/close", encode(async_process_id)));
+        self.send(self.http.post(url))?.text().map_err(|e| self.broke_off(&e))
     }
 
     /// A step's results as a file (NDJSON or CSV), to be read as it streams in.
@@ -324,6 +356,13 @@ impl Client {
 
 fn json<T: DeserializeOwned>(response: Response) -> Result<T, Error> {
     parse(&response.text().map_err(|e| Error::BadAnswer(e.to_string()))?)
+}
+
+fn upload_type(format: UploadFormat) -> &'static str {
+    match format {
+        UploadFormat::Ndjson => "application/x-ndjson",
+        UploadFormat::Csv => "text/csv",
+    }
 }
 
 fn parse<T: DeserializeOwned>(text: &str) -> Result<T, Error> {

@@ -40,7 +40,7 @@ pub use client::Client;
 pub use error::Error;
 pub use types::{
     Claim, Definition, DefinitionStep, Definitions, Envelope, FailureGroup, ItemOutcome, ItemsPage,
-    ListFilter, Outcomes, ProcessStatus, ResultOutcome, Start, StatusOptions, StepItem, StepStatus, Task,
-    TaskItem, UploadFormat,
+    ListFilter, Outcomes, Part, Parts, ProcessStatus, ResultOutcome, Start, StatusOptions, StepItem,
+    StepStatus, Task, TaskItem, UploadFormat,
 };
 pub use worker::{Event, Stop, Summary, TaskFailure, Worker};

@@ -132,6 +132,37 @@ pub struct StepItem {
     pub status_message: Option<String>,
 }
 
+/// One part of an open process's items, as the server holds it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Part {
+    /// Its number, 1 to 10000: items are ordered by part at the close.
+    pub part: u32,
+    /// The items it holds.
+    pub items: u64,
+    /// The size of the upload it came from: a client resuming an upload skips a part the
+    /// server holds with the bytes it would send.
+    pub bytes: u64,
+    /// When the server stored it (RFC 3339).
+    pub received_at: String,
+}
+
+/// The parts an open process holds (`GET /v1/asyncprocesses/{id}/parts`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Parts {
+    /// The process.
+    pub async_process_id: String,
+    /// Still taking parts; `false` once closed, cancelled or expired.
+    pub open: bool,
+    /// The process's status.
+    pub status: String,
+    /// The items in every part so far.
+    pub items: u64,
+    /// In part order.
+    pub parts: Vec<Part>,
+}
+
 /// The process definitions a server runs (`GET /v1/processdefinitions`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -179,9 +210,16 @@ pub struct Start {
     pub(crate) additional_data: Option<Box<RawValue>>,
     pub(crate) callback_url: Option<String>,
     pub(crate) idempotency_key: Option<String>,
+    pub(crate) open: bool,
 }
 
 impl Start {
+    /// A start of definition `name` that takes its items in parts ([`crate::Client::put_part`])
+    /// and waits for them until [`crate::Client::close`].
+    pub fn open(name: impl Into<String>, reference_id: impl Into<String>) -> Self {
+        Self { open: true, ..Self::from_raw(name, reference_id, Vec::new()) }
+    }
+
     /// A start of definition `name` over `items`, any values that serialize as JSON.
     pub fn new<T: Serialize>(
         name: impl Into<String>,
@@ -212,6 +250,7 @@ impl Start {
             additional_data: None,
             callback_url: None,
             idempotency_key: None,
+            open: false,
         }
     }
 
@@ -252,17 +291,22 @@ impl Start {
     /// The request body: the items copied as they are, never parsed again.
     pub(crate) fn body(&self) -> String {
         let mut body = format!(
-            "{{\"asyncProcessName\":{},\"referenceId\":{},\"items\":[",
+            "{{\"asyncProcessName\":{},\"referenceId\":{}",
             Value::from(self.name.as_str()),
             Value::from(self.reference_id.as_str())
         );
-        for (n, item) in self.items.iter().enumerate() {
-            if n > 0 {
-                body.push(',');
+        if self.open {
+            body.push_str(",\"open\":true");
+        } else {
+            body.push_str(",\"items\":[");
+            for (n, item) in self.items.iter().enumerate() {
+                if n > 0 {
+                    body.push(',');
+                }
+                body.push_str(item.get());
             }
-            body.push_str(item.get());
+            body.push(']');
         }
-        body.push(']');
         if let Some(data) = &self.additional_data {
             body.push_str(",\"additionalData\":");
             body.push_str(data.get());

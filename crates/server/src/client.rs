@@ -2,14 +2,12 @@
 //! watched process, one progress bar per step (contract §9). The calls themselves are the
 //! client library's.
 
-use std::fs::File;
-use std::io::{IsTerminal, Read, Seek, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 
 use anyhow::Context;
 use async_engine_client::{Envelope, ProcessStatus, UploadFormat};
 use indicatif::{MultiProgress, ProgressBar, ProgressState, ProgressStyle};
-use serde_json::value::RawValue;
 
 /// How a watched process ended, as an exit code: 0 Success, 2 Failed, 3 Aborted (1 is an
 /// error of the command itself).
@@ -151,53 +149,17 @@ impl From<ResultsFormat> for UploadFormat {
 
 /// The body `submit` streams for a file of items, with a bar of the bytes sent in a terminal.
 /// NDJSON and CSV files go as they are, read as they are sent; a JSON array is read whole and
-/// sent as NDJSON (a JSON value's text holds no raw line break but in its whitespace).
+/// sent as NDJSON.
 pub fn open_items(
     path: &Path,
     format: Option<ItemsFormat>,
 ) -> anyhow::Result<(UploadFormat, Box<dyn Read + Send>)> {
-    let shown = path.display();
-    let mut file = File::open(path).with_context(|| format!("--items: cannot read {shown}"))?;
-    let format = match format {
-        Some(format) => format,
-        None if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) => ItemsFormat::Csv,
-        None => {
-            let mut start = [0_u8; 512];
-            let read = file.read(&mut start).with_context(|| format!("--items: cannot read {shown}"))?;
-            file.seek(std::io::SeekFrom::Start(0))?;
-            let text = String::from_utf8_lossy(&start[..read]);
-            if text.trim_start_matches('\u{feff}').trim_start().starts_with('[') {
-                ItemsFormat::Json
-            } else {
-                ItemsFormat::Ndjson
-            }
-        }
-    };
-    let length = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let (upload, body): (UploadFormat, Box<dyn Read + Send>) = match format {
-        ItemsFormat::Csv => (UploadFormat::Csv, Box::new(file)),
-        ItemsFormat::Ndjson => (UploadFormat::Ndjson, Box::new(file)),
-        ItemsFormat::Json => {
-            let mut text = String::new();
-            file.read_to_string(&mut text).with_context(|| format!("--items: cannot read {shown}"))?;
-            let items: Vec<Box<RawValue>> = serde_json::from_str(text.trim_start_matches('\u{feff}'))
-                .with_context(|| format!("--items: {shown} is not a JSON array"))?;
-            let mut lines = String::with_capacity(text.len());
-            for item in &items {
-                lines.extend(item.get().chars().map(|c| if c == '\n' || c == '\r' { ' ' } else { c }));
-                lines.push('\n');
-            }
-            (UploadFormat::Ndjson, Box::new(std::io::Cursor::new(lines.into_bytes())))
-        }
-    };
-    if !std::io::stderr().is_terminal() {
+    let (upload, source) = crate::upload::items_source(path, format)?;
+    let body = source.reader()?;
+    let bar = crate::upload::progress(source.len()?)?;
+    if bar.is_hidden() {
         return Ok((upload, body));
     }
-    let bar = ProgressBar::new(length).with_style(
-        ProgressStyle::with_template("sending {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .context("progress bar template")?
-            .progress_chars("=> "),
-    );
     Ok((upload, Box::new(bar.wrap_read(body))))
 }
 

@@ -5,6 +5,7 @@ pub mod client;
 pub mod runner;
 pub mod settings;
 mod telemetry;
+pub mod upload;
 
 use std::net::TcpListener;
 use std::sync::{Arc, mpsc};

@@ -56,6 +56,12 @@ enum Command {
         /// A key that makes a repeated submit return the first one's process.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Send the items in parts of about SIZE bytes (e.g. 64M), each a request of its own,
+        /// cut at item boundaries (every CSV part repeats the header row). A rerun of the same
+        /// command on the unchanged file resumes: it sends only the parts the server does not
+        /// hold, then closes the upload.
+        #[arg(long, value_name = "SIZE", value_parser = async_engine::upload::parse_size)]
+        part_size: Option<u64>,
         #[command(flatten)]
         server: ServerArgs,
         /// Print the server's answer (the envelope) instead of a summary.
@@ -213,7 +219,43 @@ fn client_command(command: Command) -> anyhow::Result<u8> {
     use async_engine::client::{Bars, exit_code, outcome, summary};
     use async_engine_client::StatusOptions;
     match command {
-        Command::Submit { name, reference_id, items, format, idempotency_key, server, json } => {
+        Command::Submit {
+            name,
+            reference_id,
+            items,
+            format,
+            idempotency_key,
+            part_size: Some(part_size),
+            server,
+            json,
+        } => {
+            let client = server.client()?;
+            let submit = async_engine::upload::PartsSubmit {
+                name: &name,
+                reference_id: &reference_id,
+                path: &items,
+                format,
+                part_size,
+                idempotency_key,
+            };
+            let answer = async_engine::upload::submit_in_parts(&client, &submit)?;
+            if json {
+                write_stdout(&format!("{answer}\n"))?;
+            } else {
+                write_stdout(&summary(&serde_json::from_str(&answer).context("the server's answer")?))?;
+            }
+            Ok(0)
+        }
+        Command::Submit {
+            name,
+            reference_id,
+            items,
+            format,
+            idempotency_key,
+            part_size: None,
+            server,
+            json,
+        } => {
             let (format, body) = async_engine::client::open_items(&items, format)?;
             let client = server.client()?;
             let key = idempotency_key.as_deref();
