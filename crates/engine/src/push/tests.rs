@@ -266,7 +266,10 @@ fn idle_threads_share_one_look_per_interval_and_a_wake_rouses_one() {
     }
     std::thread::sleep(Duration::from_millis(100));
     let woken = claims.load(Ordering::SeqCst) - idle;
-    let allowed = 10 + looks(burst) + 3;
+    // Under a full test run a look begun before the burst may land in it, and a thread may
+    // take a moment to sleep again: a margin of 8 still tells one look per wake from the 80
+    // of every thread rousing at each.
+    let allowed = 10 + looks(burst) + 8;
     running.stop();
     assert!(woken <= allowed, "{woken} claims after 10 wakes, at most {allowed}");
 }
