@@ -16,7 +16,11 @@ use crate::queries::assemble;
 use crate::run::{CANCELLED, END_CANCELLED, RunRow, TaskRow, indices_of, load_steps, report, status_of};
 use crate::schema::{failure_groups, outcomes, processes, steps, tasks};
 
-fn find_run(conn: &mut DbConnection, tenant: &TenantId, id: &str) -> Result<Option<RunRow>, Error> {
+pub(crate) fn find_run(
+    conn: &mut DbConnection,
+    tenant: &TenantId,
+    id: &str,
+) -> Result<Option<RunRow>, Error> {
     Ok(processes::table
         .filter(processes::tenant.eq(tenant.as_str()))
         .filter(processes::async_process_id.eq(id))

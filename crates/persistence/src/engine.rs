@@ -21,15 +21,16 @@ use crate::parts::{close, expire_open, list_parts, put_part};
 use crate::start::{existing, start, start_open, start_streamed};
 use crate::store::Store;
 
-/// How long readiness waits for a connection: a probe must answer while the database is down.
-const READY_WAIT: Duration = Duration::from_secs(2);
-
-impl ProcessStore for Store {
-    fn start(&self, process: &NewProcess) -> Result<Started, RepositoryError> {
+impl Store {
+    /// Runs a start; two requests with one idempotency key at once (PostgreSQL) make the
+    /// loser's insert fail, and it finds the winner's process on a second look.
+    fn start_once_more_on_a_key_race(
+        &self,
+        process: &NewProcess,
+        start: impl Fn(&mut crate::connection::DbConnection, &NewProcess) -> Result<Started, Error>,
+    ) -> Result<Started, RepositoryError> {
         let mut conn = self.conn()?;
         match start(&mut conn, process) {
-            // Two requests with one idempotency key at once (PostgreSQL): the loser finds the
-            // winner's process on a second look.
             Err(Error::Query(diesel::result::Error::DatabaseError(
                 diesel::result::DatabaseErrorKind::UniqueViolation,
                 _,
@@ -38,6 +39,15 @@ impl ProcessStore for Store {
             }
             other => Ok(other.map_err(|e| self.noted(e))?),
         }
+    }
+}
+
+/// How long readiness waits for a connection: a probe must answer while the database is down.
+const READY_WAIT: Duration = Duration::from_secs(2);
+
+impl ProcessStore for Store {
+    fn start(&self, process: &NewProcess) -> Result<Started, RepositoryError> {
+        self.start_once_more_on_a_key_race(process, start)
     }
 
     fn start_streamed(
@@ -65,17 +75,7 @@ impl ProcessStore for Store {
     }
 
     fn start_open(&self, process: &NewProcess) -> Result<Started, RepositoryError> {
-        let mut conn = self.conn()?;
-        match start_open(&mut conn, process) {
-            // As for start: the loser of two starts with one key finds the winner's process.
-            Err(Error::Query(diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::UniqueViolation,
-                _,
-            ))) if process.idempotency_key.is_some() => {
-                Ok(start_open(&mut conn, process).map_err(|e| self.noted(e))?)
-            }
-            other => Ok(other.map_err(|e| self.noted(e))?),
-        }
+        self.start_once_more_on_a_key_race(process, start_open)
     }
 
     fn put_part(

@@ -8,6 +8,7 @@ use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 
 use crate::advance::{drop_parts, end_early, refresh};
+use crate::commands::find_run;
 use crate::connection::{DbConnection, lock_process, per_backend, read_transaction, write_transaction};
 use crate::error::Error;
 use crate::queries::{INSERT_BATCH, to_i64};
@@ -42,26 +43,17 @@ struct PartRow {
     received_at: i64,
 }
 
-fn find(conn: &mut DbConnection, tenant: &TenantId, id: &str) -> Result<Option<RunRow>, Error> {
-    Ok(processes::table
-        .filter(processes::tenant.eq(tenant.as_str()))
-        .filter(processes::async_process_id.eq(id))
-        .select(RunRow::as_select())
-        .first(conn)
-        .optional()?)
-}
-
 /// The process a part call names, locked, if it exists and is open.
 fn open_target(
     conn: &mut DbConnection,
     tenant: &TenantId,
     id: &str,
 ) -> Result<Result<RunRow, PartError>, Error> {
-    if let Some(row) = find(conn, tenant, id)? {
+    if let Some(row) = find_run(conn, tenant, id)? {
         lock_process(conn, row.id)?;
     }
     // Read again under the lock: a close or cancel may have come first.
-    Ok(match find(conn, tenant, id)? {
+    Ok(match find_run(conn, tenant, id)? {
         None => Err(PartError::NotFound(id.to_owned())),
         Some(row) if !row.runnable => Err(PartError::NotRunnable(id.to_owned())),
         Some(row) if !row.open_for_parts => {
@@ -175,7 +167,7 @@ pub(crate) fn list_parts(
     id: &str,
 ) -> Result<Result<Parts, PartError>, Error> {
     read_transaction(conn, |conn| {
-        let row = match find(conn, tenant, id)? {
+        let row = match find_run(conn, tenant, id)? {
             None => return Ok(Err(PartError::NotFound(id.to_owned()))),
             Some(row) if !row.runnable => return Ok(Err(PartError::NotRunnable(id.to_owned()))),
             Some(row) => row,

@@ -219,54 +219,36 @@ fn client_command(command: Command) -> anyhow::Result<u8> {
     use async_engine::client::{Bars, exit_code, outcome, summary};
     use async_engine_client::StatusOptions;
     match command {
-        Command::Submit {
-            name,
-            reference_id,
-            items,
-            format,
-            idempotency_key,
-            part_size: Some(part_size),
-            server,
-            json,
-        } => {
+        Command::Submit { name, reference_id, items, format, idempotency_key, part_size, server, json } => {
             let client = server.client()?;
-            let submit = async_engine::upload::PartsSubmit {
-                name: &name,
-                reference_id: &reference_id,
-                path: &items,
-                format,
-                part_size,
-                idempotency_key,
+            // The answer as the server wrote it, for --json, not as this client reads it.
+            let answer = match part_size {
+                Some(part_size) => {
+                    let submit = async_engine::upload::PartsSubmit {
+                        name: &name,
+                        reference_id: &reference_id,
+                        path: &items,
+                        format,
+                        part_size,
+                        idempotency_key,
+                    };
+                    async_engine::upload::submit_in_parts(&client, &submit)?
+                }
+                None => {
+                    let (format, body) = async_engine::client::open_items(&items, format)?;
+                    client.submit_stream_text(
+                        &name,
+                        &reference_id,
+                        format,
+                        body,
+                        idempotency_key.as_deref(),
+                    )?
+                }
             };
-            let answer = async_engine::upload::submit_in_parts(&client, &submit)?;
             if json {
                 write_stdout(&format!("{answer}\n"))?;
             } else {
                 write_stdout(&summary(&serde_json::from_str(&answer).context("the server's answer")?))?;
-            }
-            Ok(0)
-        }
-        Command::Submit {
-            name,
-            reference_id,
-            items,
-            format,
-            idempotency_key,
-            part_size: None,
-            server,
-            json,
-        } => {
-            let (format, body) = async_engine::client::open_items(&items, format)?;
-            let client = server.client()?;
-            let key = idempotency_key.as_deref();
-            if json {
-                // The envelope as the server wrote it, not as this client reads it.
-                write_stdout(&format!(
-                    "{}\n",
-                    client.submit_stream_text(&name, &reference_id, format, body, key)?
-                ))?;
-            } else {
-                write_stdout(&summary(&client.submit_stream(&name, &reference_id, format, body, key)?))?;
             }
             Ok(0)
         }
