@@ -204,9 +204,15 @@ fn a_submit_in_parts_resumes_sending_only_what_the_server_lacks() {
         .unwrap()
         .json()
         .unwrap();
-    let numbers: Vec<u64> =
-        page["items"].as_array().unwrap().iter().map(|i| i["item"]["n"].as_u64().unwrap()).collect();
-    assert_eq!(numbers, (0..30).collect::<Vec<_>>(), "every line once, in file order");
+    // Listed in recording order: sorted by index, each item must be the line its index names.
+    let mut numbers: Vec<(u64, u64)> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["index"].as_u64().unwrap(), i["item"]["n"].as_u64().unwrap()))
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (0..30).map(|n| (n, n)).collect::<Vec<_>>(), "every line once, in file order");
 
     // Run again: the process is closed, nothing is sent twice.
     let again = client(base, &args);
