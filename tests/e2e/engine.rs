@@ -310,45 +310,46 @@ on_both_backends! {
     }
 }
 
-/// Three servers on one PostgreSQL database run a 20,000-item process; one is SIGKILLed
-/// mid-way; the other two finish it; every item has exactly one outcome per step; the
-/// surviving nodes answer the status call identically.
-#[test]
-fn three_nodes_share_a_postgres_database_and_survive_losing_one() {
-    let Some(db) = async_engine_persistence::testing::postgres() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let env = [("ASYNC_ENGINE__ENGINE__LEASE_SECS", "1")];
-    let mut nodes: Vec<Running> = (0..3).map(|_| serve(dir.path(), &db.url, &env)).collect();
-    let items = 20_000_u64;
-    let id = start_process(&nodes[0].base, "Crash", numbers(items));
-    let started = Instant::now();
-    loop {
-        let (_, body) =
-            call(&nodes[2].base, "GET", &format!("/v1/asyncprocesses/{id}?itemsList=false"), None);
-        let processed =
-            body["AsyncProcessStatus"][0]["itemsProcessed"][0]["currentNumberOfItemsProccessed"].as_u64();
-        if processed.is_some_and(|n| n > 0) {
-            break;
+async_engine_persistence::postgres_test! {
+    /// Three servers on one PostgreSQL database run a 20,000-item process; one is SIGKILLed
+    /// mid-way; the other two finish it; every item has exactly one outcome per step; the
+    /// surviving nodes answer the status call identically.
+    fn three_nodes_share_a_postgres_database_and_survive_losing_one() {
+        let db = async_engine_persistence::testing::postgres();
+        let dir = tempfile::tempdir().unwrap();
+        let env = [("ASYNC_ENGINE__ENGINE__LEASE_SECS", "1")];
+        let mut nodes: Vec<Running> = (0..3).map(|_| serve(dir.path(), &db.url, &env)).collect();
+        let items = 20_000_u64;
+        let id = start_process(&nodes[0].base, "Crash", numbers(items));
+        let started = Instant::now();
+        loop {
+            let (_, body) =
+                call(&nodes[2].base, "GET", &format!("/v1/asyncprocesses/{id}?itemsList=false"), None);
+            let processed =
+                body["AsyncProcessStatus"][0]["itemsProcessed"][0]["currentNumberOfItemsProccessed"].as_u64();
+            if processed.is_some_and(|n| n > 0) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "no progress: {body}");
+            std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "no progress: {body}");
-        std::thread::sleep(Duration::from_millis(20));
+        nodes[1].child.kill().unwrap();
+        nodes[1].child.wait().unwrap();
+        let record = wait_final(&nodes[0].base, &id, Duration::from_secs(180));
+        assert_eq!(record["status"], "Success", "{}", record["message"]);
+        for step in record["itemsProcessed"].as_array().unwrap() {
+            assert_eq!(
+                (
+                    step["currentNumberOfItemsProccessed"].as_u64(),
+                    step["totalNumberOfItemsToBeProccessed"].as_u64()
+                ),
+                (Some(items), Some(items))
+            );
+            let listed: HashSet<u64> =
+                step["successfully"].as_array().unwrap().iter().map(|i| i["n"].as_u64().unwrap()).collect();
+            assert_eq!(listed.len() as u64, items, "one outcome per item");
+        }
+        let path = format!("/v1/asyncprocesses/{id}");
+        assert_eq!(call(&nodes[0].base, "GET", &path, None), call(&nodes[2].base, "GET", &path, None));
     }
-    nodes[1].child.kill().unwrap();
-    nodes[1].child.wait().unwrap();
-    let record = wait_final(&nodes[0].base, &id, Duration::from_secs(180));
-    assert_eq!(record["status"], "Success", "{}", record["message"]);
-    for step in record["itemsProcessed"].as_array().unwrap() {
-        assert_eq!(
-            (
-                step["currentNumberOfItemsProccessed"].as_u64(),
-                step["totalNumberOfItemsToBeProccessed"].as_u64()
-            ),
-            (Some(items), Some(items))
-        );
-        let listed: HashSet<u64> =
-            step["successfully"].as_array().unwrap().iter().map(|i| i["n"].as_u64().unwrap()).collect();
-        assert_eq!(listed.len() as u64, items, "one outcome per item");
-    }
-    let path = format!("/v1/asyncprocesses/{id}");
-    assert_eq!(call(&nodes[0].base, "GET", &path, None), call(&nodes[2].base, "GET", &path, None));
 }

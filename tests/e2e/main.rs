@@ -166,9 +166,9 @@ macro_rules! on_both_backends {
                 run(dir.path(), db.to_str().unwrap());
             }
 
-            #[test]
-            fn postgres() {
-                if let Some(database) = async_engine_persistence::testing::postgres() {
+            async_engine_persistence::postgres_test! {
+                fn postgres() {
+                    let database = async_engine_persistence::testing::postgres();
                     let dir = tempfile::tempdir().unwrap();
                     run(dir.path(), &database.url);
                 }

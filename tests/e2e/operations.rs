@@ -65,17 +65,18 @@ fn health_readiness_request_ids_and_moving_metrics() {
     assert!(sample(&server.base, "async_engine_http_request_duration_seconds_count") >= 1.0);
 }
 
-#[test]
-fn readiness_is_false_when_the_database_goes_away() {
-    let Some(database) = async_engine_persistence::testing::postgres() else { return };
-    let server = start(&database.url, &[]);
-    assert_eq!(crate::get(&server.base, "/readyz").0, 200);
-    assert!(database.drop_now());
-    let response = reqwest::blocking::get(format!("{}/readyz", server.base)).unwrap();
-    assert_eq!(response.status().as_u16(), 503);
-    let body: Value = response.json().unwrap();
-    assert_eq!(body["reason"], "the database cannot be reached", "{body}");
-    assert_eq!(crate::get(&server.base, "/healthz").0, 200, "alive all the same");
+async_engine_persistence::postgres_test! {
+    fn readiness_is_false_when_the_database_goes_away() {
+        let database = async_engine_persistence::testing::postgres();
+        let server = start(&database.url, &[]);
+        assert_eq!(crate::get(&server.base, "/readyz").0, 200);
+        assert!(database.drop_now());
+        let response = reqwest::blocking::get(format!("{}/readyz", server.base)).unwrap();
+        assert_eq!(response.status().as_u16(), 503);
+        let body: Value = response.json().unwrap();
+        assert_eq!(body["reason"], "the database cannot be reached", "{body}");
+        assert_eq!(crate::get(&server.base, "/healthz").0, 200, "alive all the same");
+    }
 }
 
 #[test]

@@ -15,35 +15,36 @@ fn run_once(mut command: Command) -> (std::process::ExitStatus, String) {
     (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
-/// Each one-shot command against PostgreSQL over TLS exits with its own code, run after run.
-/// OpenSSL's exit-time clean-up used to race the pool's connection thread mid-handshake: a
-/// SIGSEGV (or SIGABRT) about once in 20 runs.
-#[test]
-fn one_shot_commands_on_postgres_over_tls_exit_with_their_own_code() {
-    let Some(database) = async_engine_persistence::testing::postgres() else { return };
-    let separator = if database.url.contains('?') { '&' } else { '?' };
-    let url = format!("{}{separator}sslmode=require", database.url);
-    // A port in use: `serve` must fail to bind, after opening the pool and migrating.
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port().to_string();
-    /// Arguments, environment, and the exit code expected.
-    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], i32);
-    let expected: [Case; 3] = [
-        (&["migrate"], &[], 0),
-        (&["purge"], &[], 0),
-        (&["serve"], &[("ASYNC_ENGINE__SERVER__PORT", port.as_str())], 1),
-    ];
-    let (first, stderr) = run_once(command(&url, &["migrate"], &[]));
-    if !first.success() && stderr.contains("SSL") && stderr.contains("not support") {
-        eprintln!("skipped: this PostgreSQL server does not offer TLS ({stderr})");
-        return;
-    }
-    for run in 0..100 {
-        let (args, env, code) = expected[run % expected.len()];
-        let (status, stderr) = run_once(command(&url, args, env));
-        assert_eq!(status.code(), Some(code), "run {run}: {args:?} ended with {status}: {stderr}");
-        if code != 0 {
-            assert!(stderr.contains("cannot listen"), "run {run}: {stderr}");
+async_engine_persistence::postgres_test! {
+    /// Each one-shot command against PostgreSQL over TLS exits with its own code, run after run.
+    /// OpenSSL's exit-time clean-up used to race the pool's connection thread mid-handshake: a
+    /// SIGSEGV (or SIGABRT) about once in 20 runs.
+    fn one_shot_commands_on_postgres_over_tls_exit_with_their_own_code() {
+        let database = async_engine_persistence::testing::postgres();
+        let separator = if database.url.contains('?') { '&' } else { '?' };
+        let url = format!("{}{separator}sslmode=require", database.url);
+        // A port in use: `serve` must fail to bind, after opening the pool and migrating.
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port().to_string();
+        /// Arguments, environment, and the exit code expected.
+        type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], i32);
+        let expected: [Case; 3] = [
+            (&["migrate"], &[], 0),
+            (&["purge"], &[], 0),
+            (&["serve"], &[("ASYNC_ENGINE__SERVER__PORT", port.as_str())], 1),
+        ];
+        let (first, stderr) = run_once(command(&url, &["migrate"], &[]));
+        if !first.success() && stderr.contains("SSL") && stderr.contains("not support") {
+            eprintln!("skipped: this PostgreSQL server does not offer TLS ({stderr})");
+            return;
+        }
+        for run in 0..100 {
+            let (args, env, code) = expected[run % expected.len()];
+            let (status, stderr) = run_once(command(&url, args, env));
+            assert_eq!(status.code(), Some(code), "run {run}: {args:?} ended with {status}: {stderr}");
+            if code != 0 {
+                assert!(stderr.contains("cannot listen"), "run {run}: {stderr}");
+            }
         }
     }
 }
@@ -219,42 +220,40 @@ fn readiness_says_not_ready_while_writes_fail_on_a_full_disk() {
     readiness_follows_a_full_disk(&server, disk.0.path());
 }
 
-/// The same on PostgreSQL: the test database lives in a tablespace on a small tmpfs of its own.
-#[test]
-fn readiness_says_not_ready_while_postgres_writes_fail_on_a_full_disk() {
-    use diesel::connection::SimpleConnection;
-    use diesel::{Connection, PgConnection};
-    let Ok(admin_url) = std::env::var("TEST_POSTGRES_URL") else {
-        eprintln!("skipped: TEST_POSTGRES_URL is not set");
-        return;
-    };
-    let Some(disk) = SmallDisk::mount(32 << 20) else {
-        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
-        return;
-    };
-    let owned = Command::new("chown").args(["postgres:postgres"]).arg(disk.0.path()).status();
-    if !owned.is_ok_and(|status| status.success()) {
-        eprintln!("skipped: no postgres user to give the tablespace's folder to");
-        return;
-    }
-    /// Drops the database and its tablespace, before the tmpfs under them goes.
-    struct Tablespace(String, String);
-    impl Drop for Tablespace {
-        fn drop(&mut self) {
-            if let Ok(mut admin) = PgConnection::establish(&self.0) {
-                let name = &self.1;
-                let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-                let _ = admin.batch_execute(&format!("DROP TABLESPACE IF EXISTS {name}"));
+async_engine_persistence::postgres_test! {
+    /// The same on PostgreSQL: the test database lives in a tablespace on a small tmpfs of its own.
+    fn readiness_says_not_ready_while_postgres_writes_fail_on_a_full_disk() {
+        use diesel::connection::SimpleConnection;
+        use diesel::{Connection, PgConnection};
+        let admin_url = std::env::var("TEST_POSTGRES_URL").expect("TEST_POSTGRES_URL, set when the tests were built");
+        let Some(disk) = SmallDisk::mount(32 << 20) else {
+            eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+            return;
+        };
+        let owned = Command::new("chown").args(["postgres:postgres"]).arg(disk.0.path()).status();
+        if !owned.is_ok_and(|status| status.success()) {
+            eprintln!("skipped: no postgres user to give the tablespace's folder to");
+            return;
+        }
+        /// Drops the database and its tablespace, before the tmpfs under them goes.
+        struct Tablespace(String, String);
+        impl Drop for Tablespace {
+            fn drop(&mut self) {
+                if let Ok(mut admin) = PgConnection::establish(&self.0) {
+                    let name = &self.1;
+                    let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+                    let _ = admin.batch_execute(&format!("DROP TABLESPACE IF EXISTS {name}"));
+                }
             }
         }
+        let name = format!("ae_full_{}", std::process::id());
+        let mut admin = PgConnection::establish(&admin_url).unwrap();
+        let location = disk.0.path().display();
+        admin.batch_execute(&format!("CREATE TABLESPACE {name} LOCATION '{location}'")).unwrap();
+        let _tablespace = Tablespace(admin_url.clone(), name.clone());
+        admin.batch_execute(&format!("CREATE DATABASE {name} TABLESPACE {name}")).unwrap();
+        let (base, _) = admin_url.rsplit_once('/').unwrap();
+        let server = start(format!("{base}/{name}"), &[]);
+        readiness_follows_a_full_disk(&server, disk.0.path());
     }
-    let name = format!("ae_full_{}", std::process::id());
-    let mut admin = PgConnection::establish(&admin_url).unwrap();
-    let location = disk.0.path().display();
-    admin.batch_execute(&format!("CREATE TABLESPACE {name} LOCATION '{location}'")).unwrap();
-    let _tablespace = Tablespace(admin_url.clone(), name.clone());
-    admin.batch_execute(&format!("CREATE DATABASE {name} TABLESPACE {name}")).unwrap();
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    let server = start(format!("{base}/{name}"), &[]);
-    readiness_follows_a_full_disk(&server, disk.0.path());
 }

@@ -95,10 +95,9 @@ macro_rules! on_both_backends {
                 run(&TestServer::start(testing::sqlite()));
             }
 
-            #[test]
-            fn postgres() {
-                if let Some(db) = testing::postgres() {
-                    run(&TestServer::start(db));
+            async_engine_persistence::postgres_test! {
+                fn postgres() {
+                    run(&TestServer::start(testing::postgres()));
                 }
             }
         }
@@ -115,10 +114,9 @@ macro_rules! on_both_backends {
                 run(testing::sqlite());
             }
 
-            #[test]
-            fn postgres() {
-                if let Some(db) = testing::postgres() {
-                    run(db);
+            async_engine_persistence::postgres_test! {
+                fn postgres() {
+                    run(testing::postgres());
                 }
             }
         }

@@ -281,60 +281,62 @@ mod tests {
         }
     }
 
-    /// The due check waiting claims make every tick holds no row lock (PostgreSQL; SQLite
-    /// has none): a claim elsewhere at that instant still gets the task. The look is made
-    /// inside a transaction left open, so that any lock it took would still be held.
-    #[test]
-    fn looking_for_due_tasks_locks_no_row_a_claim_elsewhere_needs() {
-        let Some(db) = crate::testing::postgres() else { return };
-        let store = &db.store;
-        begin(store, "p", &[FailurePolicy::Skip], 1, 1);
-        let request = ClaimRequest {
-            queues: vec!["queue:q0".into()],
-            tenant: Some(TenantId::default_tenant()),
-            worker_id: String::new(),
-            max_tasks: 1,
-            lease_micros: 0,
-            now_micros: 0,
-        };
-        let mut looking = store.conn().unwrap();
-        let claimed = looking
-            .transaction(|conn| {
-                assert!(any_due(conn, &request)?, "the task is due");
-                Ok::<_, Error>(claim(store, "queue:q0", "w", 1, 0))
-            })
-            .unwrap();
-        assert_eq!(claimed.iter().map(|t| t.async_process_id.as_str()).collect::<Vec<_>>(), ["p"]);
+    crate::postgres_test! {
+        /// The due check waiting claims make every tick holds no row lock (PostgreSQL; SQLite
+        /// has none): a claim elsewhere at that instant still gets the task. The look is made
+        /// inside a transaction left open, so that any lock it took would still be held.
+        fn looking_for_due_tasks_locks_no_row_a_claim_elsewhere_needs() {
+            let db = crate::testing::postgres();
+            let store = &db.store;
+            begin(store, "p", &[FailurePolicy::Skip], 1, 1);
+            let request = ClaimRequest {
+                queues: vec!["queue:q0".into()],
+                tenant: Some(TenantId::default_tenant()),
+                worker_id: String::new(),
+                max_tasks: 1,
+                lease_micros: 0,
+                now_micros: 0,
+            };
+            let mut looking = store.conn().unwrap();
+            let claimed = looking
+                .transaction(|conn| {
+                    assert!(any_due(conn, &request)?, "the task is due");
+                    Ok::<_, Error>(claim(store, "queue:q0", "w", 1, 0))
+                })
+                .unwrap();
+            assert_eq!(claimed.iter().map(|t| t.async_process_id.as_str()).collect::<Vec<_>>(), ["p"]);
+        }
     }
 
-    /// A look past a busy process (PostgreSQL): its due tasks alone are nothing to take, and
-    /// another process's task behind them is found.
-    #[test]
-    fn a_look_passes_over_the_tasks_of_a_busy_process() {
-        let Some(db) = crate::testing::postgres() else { return };
-        let store = &db.store;
-        begin(store, "busy", &[FailurePolicy::Skip], 3, 1);
-        let busy: i64 = processes::table
-            .filter(processes::async_process_id.eq("busy"))
-            .select(processes::id)
-            .first(&mut *store.conn().unwrap())
-            .unwrap();
-        let mut holder = PgConnection::establish(&db.url).unwrap();
-        diesel::sql_query("SELECT pg_advisory_lock($1)")
-            .bind::<diesel::sql_types::BigInt, _>(busy)
-            .execute(&mut holder)
-            .unwrap();
-        let request = ClaimRequest {
-            queues: vec!["queue:q0".into()],
-            tenant: None,
-            worker_id: String::new(),
-            max_tasks: 1,
-            lease_micros: 0,
-            now_micros: 0,
-        };
-        assert!(!any_due(&mut store.conn().unwrap(), &request).unwrap(), "only a busy process's tasks");
-        begin(store, "other", &[FailurePolicy::Skip], 1, 1);
-        assert!(any_due(&mut store.conn().unwrap(), &request).unwrap(), "another process's task");
-        drop(holder);
+    crate::postgres_test! {
+        /// A look past a busy process (PostgreSQL): its due tasks alone are nothing to take, and
+        /// another process's task behind them is found.
+        fn a_look_passes_over_the_tasks_of_a_busy_process() {
+            let db = crate::testing::postgres();
+            let store = &db.store;
+            begin(store, "busy", &[FailurePolicy::Skip], 3, 1);
+            let busy: i64 = processes::table
+                .filter(processes::async_process_id.eq("busy"))
+                .select(processes::id)
+                .first(&mut *store.conn().unwrap())
+                .unwrap();
+            let mut holder = PgConnection::establish(&db.url).unwrap();
+            diesel::sql_query("SELECT pg_advisory_lock($1)")
+                .bind::<diesel::sql_types::BigInt, _>(busy)
+                .execute(&mut holder)
+                .unwrap();
+            let request = ClaimRequest {
+                queues: vec!["queue:q0".into()],
+                tenant: None,
+                worker_id: String::new(),
+                max_tasks: 1,
+                lease_micros: 0,
+                now_micros: 0,
+            };
+            assert!(!any_due(&mut store.conn().unwrap(), &request).unwrap(), "only a busy process's tasks");
+            begin(store, "other", &[FailurePolicy::Skip], 1, 1);
+            assert!(any_due(&mut store.conn().unwrap(), &request).unwrap(), "another process's task");
+            drop(holder);
+        }
     }
 }

@@ -296,100 +296,104 @@ mod tests {
             .value
     }
 
-    #[test]
-    fn every_session_is_bounded_and_migrations_put_the_bounds_back() {
-        let Some(db) = crate::testing::postgres() else { return };
-        let timeouts = SessionTimeouts {
-            statement: millis(20_000),
-            lock: millis(1_500),
-            idle_in_transaction: millis(2_500),
-        };
-        // One connection: the one that migrates is the one looked at afterwards.
-        let store = Store::open_with(&db.url, 1, timeouts).unwrap();
-        assert!(store.migrate().unwrap().is_empty(), "the test database is migrated already");
-        let mut conn = store.conn().unwrap();
-        assert_eq!(setting(&mut conn, "statement_timeout"), "20s");
-        assert_eq!(setting(&mut conn, "lock_timeout"), "1500ms");
-        assert_eq!(setting(&mut conn, "idle_in_transaction_session_timeout"), "2500ms");
-        assert_eq!(SessionTimeouts::default(), SessionTimeouts::from_lease(Duration::from_secs(60)));
+    crate::postgres_test! {
+        fn every_session_is_bounded_and_migrations_put_the_bounds_back() {
+            let db = crate::testing::postgres();
+            let timeouts = SessionTimeouts {
+                statement: millis(20_000),
+                lock: millis(1_500),
+                idle_in_transaction: millis(2_500),
+            };
+            // One connection: the one that migrates is the one looked at afterwards.
+            let store = Store::open_with(&db.url, 1, timeouts).unwrap();
+            assert!(store.migrate().unwrap().is_empty(), "the test database is migrated already");
+            let mut conn = store.conn().unwrap();
+            assert_eq!(setting(&mut conn, "statement_timeout"), "20s");
+            assert_eq!(setting(&mut conn, "lock_timeout"), "1500ms");
+            assert_eq!(setting(&mut conn, "idle_in_transaction_session_timeout"), "2500ms");
+            assert_eq!(SessionTimeouts::default(), SessionTimeouts::from_lease(Duration::from_secs(60)));
+        }
     }
 
-    #[test]
-    fn a_claim_finds_other_processes_work_behind_many_tasks_of_a_busy_one() {
-        let Some(db) = crate::testing::postgres() else { return };
-        let store = &db.store;
-        // 100 due tasks of "busy", all older than the one task of "other".
-        begin_with(store, "busy", &[FailurePolicy::Skip], 100, 1, None);
-        begin_with(store, "other", &[FailurePolicy::Skip], 1, 1, None);
-        let busy = process_row(store, "busy");
-        let holder = hold_lock(&db.url, busy);
-        let claimed = claim(store, "queue:q0", "w", 1, 0);
-        assert_eq!(claimed.iter().map(|t| t.async_process_id.as_str()).collect::<Vec<_>>(), ["other"]);
-        assert!(
-            claim(store, "queue:q0", "w", 4, 0).is_empty(),
-            "the busy process's tasks stay where they are"
-        );
-        release(holder);
-        let claimed = claim(store, "queue:q0", "w", 2, 0);
-        assert_eq!(claimed.iter().map(|t| t.async_process_id.as_str()).collect::<Vec<_>>(), ["busy", "busy"]);
+    crate::postgres_test! {
+        fn a_claim_finds_other_processes_work_behind_many_tasks_of_a_busy_one() {
+            let db = crate::testing::postgres();
+            let store = &db.store;
+            // 100 due tasks of "busy", all older than the one task of "other".
+            begin_with(store, "busy", &[FailurePolicy::Skip], 100, 1, None);
+            begin_with(store, "other", &[FailurePolicy::Skip], 1, 1, None);
+            let busy = process_row(store, "busy");
+            let holder = hold_lock(&db.url, busy);
+            let claimed = claim(store, "queue:q0", "w", 1, 0);
+            assert_eq!(claimed.iter().map(|t| t.async_process_id.as_str()).collect::<Vec<_>>(), ["other"]);
+            assert!(
+                claim(store, "queue:q0", "w", 4, 0).is_empty(),
+                "the busy process's tasks stay where they are"
+            );
+            release(holder);
+            let claimed = claim(store, "queue:q0", "w", 2, 0);
+            assert_eq!(claimed.iter().map(|t| t.async_process_id.as_str()).collect::<Vec<_>>(), ["busy", "busy"]);
+        }
     }
 
-    #[test]
-    fn a_wait_for_a_process_lock_is_bounded_and_records_nothing() {
-        let Some(db) = crate::testing::postgres() else { return };
-        let store = bounded(
-            &db.url,
-            SessionTimeouts { lock: millis(300), ..SessionTimeouts::from_lease(Duration::from_secs(60)) },
-        );
-        begin_with(&store, "p", &[FailurePolicy::Skip], 3, 3, None);
-        let task = claim(&store, "queue:q0", "w", 1, 0).remove(0);
-        let holder = hold_lock(&db.url, process_row(&store, "p"));
-        let (sent, result) = mpsc::channel();
-        let (waiting, first) = (store.clone(), task.clone());
-        std::thread::spawn(move || {
-            let started = Instant::now();
-            let _ = sent.send((finish(&waiting, &first, &[], 0), started.elapsed()));
-        });
-        // Without a bound the completion would wait as long as the holder stays silent.
-        let (outcome, took) = result.recv_timeout(Duration::from_secs(30)).expect("the wait was not bounded");
-        assert!(
-            matches!(outcome, Err(async_engine_domain::TaskError::Storage(_))),
-            "{outcome:?} after {took:?}"
-        );
-        release(holder);
-        assert_eq!(status(&store, "p").steps.unwrap()[0].processed, 0, "nothing was recorded");
-        // Rolled back whole: the lease is still current, and the same report now goes through.
-        finish(&store, &task, &[], 0).unwrap();
-        assert_eq!(status(&store, "p").steps.unwrap()[0].processed, 3);
+    crate::postgres_test! {
+        fn a_wait_for_a_process_lock_is_bounded_and_records_nothing() {
+            let db = crate::testing::postgres();
+            let store = bounded(
+                &db.url,
+                SessionTimeouts { lock: millis(300), ..SessionTimeouts::from_lease(Duration::from_secs(60)) },
+            );
+            begin_with(&store, "p", &[FailurePolicy::Skip], 3, 3, None);
+            let task = claim(&store, "queue:q0", "w", 1, 0).remove(0);
+            let holder = hold_lock(&db.url, process_row(&store, "p"));
+            let (sent, result) = mpsc::channel();
+            let (waiting, first) = (store.clone(), task.clone());
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let _ = sent.send((finish(&waiting, &first, &[], 0), started.elapsed()));
+            });
+            // Without a bound the completion would wait as long as the holder stays silent.
+            let (outcome, took) = result.recv_timeout(Duration::from_secs(30)).expect("the wait was not bounded");
+            assert!(
+                matches!(outcome, Err(async_engine_domain::TaskError::Storage(_))),
+                "{outcome:?} after {took:?}"
+            );
+            release(holder);
+            assert_eq!(status(&store, "p").steps.unwrap()[0].processed, 0, "nothing was recorded");
+            // Rolled back whole: the lease is still current, and the same report now goes through.
+            finish(&store, &task, &[], 0).unwrap();
+            assert_eq!(status(&store, "p").steps.unwrap()[0].processed, 3);
+        }
     }
 
-    #[test]
-    fn a_transaction_left_idle_is_ended_with_its_locks_and_its_changes() {
-        let Some(db) = crate::testing::postgres() else { return };
-        let store = bounded(
-            &db.url,
-            SessionTimeouts {
-                idle_in_transaction: millis(300),
-                ..SessionTimeouts::from_lease(Duration::from_secs(60))
-            },
-        );
-        begin_with(&store, "p", &[FailurePolicy::Skip], 1, 1, None);
-        let process = process_row(&store, "p");
-        let mut conn = store.conn().unwrap();
-        let frozen = write_transaction(&mut conn, |conn| {
-            lock_process(conn, process)?;
-            diesel::update(processes::table.find(process)).set(processes::name.eq("stale")).execute(conn)?;
-            // A node paused here, past the bound, finds its transaction gone when it resumes.
-            std::thread::sleep(millis(1_500));
-            Ok(())
-        });
-        assert!(frozen.is_err(), "the idle transaction was not ended");
-        let mut other = store.conn().unwrap();
-        assert!(
-            write_transaction(&mut other, |conn| try_lock_process(conn, process)).unwrap(),
-            "its lock is free"
-        );
-        let name: String = processes::table.find(process).select(processes::name).first(&mut *other).unwrap();
-        assert_eq!(name, "T", "its change was rolled back");
+    crate::postgres_test! {
+        fn a_transaction_left_idle_is_ended_with_its_locks_and_its_changes() {
+            let db = crate::testing::postgres();
+            let store = bounded(
+                &db.url,
+                SessionTimeouts {
+                    idle_in_transaction: millis(300),
+                    ..SessionTimeouts::from_lease(Duration::from_secs(60))
+                },
+            );
+            begin_with(&store, "p", &[FailurePolicy::Skip], 1, 1, None);
+            let process = process_row(&store, "p");
+            let mut conn = store.conn().unwrap();
+            let frozen = write_transaction(&mut conn, |conn| {
+                lock_process(conn, process)?;
+                diesel::update(processes::table.find(process)).set(processes::name.eq("stale")).execute(conn)?;
+                // A node paused here, past the bound, finds its transaction gone when it resumes.
+                std::thread::sleep(millis(1_500));
+                Ok(())
+            });
+            assert!(frozen.is_err(), "the idle transaction was not ended");
+            let mut other = store.conn().unwrap();
+            assert!(
+                write_transaction(&mut other, |conn| try_lock_process(conn, process)).unwrap(),
+                "its lock is free"
+            );
+            let name: String = processes::table.find(process).select(processes::name).first(&mut *other).unwrap();
+            assert_eq!(name, "T", "its change was rolled back");
+        }
     }
 }

@@ -2,8 +2,6 @@
 //! SQLite file in a temporary folder, or (when `TEST_POSTGRES_URL` is set) a PostgreSQL
 //! database of its own, dropped afterwards.
 
-use std::sync::Once;
-
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection};
 
@@ -26,13 +24,13 @@ pub fn sqlite() -> TestDb {
     TestDb { store, url, _sqlite: Some(dir), postgres: None }
 }
 
-/// `None`, said once per test binary, when `TEST_POSTGRES_URL` is not set.
-pub fn postgres() -> Option<TestDb> {
-    static SKIPPED: Once = Once::new();
-    let Ok(admin_url) = std::env::var("TEST_POSTGRES_URL") else {
-        SKIPPED.call_once(|| eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL tests are skipped"));
-        return None;
-    };
+/// A fresh PostgreSQL database on the server `TEST_POSTGRES_URL` names. Only for tests
+/// marked with [`postgres_test!`](crate::postgres_test), which are ignored in a build made
+/// without it; a run that unsets it after such a build fails here rather than passing.
+pub fn postgres() -> TestDb {
+    let admin_url = std::env::var("TEST_POSTGRES_URL")
+        .map_err(|_| "TEST_POSTGRES_URL was set when these tests were built and is not set now")
+        .unwrap();
     let name = format!("ae_test_{}", uuid::Uuid::new_v4().simple());
     let mut admin = PgConnection::establish(&admin_url).unwrap();
     admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
@@ -40,7 +38,7 @@ pub fn postgres() -> Option<TestDb> {
     let url = format!("{base}/{name}");
     let store = Store::open(&url, 4).unwrap();
     store.migrate().unwrap();
-    Some(TestDb { store, url, _sqlite: None, postgres: Some((admin_url, name)) })
+    TestDb { store, url, _sqlite: None, postgres: Some((admin_url, name)) }
 }
 
 impl TestDb {
@@ -66,6 +64,31 @@ impl Drop for TestDb {
     }
 }
 
+/// Defines a test that needs PostgreSQL ([`postgres`]): a plain `#[test]` in a build made
+/// with `TEST_POSTGRES_URL` set, and otherwise one ignored with the reason, so that a run
+/// without PostgreSQL reports it as ignored, never as passed.
+#[cfg(test_postgres)]
+#[macro_export]
+macro_rules! postgres_test {
+    ($(#[$meta:meta])* fn $name:ident() $body:block) => {
+        $(#[$meta])*
+        #[test]
+        fn $name() $body
+    };
+}
+
+/// See the other definition: this is the one of builds without `TEST_POSTGRES_URL`.
+#[cfg(not(test_postgres))]
+#[macro_export]
+macro_rules! postgres_test {
+    ($(#[$meta:meta])* fn $name:ident() $body:block) => {
+        $(#[$meta])*
+        #[test]
+        #[ignore = "needs PostgreSQL: build and run the tests with TEST_POSTGRES_URL set"]
+        fn $name() $body
+    };
+}
+
 /// Defines a test once per backend: `name::sqlite` and `name::postgres`, each given a
 /// fresh migrated `&Store`.
 #[cfg(test)]
@@ -82,10 +105,9 @@ macro_rules! on_both_backends {
                     run(&crate::testing::sqlite().store);
                 }
 
-                #[test]
-                fn postgres() {
-                    if let Some(db) = crate::testing::postgres() {
-                        run(&db.store);
+                $crate::postgres_test! {
+                    fn postgres() {
+                        run(&crate::testing::postgres().store);
                     }
                 }
             }
