@@ -271,6 +271,12 @@ def main(base):
     )
     check("retryAsyncProcess", retry_async_process.sync_detailed(failing, client=client), 202)
     check("cancelAsyncProcess", cancel_async_process.sync_detailed(failing, client=client), 202)
+    raw, parsed = check(
+        "cancelAsyncProcess again",
+        cancel_async_process.sync_detailed(failing, client=client),
+        409,
+    )
+    assert "already finished" in parsed.technical_message, raw
 
     raw, _ = check("listAsyncProcesses", list_async_processes.sync_detailed(client=client, limit=2), 202)
     assert len(raw["AsyncProcessStatus"]) == 2 and raw["nextCursor"], raw

@@ -227,7 +227,7 @@ on_both_backends! {
             409
         );
         let (status, body) = call(base, "POST", &format!("/v1/asyncprocesses/{id}/cancel"), None);
-        assert_eq!(status, 400, "a finished process cannot be cancelled: {body}");
+        assert_eq!(status, 409, "a finished process cannot be cancelled: {body}");
         assert_eq!(wait_final(base, &id, Duration::from_secs(5))["status"], "Aborted");
     }
 }

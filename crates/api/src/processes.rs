@@ -277,10 +277,13 @@ fn started_answer(state: &AppState, started: &Started) -> Result<HttpResponse, A
     Ok(response)
 }
 
+/// No such process is the caller's mistake (400, as for the status call); a command the
+/// process's state refuses is a conflict with that state (409).
 pub(crate) fn command_error(error: CommandError) -> ApiError {
     match error {
         CommandError::Storage(error) => error.into(),
-        refused => ApiError::Input(refused.to_string()),
+        CommandError::NotFound(_) => ApiError::Input(error.to_string()),
+        CommandError::Refused(_) | CommandError::NotRunnable(_) => ApiError::Conflict(error.to_string()),
     }
 }
 
@@ -292,6 +295,7 @@ async fn command_target(req: &HttpRequest, state: &AppState, tenant: &TenantId) 
 #[utoipa::path(post, path = "/v1/asyncprocesses/{id}/cancel", tag = "processes", operation_id = "cancelAsyncProcess",
     params(("id" = String, Path, description = "An asyncProcessId, or a referenceId that names one process", min_length = 1, max_length = 255)),
     responses((status = 202, description = "Aborted", body = Envelope), (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
+        (status = 409, description = "Only a waiting or running process can be cancelled: this one has finished, or is a record of history", body = Envelope),
         (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = Envelope),
         (status = 403, description = "The key lacks the scope", body = Envelope),
         (status = 500, description = "The server failed; the cause is in its log", body = Envelope)))]
@@ -307,6 +311,7 @@ pub async fn cancel(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
 #[utoipa::path(post, path = "/v1/asyncprocesses/{id}/retry", tag = "processes", operation_id = "retryAsyncProcess",
     params(("id" = String, Path, description = "An asyncProcessId, or a referenceId that names one process", min_length = 1, max_length = 255)),
     responses((status = 202, description = "Its failed items run again", body = Envelope), (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
+        (status = 409, description = "Only a failed process can be retried: this one is running, succeeded or was cancelled, or is a record of history", body = Envelope),
         (status = 401, description = "No bearer token, or an unknown one (auth.enabled)", body = Envelope),
         (status = 403, description = "The key lacks the scope", body = Envelope),
         (status = 500, description = "The server failed; the cause is in its log", body = Envelope)))]
@@ -674,7 +679,7 @@ mod tests {
     }
 
     #[actix_web::test]
-    async fn refused_commands_are_input_errors() {
+    async fn refused_commands_are_conflicts_and_unknown_processes_input_errors() {
         let mut processes = MockProcessStore::new();
         processes.expect_cancel().returning(|_, _, _| {
             Err(CommandError::Refused(Refused {
@@ -684,8 +689,13 @@ mod tests {
             }))
         });
         let (status, answer) = call(processes, TestRequest::post().uri("/v1/asyncprocesses/p1/cancel")).await;
-        assert_eq!(status, 400);
+        assert_eq!((status, answer["statusMessage"].as_str()), (409, Some("Conflict")));
         assert!(answer["technicalMessage"].as_str().unwrap().contains("already finished"));
+        let mut processes = MockProcessStore::new();
+        processes.expect_retry().returning(|_, id, _| Err(CommandError::NotRunnable(id.to_owned())));
+        let (status, answer) = call(processes, TestRequest::post().uri("/v1/asyncprocesses/h1/retry")).await;
+        assert_eq!(status, 409);
+        assert!(answer["technicalMessage"].as_str().unwrap().contains("record of history"));
         let mut processes = MockProcessStore::new();
         processes.expect_retry().returning(|_, id, _| Err(CommandError::NotFound(id.to_owned())));
         let (status, answer) = call(processes, TestRequest::post().uri("/v1/asyncprocesses/zz/retry")).await;

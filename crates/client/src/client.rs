@@ -194,12 +194,14 @@ impl Client {
         json(self.send(self.http.get(self.url("/v1/asyncprocesses")).query(&query))?)
     }
 
-    /// Cancels a waiting or running process (it becomes `Aborted`).
+    /// Cancels a waiting or running process (it becomes `Aborted`); a finished one, or a
+    /// record of history, is refused with status 409.
     pub fn cancel(&self, async_process_id: &str) -> Result<Envelope, Error> {
         self.command(async_process_id, "cancel")
     }
 
-    /// Runs a `Failed` process's failed items again, from the step where they failed.
+    /// Runs a `Failed` process's failed items again, from the step where they failed; any
+    /// other process is refused with status 409.
     pub fn retry(&self, async_process_id: &str) -> Result<Envelope, Error> {
         self.command(async_process_id, "retry")
     }
