@@ -110,7 +110,7 @@ pub(crate) async fn results_file(
     // The first page before the answer: no such process or step is the envelope's 400.
     let first = page(state.processes.clone(), query.clone()).await?;
     let file_stream =
-        Pages { store: state.processes.clone(), query, next: Some(first), format, columns: None };
+        Pages { store: state.processes.clone(), query, next: Some(Next::Read(first)), format, columns: None };
     let body = stream::unfold(file_stream, |mut pages| async move {
         let chunk = pages.next_chunk().await?;
         Some((chunk, pages))
@@ -135,33 +135,45 @@ struct Pages {
     store: Arc<dyn ProcessStore>,
     query: ResultsQuery,
     /// The page to write next; `None` once the last was written.
-    next: Option<Vec<ResultRow>>,
+    next: Option<Next>,
     format: FileFormat,
     /// CSV: the item fields written as columns (decided by the first row), once the header is out.
     columns: Option<Vec<String>>,
 }
 
+enum Next {
+    /// The first page, read before the answer began.
+    Read(Vec<ResultRow>),
+    Reading(actix_web::rt::task::JoinHandle<Result<Vec<ResultRow>, ApiError>>),
+}
+
 impl Pages {
     async fn next_chunk(&mut self) -> Option<Result<Bytes, actix_web::Error>> {
-        let rows = self.next.take()?;
-        let full = rows.len() == PAGE as usize;
+        let rows = match self.next.take()? {
+            Next::Read(rows) => rows,
+            Next::Reading(reading) => {
+                match reading.await.unwrap_or_else(|_| Err(ApiError::Internal("results page task".into()))) {
+                    Ok(rows) if rows.is_empty() => return None,
+                    Ok(rows) => rows,
+                    Err(error) => {
+                        // The answer has begun: all that is left is to cut it short, which
+                        // the client sees as a body that ends before its last row.
+                        tracing::warn!(%error, "a results file was cut short");
+                        return Some(Err(actix_web::error::ErrorInternalServerError("results cut short")));
+                    }
+                }
+            }
+        };
+        // The next page is read on the blocking pool while this one is written and sent.
+        if rows.len() == PAGE as usize {
+            self.query.after = rows.last().map(|row| row.index);
+            self.next =
+                Some(Next::Reading(actix_web::rt::spawn(page(self.store.clone(), self.query.clone()))));
+        }
         let chunk = match self.format {
             FileFormat::Ndjson => ndjson(&rows),
             FileFormat::Csv => self.csv(&rows),
         };
-        if full {
-            self.query.after = rows.last().map(|row| row.index);
-            match page(self.store.clone(), self.query.clone()).await {
-                Ok(rows) if rows.is_empty() => {}
-                Ok(rows) => self.next = Some(rows),
-                Err(error) => {
-                    // The answer has begun: all that is left is to cut it short, which the
-                    // client sees as a body that ends before its last row.
-                    tracing::warn!(%error, "a results file was cut short");
-                    return Some(Err(actix_web::error::ErrorInternalServerError("results cut short")));
-                }
-            }
-        }
         Some(Ok(Bytes::from(chunk)))
     }
 
