@@ -243,3 +243,68 @@ fn a_submit_in_parts_resumes_sending_only_what_the_server_lacks() {
         "{answer}"
     );
 }
+
+/// An operator's session with flags before the subcommand: list, items, a refused cancel,
+/// retry, and the definitions.
+#[test]
+fn an_operator_lists_reads_items_cancels_and_retries_with_flags_anywhere() {
+    let (dir, db) = crate::temp_db();
+    let server = serve(dir.path(), &db, &[]);
+    let base = server.base.as_str();
+    let before = |args: &[&str]| {
+        let output = Command::new(BIN)
+            .args(["--server", base])
+            .args(args)
+            .env_remove("ASYNC_ENGINE_TOKEN")
+            .env_remove("ASYNC_ENGINE_SERVER")
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let items =
+        [json!({ "productCode": "TV", "quantity": 1 }), json!({ "productCode": "TV", "quantity": 0 })];
+    let bad = submit(dir.path(), base, "Skip", &items);
+    assert_eq!(client(base, &["status", &bad, "--watch"]).status.code(), Some(2));
+
+    let (code, listed, said) = before(&["list", "--status", "Failed"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert_eq!(
+        listed.lines().next(),
+        Some(format!("{bad} (Skip, reference cli): Failed, Completed with errors").as_str()),
+        "{listed}"
+    );
+    submit(dir.path(), base, "Noop", &[json!(1)]);
+    let (_, page, _) = before(&["list", "--limit", "1"]);
+    assert!(page.lines().last().unwrap().starts_with("more: --cursor "), "{page}");
+
+    let (code, failed, said) = before(&["items", &bad, "--failed"]);
+    assert_eq!(code, Some(0), "{said}");
+    let failed: Vec<Value> = failed.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["index"], 1);
+    assert_eq!(failed[0]["item"], items[1]);
+    assert!(failed[0]["code"].is_i64() && failed[0]["statusMessage"].is_string(), "{failed:?}");
+    let (_, all, _) = before(&["items", &bad, "--limit", "1"]);
+    assert_eq!(all.lines().count(), 1, "{all}");
+
+    // A finished process cannot be cancelled: the server's 409, in one line.
+    let (code, _, said) = before(&["cancel", &bad]);
+    assert_eq!(code, Some(1));
+    assert!(said.contains("409") && said.contains("already finished"), "{said}");
+    let (code, retried, said) = before(&["retry", &bad]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(retried.starts_with(&format!("{bad} (Skip, reference cli): ")), "{retried}");
+
+    let (code, definitions, said) = before(&["definitions"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(definitions.lines().any(|line| line == "Skip"), "{definitions}");
+    assert!(definitions.contains("  step 0 "), "{definitions}");
+
+    // Client commands take no server configuration; server commands take no client flags' place.
+    let (code, _, said) = before(&["status", &bad, "--config", "x.toml"]);
+    assert_eq!(code, Some(2), "{said}");
+}

@@ -1,12 +1,12 @@
-//! What `async-engine submit` and `async-engine status` show: summaries, the exit code of a
-//! watched process, one progress bar per step (contract §9). The calls themselves are the
-//! client library's.
+//! What the client commands (`submit`, `status`, `list`, `items`, `definitions`...) show:
+//! summaries, the exit code of a watched process, one progress bar per step (contract §9).
+//! The calls themselves are the client library's.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 
 use anyhow::Context;
-use async_engine_client::{Envelope, ProcessStatus, UploadFormat};
+use async_engine_client::{Client, Definitions, Envelope, ItemOutcome, ProcessStatus, UploadFormat};
 use indicatif::{MultiProgress, ProgressBar, ProgressState, ProgressStyle};
 
 /// How a watched process ended, as an exit code: 0 Success, 2 Failed, 3 Aborted (1 is an
@@ -61,6 +61,72 @@ fn record_line(record: &ProcessStatus) -> String {
         record.status,
         record.message
     )
+}
+
+/// `list`: a line per process, then where the next page starts.
+pub fn list_lines(page: &Envelope) -> String {
+    let mut text: String = page.processes.iter().map(record_line).collect();
+    if page.processes.is_empty() {
+        text.push_str("no processes\n");
+    }
+    if let Some(cursor) = &page.next_cursor {
+        text.push_str(&format!("more: --cursor {cursor}\n"));
+    }
+    text
+}
+
+/// `definitions`: each definition and its steps, as the server runs them.
+pub fn definition_lines(definitions: &Definitions) -> String {
+    let mut text = String::new();
+    for definition in &definitions.process_definitions {
+        text.push_str(&format!("{}\n", definition.name));
+        for step in &definition.steps {
+            text.push_str(&format!(
+                "  step {} {}: {} ({} item(s) a task, {} attempt(s), on item failure: {})\n",
+                step.step_number,
+                step.name,
+                step.handler,
+                step.chunk_size,
+                step.max_attempts,
+                step.on_item_failure
+            ));
+        }
+    }
+    text
+}
+
+/// `items`: every item a step recorded (or the first `limit`), one JSON object a line, read
+/// from the server a page at a time.
+pub fn write_items(
+    client: &Client,
+    id: &str,
+    step: u32,
+    outcome: ItemOutcome,
+    limit: Option<u64>,
+    out: &mut impl Write,
+) -> anyhow::Result<u64> {
+    let mut written = 0_u64;
+    let mut cursor: Option<String> = None;
+    loop {
+        let left = limit.map(|limit| limit - written);
+        let page_size = left.map_or(1000, |left| u32::try_from(left.min(1000)).unwrap_or(1000));
+        let page = client.items(id, step, outcome, Some(page_size), cursor.as_deref())?;
+        for item in &page.items {
+            let mut line = serde_json::json!({ "index": item.index, "item": item.item });
+            if let Some(code) = item.code {
+                line["code"] = code.into();
+                line["statusMessage"] = item.status_message.clone().unwrap_or_default().into();
+            }
+            writeln!(out, "{line}").context("writing the items")?;
+            written += 1;
+        }
+        cursor = page.next_cursor;
+        if cursor.is_none() || limit.is_some_and(|limit| written >= limit) {
+            break;
+        }
+    }
+    out.flush()?;
+    Ok(written)
 }
 
 /// One bar per step of every watched process, with items/s and ETA.

@@ -14,9 +14,9 @@ use clap::{Parser, Subcommand};
     about = "Runs multi-step bulk jobs and reports where each one stands."
 )]
 struct Cli {
-    /// A TOML file layered over the built-in defaults (environment variables still win).
-    #[arg(long, global = true, value_name = "FILE")]
-    config: Option<PathBuf>,
+    /// Where the server is, for the client commands; before or after the subcommand.
+    #[command(flatten)]
+    server: ServerArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -24,21 +24,30 @@ struct Cli {
 /// Where the server is, for the client commands.
 #[derive(clap::Args)]
 struct ServerArgs {
-    #[arg(long, env = "ASYNC_ENGINE_SERVER", default_value = "http://127.0.0.1:8080")]
+    /// The server the client commands talk to.
+    #[arg(long, global = true, env = "ASYNC_ENGINE_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
     /// An API token (auth.enabled servers).
-    #[arg(long, env = "ASYNC_ENGINE_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "ASYNC_ENGINE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+}
+
+/// The server's own configuration, for the commands that open its database.
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// A TOML file layered over the built-in defaults (environment variables still win).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Serve the API (applies migrations first unless database.migrate_on_start = false).
-    Serve,
+    Serve(ConfigArgs),
     /// Apply pending database migrations and exit.
-    Migrate,
+    Migrate(ConfigArgs),
     /// Delete processes that finished more than retention.days ago, now.
-    Purge,
+    Purge(ConfigArgs),
     /// Start a process on a running server.
     Submit {
         /// The process definition's name.
@@ -62,8 +71,6 @@ enum Command {
         /// hold, then closes the upload.
         #[arg(long, value_name = "SIZE", value_parser = async_engine::upload::parse_size)]
         part_size: Option<u64>,
-        #[command(flatten)]
-        server: ServerArgs,
         /// Print the server's answer (the envelope) instead of a summary.
         #[arg(long)]
         json: bool,
@@ -79,9 +86,55 @@ enum Command {
         /// Print the envelope (each change, one per line, with --watch).
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        server: ServerArgs,
     },
+    /// List processes, newest first: one line each, and the cursor of the next page.
+    List {
+        /// Only processes with this status (WaitingToProcess, InProgress, Success, Failed, Aborted).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only processes of this definition.
+        #[arg(long)]
+        name: Option<String>,
+        /// Only processes with this reference ID.
+        #[arg(long)]
+        reference_id: Option<String>,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        /// The next page: the cursor the previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Cancel a waiting or running process (it becomes Aborted).
+    Cancel {
+        /// An asyncProcessId, or a referenceId that names one process.
+        id: String,
+    },
+    /// Run a failed process's failed items again, from the step where they failed.
+    Retry {
+        /// An asyncProcessId, or a referenceId that names one process.
+        id: String,
+    },
+    /// Write the items a step recorded to standard output, one JSON object a line
+    /// ({"index", "item"}, with "code" and "statusMessage" for a failure), in recording order.
+    Items {
+        /// An asyncProcessId, or a referenceId that names one process.
+        id: String,
+        /// The step, from 0.
+        #[arg(long, default_value_t = 0)]
+        step: u32,
+        /// Only the items that failed at the step.
+        #[arg(long, group = "which")]
+        failed: bool,
+        /// Only the items that succeeded at the step.
+        #[arg(long, group = "which")]
+        successful: bool,
+        /// At most this many (default: every one, read a page at a time).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+    },
+    /// List the process definitions the server runs, with their steps.
+    Definitions,
     /// Write a step's results to standard output: every item with its outcome (succeeded,
     /// failed with code and message, or unprocessed), in item order, as NDJSON or CSV.
     Results {
@@ -101,8 +154,6 @@ enum Command {
         unprocessed: bool,
         #[arg(long, value_enum, default_value = "ndjson")]
         format: async_engine::client::ResultsFormat,
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// Run PROGRAM once per task of a `queue:NAME` step: the task's items on its standard input
     /// as NDJSON ({"index": I, "item": ITEM} a line), one outcome per item read from its
@@ -132,8 +183,6 @@ enum Command {
         /// The worker's name in leases and the server's log (default worker-PID).
         #[arg(long)]
         worker_id: Option<String>,
-        #[command(flatten)]
-        server: ServerArgs,
         /// The program, then its arguments, after `--`.
         #[arg(required = true, last = true, value_name = "PROGRAM")]
         program: Vec<std::ffi::OsString>,
@@ -171,12 +220,11 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Submit { .. }
-    | Command::Status { .. }
-    | Command::Worker { .. }
-    | Command::Results { .. } = &cli.command
-    {
-        return match client_command(cli.command) {
+    if !matches!(
+        cli.command,
+        Command::Serve(_) | Command::Migrate(_) | Command::Purge(_) | Command::Token { .. }
+    ) {
+        return match client_command(cli.command, cli.server) {
             Ok(code) => ExitCode::from(code),
             Err(error) => {
                 eprintln!("async-engine: {error:#}");
@@ -215,11 +263,11 @@ fn summary_status(
 }
 
 /// The client commands: no configuration, only a server to talk to.
-fn client_command(command: Command) -> anyhow::Result<u8> {
+fn client_command(command: Command, server: ServerArgs) -> anyhow::Result<u8> {
     use async_engine::client::{Bars, exit_code, outcome, summary};
     use async_engine_client::StatusOptions;
     match command {
-        Command::Submit { name, reference_id, items, format, idempotency_key, part_size, server, json } => {
+        Command::Submit { name, reference_id, items, format, idempotency_key, part_size, json } => {
             let client = server.client()?;
             // The answer as the server wrote it, for --json, not as this client reads it.
             let answer = match part_size {
@@ -252,7 +300,7 @@ fn client_command(command: Command) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Results { id, step, failed, succeeded, unprocessed, format, server } => {
+        Command::Results { id, step, failed, succeeded, unprocessed, format } => {
             use async_engine_client::ResultOutcome;
             let outcome = match (failed, succeeded, unprocessed) {
                 (true, _, _) => ResultOutcome::Failed,
@@ -264,7 +312,7 @@ fn client_command(command: Command) -> anyhow::Result<u8> {
             async_engine::client::copy_with_progress(file, &mut std::io::stdout().lock())?;
             Ok(0)
         }
-        Command::Status { id, watch, json, server } => {
+        Command::Status { id, watch, json } => {
             let client = server.client()?;
             if !watch {
                 if json {
@@ -289,6 +337,46 @@ fn client_command(command: Command) -> anyhow::Result<u8> {
             }
             Ok(exit_code(&outcome(&last)))
         }
+        Command::List { status, name, reference_id, limit, cursor } => {
+            let filter = async_engine_client::ListFilter {
+                status,
+                async_process_name: name,
+                reference_id,
+                limit: Some(limit),
+                cursor,
+            };
+            write_stdout(&async_engine::client::list_lines(&server.client()?.list(&filter)?))?;
+            Ok(0)
+        }
+        Command::Cancel { id } => {
+            write_stdout(&summary(&server.client()?.cancel(&id)?))?;
+            Ok(0)
+        }
+        Command::Retry { id } => {
+            write_stdout(&summary(&server.client()?.retry(&id)?))?;
+            Ok(0)
+        }
+        Command::Items { id, step, failed, successful, limit } => {
+            use async_engine_client::ItemOutcome;
+            let outcome = match (failed, successful) {
+                (true, _) => ItemOutcome::Failed,
+                (_, true) => ItemOutcome::Successful,
+                _ => ItemOutcome::All,
+            };
+            async_engine::client::write_items(
+                &server.client()?,
+                &id,
+                step,
+                outcome,
+                limit,
+                &mut std::io::stdout().lock(),
+            )?;
+            Ok(0)
+        }
+        Command::Definitions => {
+            write_stdout(&async_engine::client::definition_lines(&server.client()?.definitions()?))?;
+            Ok(0)
+        }
         Command::Worker {
             queue,
             concurrency,
@@ -297,7 +385,6 @@ fn client_command(command: Command) -> anyhow::Result<u8> {
             lease_secs,
             grace_secs,
             worker_id,
-            server,
             program,
         } => {
             use async_engine::runner::{Program, WorkerOptions, run_worker};
@@ -326,14 +413,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         eprintln!("async-engine: the key to add to the server's configuration:");
         return write_stdout(&entry);
     }
-    let settings = Settings::from_env(cli.config.as_deref())?;
+    let (Command::Serve(config) | Command::Migrate(config) | Command::Purge(config)) = &cli.command else {
+        return Ok(());
+    };
+    let settings = Settings::from_env(config.config.as_deref())?;
     match cli.command {
-        Command::Token { .. }
-        | Command::Submit { .. }
-        | Command::Status { .. }
-        | Command::Worker { .. }
-        | Command::Results { .. } => Ok(()),
-        Command::Purge => {
+        Command::Purge(_) => {
             let (purged, expired) = async_engine::purge(&settings)?;
             eprintln!(
                 "async-engine: purged {purged} process(es) finished more than {} day(s) ago; \
@@ -342,8 +427,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Serve => async_engine::serve(&settings),
-        Command::Migrate => {
+        Command::Serve(_) => async_engine::serve(&settings),
+        Command::Migrate(_) => {
             let applied = async_engine::migrate(&settings)?;
             if applied.is_empty() {
                 eprintln!("async-engine: the database schema is current");
@@ -353,5 +438,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        // The client commands, and the token, were answered before the configuration.
+        _ => Ok(()),
     }
 }
