@@ -80,6 +80,16 @@ async_engine_persistence::postgres_test! {
 }
 
 #[test]
+fn purge_refuses_a_database_file_that_does_not_exist_and_creates_none() {
+    let (dir, db) = temp_db();
+    let output = command(&db, &["purge"], &[]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains(&format!("there is no database at {}", db.display())), "{said}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing created");
+}
+
+#[test]
 fn finished_processes_past_retention_are_purged_with_what_they_own() {
     let (_dir, db) = temp_db();
     let store = async_engine_persistence::Store::open(db.to_str().unwrap(), 1).unwrap();

@@ -17,7 +17,7 @@ use async_engine_domain::{Operations, ProcessStatus};
 use async_engine_engine::notify::{NotifierConfig, start_notifier};
 use async_engine_engine::push::{PushConfig, start_pusher};
 use async_engine_engine::{EngineConfig, Handlers, Waker};
-use async_engine_persistence::Store;
+use async_engine_persistence::{DatabaseUrl, Store};
 
 pub use settings::Settings;
 
@@ -79,9 +79,21 @@ impl Retention {
 }
 
 /// `async-engine purge`: applies retention now; returns how many processes were purged and
-/// how many left open were aborted.
+/// how many left open were aborted. A SQLite file that does not exist is refused, naming the
+/// path: opening it would create an empty database beside the real one.
 pub fn purge(settings: &Settings) -> anyhow::Result<(u64, u64)> {
     telemetry::init(&settings.log)?;
+    if let Ok(DatabaseUrl::Sqlite(path)) = DatabaseUrl::parse(&settings.database.url)
+        && !path.exists()
+    {
+        let shown = std::path::absolute(&path).unwrap_or(path);
+        bail!(
+            "database.url '{}': there is no database at {} (serve or seed creates one; set \
+             database.url or run where it is relative to)",
+            settings.database.url,
+            shown.display()
+        );
+    }
     let store = open_store(settings)?;
     apply_retention(&store, &Retention::of(settings), &|| false)
 }
