@@ -327,13 +327,14 @@ async fn process_page(
     .ok_or_else(|| ApiError::input("no process has this asyncProcessId"))?;
     let groups_shown = process.steps.iter().flatten().all(|s| s.items.is_some());
     let status = process.status;
+    let (running, writer) = (process.runnable && !status.is_final(), caller.may(Scope::ProcessesWrite));
     Ok(ProcessPage {
         signed_in: state.auth.enabled(),
         csrf,
         process: ProcessView::new(&process, groups_shown),
-        running: !status.is_final(),
-        can_cancel: caller.may(Scope::ProcessesWrite) && !status.is_final(),
-        can_retry: caller.may(Scope::ProcessesWrite) && status == Status::Failed,
+        running,
+        can_cancel: writer && running,
+        can_retry: writer && process.runnable && status == Status::Failed,
     })
 }
 

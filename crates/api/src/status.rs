@@ -133,6 +133,7 @@ mod tests {
             additional_data: raw(json!({"x": 1})),
             created_at_micros: 0,
             updated_at_micros: 0,
+            runnable: true,
         }
     }
 

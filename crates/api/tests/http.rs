@@ -210,6 +210,21 @@ on_both_backends! {
 }
 
 on_both_backends! {
+    fn the_dashboard_labels_records_of_history_and_offers_them_no_commands(server: &TestServer) {
+        server.seed_documented();
+        let text = |path: &str| server.client.get(format!("{}{path}", server.base)).send().unwrap().text().unwrap();
+        // 9876543 says InProgress, as imported: nothing runs it.
+        let page = text("/processes/9876543");
+        assert!(page.contains("A record of history, imported as it was"), "{page}");
+        assert!(!page.contains("Running for"), "{page}");
+        assert!(!page.contains("/cancel") && !page.contains("/retry"), "{page}");
+        assert!(page.contains(r#"data-running="false""#), "no live updates for a record: {page}");
+        let list = text("/");
+        assert_eq!(list.matches(r#"<span class="history""#).count(), 2, "{list}");
+    }
+}
+
+on_both_backends! {
     fn every_combination_of_the_three_parameters(server: &TestServer) {
         server.seed_documented();
         let records = documented();

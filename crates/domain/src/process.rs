@@ -22,6 +22,10 @@ pub struct ProcessStatus {
     /// (the dashboard), not part of the documented envelope.
     pub created_at_micros: i64,
     pub updated_at_micros: i64,
+    /// False for a record of history imported as it was (the documented example, seeded
+    /// history): the engine does not run it, and it takes no commands. For views, not part of
+    /// the documented envelope.
+    pub runnable: bool,
 }
 
 /// One step of a process, with its counters and, when asked for, its items.

@@ -19,6 +19,7 @@ pub struct ProcessRow {
     pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    pub runnable: bool,
 }
 
 #[derive(Insertable)]

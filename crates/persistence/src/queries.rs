@@ -337,6 +337,7 @@ pub(crate) fn assemble(
         steps: reports,
         created_at_micros: row.created_at,
         updated_at_micros: row.updated_at,
+        runnable: row.runnable,
     })
 }
 

@@ -41,6 +41,9 @@ pub(super) struct ProcessView {
     pub(super) total_steps: u32,
     pub(super) steps: Vec<StepView>,
     pub(super) additional_data: String,
+    /// Imported as it was: the engine does not run it, so it is neither running nor takes
+    /// commands, whatever its status says.
+    pub(super) history: bool,
 }
 
 impl ProcessView {
@@ -92,6 +95,7 @@ impl ProcessView {
             additional_data: serde_json::from_str::<serde_json::Value>(process.additional_data.as_str())
                 .and_then(|v| serde_json::to_string_pretty(&v))
                 .unwrap_or_else(|_| process.additional_data.as_str().to_owned()),
+            history: !process.runnable,
         }
     }
 }
