@@ -1,12 +1,13 @@
 //! Operating the real binary (contract §7): health and readiness, request ids, metrics that
 //! move, and retention.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::engine::{call, wait_final};
-use crate::{command, seed, start, temp_db};
+use crate::{command, on_both_backends, seed, start, temp_db};
 
 /// The value of the first `/metrics` sample whose line starts with `prefix`, or 0.
 fn sample(base: &str, prefix: &str) -> f64 {
@@ -120,4 +121,54 @@ fn finished_processes_past_retention_are_purged_with_what_they_own() {
         .map(|r| r["asyncProcessId"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["9876543"], "the unfinished one stays");
+}
+
+// `async-engine seed --demo`: live processes the engine runs once the server serves, seen
+// moving and then finished by the demo rules; a second seeding creates nothing.
+on_both_backends! {
+    fn seed_demo_starts_live_processes_that_the_engine_runs(_dir: &Path, db: &str) {
+        let seeded = command(db, &["seed", "--demo", "3", "--history", "6", "--items", "60"], &[]).output().unwrap();
+        let said = String::from_utf8_lossy(&seeded.stderr);
+        assert!(seeded.status.success(), "{said}");
+        assert!(said.contains("11 process(es) created, 0 already present"), "{said}");
+        let server = start(db, &[]);
+        let (status, live) = crate::get(&server.base, "/v1/asyncprocesses?asyncProcessName=Demo%20CPQ");
+        assert_eq!(status, 202, "{live}");
+        let ids: Vec<String> = live["AsyncProcessStatus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["asyncProcessId"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids.len(), 3, "{live}");
+        // 3 x 60 items x 2 steps at 20 ms an item over 2 engine workers: about 4 s, and seen
+        // part-way.
+        let mut seen_moving = false;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let finals = loop {
+            let records: Vec<Value> = ids
+                .iter()
+                .map(|id| crate::get(&server.base, &format!("/v1/asyncprocesses/{id}?itemsList=false")).1["AsyncProcessStatus"][0].clone())
+                .collect();
+            seen_moving |= records.iter().any(|r| {
+                let done = r["itemsProcessed"][0]["currentNumberOfItemsProccessed"].as_u64().unwrap_or(0);
+                r["status"] == "InProgress" && done > 0 && done < 60
+            });
+            if records.iter().all(|r| ["Success", "Failed"].contains(&r["status"].as_str().unwrap())) {
+                break records;
+            }
+            assert!(std::time::Instant::now() < deadline, "{records:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(seen_moving, "never seen part-way");
+        // By the rules: process 0's items are clean, the others' are not.
+        assert_eq!(finals.iter().map(|r| r["status"].as_str().unwrap()).collect::<Vec<_>>(), ["Failed", "Failed", "Success"], "newest first");
+        for record in &finals {
+            assert_eq!(record["itemsProcessed"][1]["currentNumberOfItemsProccessed"], 60, "{record}");
+        }
+        drop(server);
+        let again = command(db, &["seed", "--demo", "3", "--history", "6", "--items", "60"], &[]).output().unwrap();
+        let said = String::from_utf8_lossy(&again.stderr);
+        assert!(said.contains("0 process(es) created, 11 already present"), "{said}");
+    }
 }

@@ -248,7 +248,7 @@ fn backend(name: &'static str, url: &str, pg_server: Option<&str>) -> anyhow::Re
     let _ = pg_server;
     let store = Store::open(url, 8)?;
     store.migrate()?;
-    for snapshot in crate::documented_snapshots(now_micros())? {
+    for snapshot in async_engine::seed::documented_snapshots(now_micros())? {
         store.import(&TenantId::default_tenant(), &snapshot)?;
     }
     let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(600)).build()?;

@@ -1,10 +1,9 @@
-//! Developer chores: `cargo xtask seed` stores the documented example (and generated demo
-//! processes); `cargo xtask measure-lookup` times status reads on a large process;
+//! Developer chores: `cargo xtask seed` is `async-engine seed` (the documented example and
+//! demo processes) with a `--database-url`; `cargo xtask measure-lookup` times status reads on a large process;
 //! `cargo xtask measure-engine` measures the engine's throughput; `cargo xtask
 //! measure-waiting` counts the database reads of clients waiting on a running process.
 
 mod bench;
-mod demo;
 mod engine;
 mod measure;
 #[cfg(test)]
@@ -12,17 +11,11 @@ mod tidy;
 mod waiting;
 
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use async_engine::Settings;
-use async_engine_domain::{ImportResult, ProcessSnapshot, SnapshotWriter, TenantId};
-use async_engine_persistence::Store;
+use async_engine_domain::TenantId;
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
-
-/// The documented example, as in the contract's fixture.
-const DOCUMENTED_EXAMPLE: &str = include_str!("../../fixtures/documented-example.json");
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Async Engine developer chores")]
@@ -39,11 +32,14 @@ enum Command {
         /// Database to seed; defaults to the server's database.url (config and environment).
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
-        /// Add this many generated demo processes (demo-000000, demo-000001, ...).
+        /// Start this many live "Demo CPQ" processes, run by the engine once a server serves.
         #[arg(long, value_name = "N", default_value_t = 0)]
         demo: u32,
-        /// Items per demo process.
-        #[arg(long, value_name = "M", default_value_t = 20)]
+        /// Also store this many generated records of history in every state.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        history: u32,
+        /// Items per demo process and record.
+        #[arg(long, value_name = "M", default_value_t = 200)]
         items: u32,
         /// Tenant that owns the seeded processes.
         #[arg(long, default_value = TenantId::DEFAULT)]
@@ -112,15 +108,15 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Seed { database_url, demo, items, tenant } => {
+        Command::Seed { database_url, demo, history, items, tenant } => {
             let mut settings = Settings::from_env(None)?;
             if let Some(url) = database_url {
                 settings.database.url = url;
             }
             let tenant = TenantId::new(tenant).context("--tenant")?;
-            let store = async_engine::open_store(&settings)?;
-            store.migrate().context("applying migrations")?;
-            seed(&store, &tenant, demo, items)
+            let plan = async_engine::seed::Seed { tenant, live: demo, history, items };
+            eprintln!("{}", async_engine::seed_database(&settings, &plan)?);
+            Ok(())
         }
         Command::MeasureLookup { items, rounds } => measure::run(items, rounds),
         Command::MeasureEngine { items, workers, chunk, postgres, nodes } => {
@@ -135,59 +131,4 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
-}
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-/// The documented processes, oldest first, as the fixture lists them.
-pub fn documented_snapshots(created_at_micros: i64) -> anyhow::Result<Vec<ProcessSnapshot>> {
-    let envelope: serde_json::Value = serde_json::from_str(DOCUMENTED_EXAMPLE)?;
-    let records =
-        envelope["AsyncProcessStatus"].as_array().context("the fixture has no AsyncProcessStatus array")?;
-    records
-        .iter()
-        .zip(0..)
-        .map(|(record, n)| {
-            ProcessSnapshot::from_documented_record(record, created_at_micros + n)
-                .context("the documented example does not parse")
-        })
-        .collect()
-}
-
-fn seed(store: &Store, tenant: &TenantId, demo: u32, items: u32) -> anyhow::Result<()> {
-    let started = now_micros();
-    let mut created = 0;
-    let mut present = 0;
-    let mut count = |result: ImportResult| match result {
-        ImportResult::Created => created += 1,
-        ImportResult::AlreadyPresent => present += 1,
-    };
-    for snapshot in documented_snapshots(started)? {
-        count(store.import(tenant, &snapshot)?);
-    }
-    if demo > 0 {
-        let bar = ProgressBar::new(u64::from(demo)).with_style(
-            ProgressStyle::with_template(
-                "{spinner} demo processes {bar:30} {pos}/{len} {per_sec} eta {eta} {msg}",
-            )
-            .context("progress bar template")?,
-        );
-        for n in 0..demo {
-            let snapshot = demo::process(n, items, started + 10 + i64::from(n))?;
-            bar.set_message(format!("{} ({} items)", snapshot.async_process_id, snapshot.items.len()));
-            count(store.import(tenant, &snapshot)?);
-            bar.inc(1);
-        }
-        bar.finish_with_message("done");
-    }
-    eprintln!(
-        "seeded {}: {created} process(es) created, {present} already present (tenant {tenant})",
-        store.describe()
-    );
-    Ok(())
 }

@@ -13,11 +13,11 @@ pub fn run(items: u32, rounds: u32) -> anyhow::Result<()> {
     let store = Store::open(path.to_str().context("temporary path is not UTF-8")?, 2)?;
     store.migrate()?;
     let tenant = TenantId::default_tenant();
-    for snapshot in crate::documented_snapshots(0)? {
+    for snapshot in async_engine::seed::documented_snapshots(0)? {
         store.import(&tenant, &snapshot)?;
     }
     let started = Instant::now();
-    let large = crate::demo::process(0, items, 10)?;
+    let large = async_engine::seed::process(0, items, 10)?;
     store.import(&tenant, &large)?;
     eprintln!("stored a {items}-item, 2-step process in {:.1?}", started.elapsed());
 

@@ -1,4 +1,5 @@
-//! Built-in handlers: `noop`, and the demo rules of the "Bulk CPQ" definition.
+//! Built-in handlers: `noop`, the demo rules of the "Bulk CPQ" definition, and the same rules
+//! at a walking pace for the live demo ("Demo CPQ", `async-engine seed --demo`).
 
 use async_engine_domain::{ClaimedTask, FailureSnapshot, TaskReport};
 use serde_json::Value;
@@ -64,6 +65,22 @@ impl Handler for Rules {
             }
         }
         report
+    }
+}
+
+/// Rules that take `per_item` of (sleeping) time per item, so that a demo's progress bars
+/// visibly advance: `demo-validate` and `demo-price`. They hold an engine worker while they
+/// sleep, as a slow handler of a team's own would.
+pub struct Paced {
+    pub rules: Rules,
+    pub per_item: std::time::Duration,
+}
+
+impl Handler for Paced {
+    fn run(&self, task: &ClaimedTask) -> TaskReport {
+        let items = u32::try_from(task.items.len()).unwrap_or(u32::MAX);
+        std::thread::sleep(self.per_item.saturating_mul(items));
+        self.rules.run(task)
     }
 }
 

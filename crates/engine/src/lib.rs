@@ -25,12 +25,16 @@ pub trait Handler: Send + Sync {
 pub struct Handlers(HashMap<String, Arc<dyn Handler>>);
 
 impl Handlers {
-    /// `noop`, `validate` and `price`.
+    /// `noop`, `validate` and `price`, and `demo-validate` and `demo-price` (the same rules,
+    /// 20 ms an item).
     pub fn builtin() -> Self {
         let mut handlers = Self::default();
         handlers.add("noop", builtin::Noop);
         handlers.add("validate", builtin::Rules::Validate);
         handlers.add("price", builtin::Rules::Price);
+        let per_item = Duration::from_millis(20);
+        handlers.add("demo-validate", builtin::Paced { rules: builtin::Rules::Validate, per_item });
+        handlers.add("demo-price", builtin::Paced { rules: builtin::Rules::Price, per_item });
         handlers
     }
 

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod runner;
+pub mod seed;
 pub mod settings;
 mod telemetry;
 pub mod upload;
@@ -25,6 +26,13 @@ pub use settings::Settings;
 pub fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     Store::open_with(&settings.database.url, settings.database.pool_size, settings.session_timeouts())
         .with_context(|| format!("database.url '{}'", settings.database.url))
+}
+
+/// `async-engine seed`: migrates the database, creating it if need be, then seeds it.
+pub fn seed_database(settings: &Settings, plan: &seed::Seed) -> anyhow::Result<String> {
+    let store = open_store(settings)?;
+    store.migrate().context("applying migrations")?;
+    seed::seed(settings, &store, plan)
 }
 
 /// `async-engine migrate`: applies pending migrations and says which.

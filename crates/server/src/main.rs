@@ -48,6 +48,26 @@ enum Command {
     Migrate(ConfigArgs),
     /// Delete processes that finished more than retention.days ago, now.
     Purge(ConfigArgs),
+    /// Store the documented example and demo processes in the database (migrating it first,
+    /// creating it if need be); idempotent.
+    Seed {
+        /// Start this many live "Demo CPQ" processes, which the engine runs once the server
+        /// serves: about a minute of visible progress for 8 of them.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        demo: u32,
+        /// Also store this many generated records of history in every state (imported as
+        /// they are; the engine does not run them).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        history: u32,
+        /// Items per demo process and record.
+        #[arg(long, value_name = "M", default_value_t = 200)]
+        items: u32,
+        /// The tenant that owns what is seeded.
+        #[arg(long, default_value = async_engine_domain::TenantId::DEFAULT)]
+        tenant: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// Start a process on a running server.
     Submit {
         /// The process definition's name.
@@ -222,7 +242,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(
         cli.command,
-        Command::Serve(_) | Command::Migrate(_) | Command::Purge(_) | Command::Token { .. }
+        Command::Serve(_)
+            | Command::Migrate(_)
+            | Command::Purge(_)
+            | Command::Seed { .. }
+            | Command::Token { .. }
     ) {
         return match client_command(cli.command, cli.server) {
             Ok(code) => ExitCode::from(code),
@@ -413,7 +437,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         eprintln!("async-engine: the key to add to the server's configuration:");
         return write_stdout(&entry);
     }
-    let (Command::Serve(config) | Command::Migrate(config) | Command::Purge(config)) = &cli.command else {
+    let (Command::Serve(config)
+    | Command::Migrate(config)
+    | Command::Purge(config)
+    | Command::Seed { config, .. }) = &cli.command
+    else {
         return Ok(());
     };
     let settings = Settings::from_env(config.config.as_deref())?;
@@ -428,6 +456,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(_) => async_engine::serve(&settings),
+        Command::Seed { demo, history, items, tenant, .. } => {
+            let tenant = async_engine_domain::TenantId::new(tenant).context("--tenant")?;
+            let plan = async_engine::seed::Seed { tenant, live: demo, history, items };
+            let said = async_engine::seed_database(&settings, &plan)?;
+            eprintln!("async-engine: {said}");
+            Ok(())
+        }
         Command::Migrate(_) => {
             let applied = async_engine::migrate(&settings)?;
             if applied.is_empty() {

@@ -1,19 +1,104 @@
-//! Generated demo processes of the "Bulk CPQ" kind in every state, with failures that follow
-//! the built-in `validate` and `price` handlers' rules, and statuses, messages and counts told
-//! by the domain's own status rules.
+//! `async-engine seed` (and `cargo xtask seed`): the documented example; live demo processes
+//! of "Demo CPQ" that the engine runs at a walking pace, so that a new user sees progress move;
+//! and, on request, generated records of history in every state. Idempotent: seeding again
+//! creates nothing that is there already. Failures follow the built-in `validate` and `price`
+//! rules, and the records' statuses, messages and counts the domain's own status rules.
 
+use anyhow::Context;
 use async_engine_domain::status::{current_step, process_message, process_status};
 use async_engine_domain::{
-    FailureSnapshot, ProcessEnd, ProcessId, ProcessSnapshot, RawJson, ReferenceId, StepSnapshot, StepState,
+    FailureSnapshot, ImportResult, NewProcess, ProcessEnd, ProcessId, ProcessSnapshot, ProcessStore, RawJson,
+    ReferenceId, SnapshotWriter, Started, StepSnapshot, StepState, TenantId,
 };
 use async_engine_engine::builtin::Rules;
+use async_engine_engine::now_micros;
+use async_engine_persistence::Store;
 use serde_json::json;
+
+use crate::Settings;
+
+/// The documented example, as in the contract's fixture.
+const DOCUMENTED_EXAMPLE: &str = include_str!("../../../fixtures/documented-example.json");
+
+/// The definition the live demo runs (in `config/default.toml`).
+pub const LIVE_DEFINITION: &str = "Demo CPQ";
+
+/// What to seed.
+#[derive(Debug, Clone)]
+pub struct Seed {
+    pub tenant: TenantId,
+    /// Live "Demo CPQ" processes, run by the engine once the server serves.
+    pub live: u32,
+    /// Generated records of history (imported as they are; the engine does not run them).
+    pub history: u32,
+    /// Items per generated process.
+    pub items: u32,
+}
+
+/// Seeds `store`; returns the line that says what was created.
+pub fn seed(settings: &Settings, store: &Store, plan: &Seed) -> anyhow::Result<String> {
+    let started = now_micros();
+    let (mut created, mut present) = (0, 0);
+    let mut count = |new: bool| if new { created += 1 } else { present += 1 };
+    for snapshot in documented_snapshots(started)? {
+        count(store.import(&plan.tenant, &snapshot)? == ImportResult::Created);
+    }
+    if plan.live > 0 {
+        let definition = settings
+            .definitions()?
+            .into_iter()
+            .find(|d| d.name == LIVE_DEFINITION)
+            .with_context(|| format!("--demo runs the definition '{LIVE_DEFINITION}', which the configuration does not have (a --config file with [[processes]] replaces the built-in list)"))?;
+        for n in 0..plan.live {
+            let process = NewProcess {
+                tenant: plan.tenant.clone(),
+                async_process_id: ProcessId::new(uuid::Uuid::now_v7().simple().to_string())?,
+                reference_id: ReferenceId::new(format!("LIVE-{n:04}"))?,
+                definition: definition.clone(),
+                items: (0..plan.items).map(|j| RawJson::from_value(&demo_item(n, j, n % 3 == 0))).collect(),
+                additional_data: RawJson::from_value(
+                    &json!({ "source": "async-engine seed --demo", "live": n }),
+                ),
+                // The same key on every seeding: a second one returns the first's process.
+                idempotency_key: Some(format!("async-engine seed --demo {n}")),
+                callback_url: None,
+                now_micros: started + 100 + i64::from(n),
+            };
+            count(matches!(store.start(&process)?, Started::Created(_)));
+        }
+    }
+    for n in 0..plan.history {
+        let snapshot = process(n, plan.items, started + 10 + i64::from(n))?;
+        count(store.import(&plan.tenant, &snapshot)? == ImportResult::Created);
+    }
+    Ok(format!(
+        "seeded {}: {created} process(es) created, {present} already present (tenant {})",
+        store.describe(),
+        plan.tenant
+    ))
+}
+
+/// The documented processes, oldest first, as the fixture lists them.
+pub fn documented_snapshots(created_at_micros: i64) -> anyhow::Result<Vec<ProcessSnapshot>> {
+    let envelope: serde_json::Value = serde_json::from_str(DOCUMENTED_EXAMPLE)?;
+    let records =
+        envelope["AsyncProcessStatus"].as_array().context("the fixture has no AsyncProcessStatus array")?;
+    records
+        .iter()
+        .zip(0..)
+        .map(|(record, n)| {
+            ProcessSnapshot::from_documented_record(record, created_at_micros + n)
+                .context("the documented example does not parse")
+        })
+        .collect()
+}
 
 const PRODUCTS: [&str; 6] =
     ["BROADBAND-500", "MOBILE-UNLTD", "TV-PREMIUM", "VOIP-BASIC", "IOT-SIM", "DISCONTINUED-DSL"];
 const STEP_NAMES: [&str; 2] = ["Validate", "Price"];
 
-/// One demo process: what state it is in follows `n % 6`, so any N covers every state.
+/// One generated record of history: what state it is in follows `n % 6`, so any N covers
+/// every state.
 pub fn process(n: u32, item_count: u32, created_at_micros: i64) -> anyhow::Result<ProcessSnapshot> {
     let plan = Plan::for_process(n);
     let items: Vec<serde_json::Value> = (0..item_count).map(|j| demo_item(n, j, plan.clean)).collect();
@@ -66,7 +151,9 @@ pub fn process(n: u32, item_count: u32, created_at_micros: i64) -> anyhow::Resul
         status: process_status(&states, end),
         message: process_message(&states, &STEP_NAMES, end),
         current_step: current_step(&states) as u32,
-        additional_data: RawJson::from_value(&json!({ "source": "cargo xtask seed --demo", "batch": n / 3 })),
+        additional_data: RawJson::from_value(
+            &json!({ "source": "async-engine seed --history", "batch": n / 3 }),
+        ),
         items: items.iter().map(RawJson::from_value).collect(),
         steps,
         created_at_micros,

@@ -854,7 +854,7 @@ mod tests {
     fn the_default_definitions_are_valid_and_listed() {
         let settings = Settings::load(None, &[]).unwrap();
         let names: Vec<String> = settings.definitions().unwrap().into_iter().map(|d| d.name).collect();
-        assert_eq!(names, ["Bulk CPQ", "Noop", "External Pricing"]);
+        assert_eq!(names, ["Bulk CPQ", "Noop", "Demo CPQ", "External Pricing"]);
     }
 
     #[test]
