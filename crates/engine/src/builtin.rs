@@ -69,8 +69,8 @@ impl Handler for Rules {
 }
 
 /// Rules that take `per_item` of (sleeping) time per item, so that a demo's progress bars
-/// visibly advance: `demo-validate` and `demo-price`. They hold an engine worker while they
-/// sleep, as a slow handler of a team's own would.
+/// visibly advance: `demo-validate` and `demo-price`, run by an engine thread apart so that
+/// the sleep never holds a worker other processes' tasks wait for.
 pub struct Paced {
     pub rules: Rules,
     pub per_item: std::time::Duration,

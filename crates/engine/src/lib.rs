@@ -6,7 +6,7 @@ pub mod builtin;
 pub mod notify;
 pub mod push;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -22,38 +22,58 @@ pub trait Handler: Send + Sync {
 
 /// The built-in handlers by name (`builtin:NAME`).
 #[derive(Clone, Default)]
-pub struct Handlers(HashMap<String, Arc<dyn Handler>>);
+pub struct Handlers {
+    handlers: HashMap<String, Arc<dyn Handler>>,
+    /// Handlers run by a worker thread of their own, apart from the others: slow on purpose
+    /// (the live demo), they would otherwise hold every worker while other processes' tasks
+    /// wait behind theirs.
+    apart: BTreeSet<String>,
+}
 
 impl Handlers {
-    /// `noop`, `validate` and `price`, and `demo-validate` and `demo-price` (the same rules,
-    /// 20 ms an item).
+    /// `noop`, `validate` and `price`; and, on a thread of their own, `demo-validate` and
+    /// `demo-price` (the same rules, 20 ms an item).
     pub fn builtin() -> Self {
         let mut handlers = Self::default();
         handlers.add("noop", builtin::Noop);
         handlers.add("validate", builtin::Rules::Validate);
         handlers.add("price", builtin::Rules::Price);
         let per_item = Duration::from_millis(20);
-        handlers.add("demo-validate", builtin::Paced { rules: builtin::Rules::Validate, per_item });
-        handlers.add("demo-price", builtin::Paced { rules: builtin::Rules::Price, per_item });
+        handlers.add_apart("demo-validate", builtin::Paced { rules: builtin::Rules::Validate, per_item });
+        handlers.add_apart("demo-price", builtin::Paced { rules: builtin::Rules::Price, per_item });
         handlers
     }
 
     pub fn add(&mut self, name: &str, handler: impl Handler + 'static) {
-        self.0.insert(name.to_owned(), Arc::new(handler));
+        self.handlers.insert(name.to_owned(), Arc::new(handler));
+        self.apart.remove(name);
+    }
+
+    /// Adds a handler that one worker thread of its own runs, so that however slow it is, it
+    /// never delays the tasks of the others.
+    pub fn add_apart(&mut self, name: &str, handler: impl Handler + 'static) {
+        self.handlers.insert(name.to_owned(), Arc::new(handler));
+        self.apart.insert(name.to_owned());
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.0.contains_key(name)
+        self.handlers.contains_key(name)
     }
 
-    fn queues(&self) -> Vec<String> {
-        let mut queues: Vec<String> = self.0.keys().map(|name| format!("builtin:{name}")).collect();
-        queues.sort();
-        queues
+    /// The queues of the workers, then those of the thread apart (empty when none is).
+    fn queues(&self) -> (Vec<String>, Vec<String>) {
+        let (mut shared, mut apart) = (Vec::new(), Vec::new());
+        for name in self.handlers.keys() {
+            let queue = format!("builtin:{name}");
+            if self.apart.contains(name) { apart.push(queue) } else { shared.push(queue) }
+        }
+        shared.sort();
+        apart.sort();
+        (shared, apart)
     }
 
     fn for_queue(&self, queue: &str) -> Option<&Arc<dyn Handler>> {
-        queue.strip_prefix("builtin:").and_then(|name| self.0.get(name))
+        queue.strip_prefix("builtin:").and_then(|name| self.handlers.get(name))
     }
 }
 
@@ -155,19 +175,26 @@ pub fn start(
 ) -> std::io::Result<Running> {
     let stop = Arc::new(AtomicBool::new(false));
     let handlers = Arc::new(handlers);
-    let mut threads = Vec::with_capacity(config.workers);
-    for n in 0..config.workers.max(1) {
+    let (shared, apart) = handlers.queues();
+    let mut groups: Vec<(String, Vec<String>)> =
+        (0..config.workers.max(1)).map(|n| (n.to_string(), shared.clone())).collect();
+    if !apart.is_empty() {
+        groups.push(("apart".to_owned(), apart.clone()));
+    }
+    let mut threads = Vec::with_capacity(groups.len());
+    for (n, queues) in groups {
         let worker = Worker {
             id: format!("{}-{n}", config.node),
             store: store.clone(),
             handlers: handlers.clone(),
+            queues,
             config: config.clone(),
             stop: stop.clone(),
             waker: waker.clone(),
         };
         threads.push(std::thread::Builder::new().name(format!("engine-{n}")).spawn(move || worker.run())?);
     }
-    tracing::info!(workers = threads.len(), queues = ?handlers.queues(), "engine started");
+    tracing::info!(workers = threads.len(), queues = ?shared, apart = ?apart, "engine started");
     Ok(Running { stop, waker, threads })
 }
 
@@ -175,6 +202,8 @@ struct Worker {
     id: String,
     store: Arc<dyn TaskStore>,
     handlers: Arc<Handlers>,
+    /// The queues this worker claims from.
+    queues: Vec<String>,
     config: EngineConfig,
     stop: Arc<AtomicBool>,
     waker: Waker,
@@ -193,7 +222,7 @@ pub fn now_micros() -> i64 {
 
 impl Worker {
     fn run(self) {
-        let queues = self.handlers.queues();
+        let queues = self.queues.clone();
         let lease_micros = i64::try_from(self.config.lease.as_micros()).unwrap_or(i64::MAX);
         let mut failures = 0_u32;
         while !self.stop.load(Ordering::SeqCst) {
@@ -400,7 +429,13 @@ mod tests {
 
     #[test]
     fn workers_claim_from_every_builtin_queue() {
-        assert_eq!(Handlers::builtin().queues(), ["builtin:noop", "builtin:price", "builtin:validate"]);
+        let (shared, apart) = Handlers::builtin().queues();
+        assert_eq!(shared, ["builtin:noop", "builtin:price", "builtin:validate"]);
+        assert_eq!(
+            apart,
+            ["builtin:demo-price", "builtin:demo-validate"],
+            "the live demo's, on a thread apart"
+        );
     }
 
     #[test]
