@@ -158,7 +158,7 @@ enum Command {
     /// Write a step's results to standard output: every item with its outcome (succeeded,
     /// failed with code and message, or unprocessed), in item order, as NDJSON or CSV.
     Results {
-        /// An asyncProcessId.
+        /// An asyncProcessId, or a referenceId that names one process.
         id: String,
         /// The step, from 0.
         #[arg(long, default_value_t = 0)]
