@@ -12,9 +12,7 @@ mod waiting;
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use async_engine::Settings;
-use async_engine_domain::TenantId;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -32,18 +30,8 @@ enum Command {
         /// Database to seed; defaults to the server's database.url (config and environment).
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
-        /// Start this many live "Demo CPQ" processes, run by the engine once a server serves.
-        #[arg(long, value_name = "N", default_value_t = 0)]
-        demo: u32,
-        /// Also store this many generated records of history in every state.
-        #[arg(long, value_name = "N", default_value_t = 0)]
-        history: u32,
-        /// Items per demo process and record.
-        #[arg(long, value_name = "M", default_value_t = 200)]
-        items: u32,
-        /// Tenant that owns the seeded processes.
-        #[arg(long, default_value = TenantId::DEFAULT)]
-        tenant: String,
+        #[command(flatten)]
+        seed: async_engine::seed::SeedArgs,
     },
     /// Time status lookups on a process of many items against the 6-item documented example.
     MeasureLookup {
@@ -108,14 +96,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Seed { database_url, demo, history, items, tenant } => {
+        Command::Seed { database_url, seed } => {
             let mut settings = Settings::from_env(None)?;
             if let Some(url) = database_url {
                 settings.database.url = url;
             }
-            let tenant = TenantId::new(tenant).context("--tenant")?;
-            let plan = async_engine::seed::Seed { tenant, live: demo, history, items };
-            eprintln!("{}", async_engine::seed_database(&settings, &plan)?);
+            eprintln!("{}", async_engine::seed_database(&settings, &seed.plan()?)?);
             Ok(())
         }
         Command::MeasureLookup { items, rounds } => measure::run(items, rounds),

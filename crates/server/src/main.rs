@@ -51,20 +51,8 @@ enum Command {
     /// Store the documented example and demo processes in the database (migrating it first,
     /// creating it if need be); idempotent.
     Seed {
-        /// Start this many live "Demo CPQ" processes, which the engine runs once the server
-        /// serves: about a minute of visible progress for 8 of them.
-        #[arg(long, value_name = "N", default_value_t = 0)]
-        demo: u32,
-        /// Also store this many generated records of history in every state (imported as
-        /// they are; the engine does not run them).
-        #[arg(long, value_name = "N", default_value_t = 0)]
-        history: u32,
-        /// Items per demo process and record.
-        #[arg(long, value_name = "M", default_value_t = 200)]
-        items: u32,
-        /// The tenant that owns what is seeded.
-        #[arg(long, default_value = async_engine_domain::TenantId::DEFAULT)]
-        tenant: String,
+        #[command(flatten)]
+        seed: async_engine::seed::SeedArgs,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -456,10 +444,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(_) => async_engine::serve(&settings),
-        Command::Seed { demo, history, items, tenant, .. } => {
-            let tenant = async_engine_domain::TenantId::new(tenant).context("--tenant")?;
-            let plan = async_engine::seed::Seed { tenant, live: demo, history, items };
-            let said = async_engine::seed_database(&settings, &plan)?;
+        Command::Seed { seed, .. } => {
+            let said = async_engine::seed_database(&settings, &seed.plan()?)?;
             eprintln!("async-engine: {said}");
             Ok(())
         }

@@ -23,6 +23,33 @@ const DOCUMENTED_EXAMPLE: &str = include_str!("../../../fixtures/documented-exam
 /// The definition the live demo runs (in `config/default.toml`).
 pub const LIVE_DEFINITION: &str = "Demo CPQ";
 
+/// The flags of `async-engine seed` and `cargo xtask seed`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SeedArgs {
+    /// Start this many live "Demo CPQ" processes, which the engine runs once the server
+    /// serves: about a minute of visible progress for 8 of them.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub demo: u32,
+    /// Also store this many generated records of history in every state (imported as they
+    /// are; the engine does not run them).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub history: u32,
+    /// Items per demo process and record.
+    #[arg(long, value_name = "M", default_value_t = 200)]
+    pub items: u32,
+    /// The tenant that owns what is seeded.
+    #[arg(long, default_value = TenantId::DEFAULT)]
+    pub tenant: String,
+}
+
+impl SeedArgs {
+    /// What to seed, the tenant checked.
+    pub fn plan(&self) -> anyhow::Result<Seed> {
+        let tenant = TenantId::new(self.tenant.clone()).context("--tenant")?;
+        Ok(Seed { tenant, live: self.demo, history: self.history, items: self.items })
+    }
+}
+
 /// What to seed.
 #[derive(Debug, Clone)]
 pub struct Seed {
