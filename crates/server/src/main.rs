@@ -32,6 +32,22 @@ struct ServerArgs {
     token: Option<String>,
 }
 
+/// A step of a process and which of its items, for `items` and `results`.
+#[derive(clap::Args)]
+struct StepOutcomes {
+    /// An asyncProcessId, or a referenceId that names one process.
+    id: String,
+    /// The step, from 0.
+    #[arg(long, default_value_t = 0)]
+    step: u32,
+    /// Only the items that failed at the step.
+    #[arg(long, group = "which")]
+    failed: bool,
+    /// Only the items that succeeded at the step.
+    #[arg(long, group = "which", alias = "successful")]
+    succeeded: bool,
+}
+
 /// The server's own configuration, for the commands that open its database.
 #[derive(clap::Args)]
 struct ConfigArgs {
@@ -126,17 +142,8 @@ enum Command {
     /// Write the items a step recorded to standard output, one JSON object a line
     /// ({"index", "item"}, with "code" and "statusMessage" for a failure), in recording order.
     Items {
-        /// An asyncProcessId, or a referenceId that names one process.
-        id: String,
-        /// The step, from 0.
-        #[arg(long, default_value_t = 0)]
-        step: u32,
-        /// Only the items that failed at the step.
-        #[arg(long, group = "which")]
-        failed: bool,
-        /// Only the items that succeeded at the step.
-        #[arg(long, group = "which")]
-        successful: bool,
+        #[command(flatten)]
+        step: StepOutcomes,
         /// At most this many (default: every one, read a page at a time).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         limit: Option<u64>,
@@ -146,17 +153,8 @@ enum Command {
     /// Write a step's results to standard output: every item with its outcome (succeeded,
     /// failed with code and message, or unprocessed), in item order, as NDJSON or CSV.
     Results {
-        /// An asyncProcessId, or a referenceId that names one process.
-        id: String,
-        /// The step, from 0.
-        #[arg(long, default_value_t = 0)]
-        step: u32,
-        /// Only the items that failed at the step.
-        #[arg(long, group = "which")]
-        failed: bool,
-        /// Only the items that succeeded at the step.
-        #[arg(long, group = "which")]
-        succeeded: bool,
+        #[command(flatten)]
+        step: StepOutcomes,
         /// Only the items with no outcome at the step.
         #[arg(long, group = "which")]
         unprocessed: bool,
@@ -312,7 +310,7 @@ fn client_command(command: Command, server: ServerArgs) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Results { id, step, failed, succeeded, unprocessed, format } => {
+        Command::Results { step: StepOutcomes { id, step, failed, succeeded }, unprocessed, format } => {
             use async_engine_client::ResultOutcome;
             let outcome = match (failed, succeeded, unprocessed) {
                 (true, _, _) => ResultOutcome::Failed,
@@ -368,9 +366,9 @@ fn client_command(command: Command, server: ServerArgs) -> anyhow::Result<u8> {
             write_stdout(&summary(&server.client()?.retry(&id)?))?;
             Ok(0)
         }
-        Command::Items { id, step, failed, successful, limit } => {
+        Command::Items { step: StepOutcomes { id, step, failed, succeeded }, limit } => {
             use async_engine_client::ItemOutcome;
-            let outcome = match (failed, successful) {
+            let outcome = match (failed, succeeded) {
                 (true, _) => ItemOutcome::Failed,
                 (_, true) => ItemOutcome::Successful,
                 _ => ItemOutcome::All,
