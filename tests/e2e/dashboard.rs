@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: headless Chromium driven through chromedriver (Debian's
 //! `chromium` and `chromium-driver`, installed by `.ci/run`). Built as ignored where no
-//! browser is installed (`crates/server/build.rs`). It saves the README's screenshot, `docs/dashboard.png`, and sends a
-//! page's own form as a browser does (its `Origin`, `Sec-Fetch-Site` and cookies).
+//! browser is installed (`crates/server/build.rs`). It saves the docs' screenshots (`docs/dashboard.png`,
+//! `docs/dashboard-list.png`, `docs/dashboard-queues.png`) and sends a page's own form as a
+//! browser does (its `Origin`, `Sec-Fetch-Site` and cookies).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -83,12 +84,35 @@ fn the_dashboard_shows_the_documented_example_and_a_running_process_live_and_its
             }
         };
 
-        // The list: both documented processes and the running one.
+        // The list: both documented processes and the running one, under the totals.
         client.goto(&format!("{}/", server.base)).await.unwrap();
         let list = text(&client).await;
-        for expected in ["9876543", "64221481", "12324", "Bulk CPQ", &running] {
+        for expected in ["9876543", "64221481", "12324", "Bulk CPQ", &running, "1 Success", "Finished in the last 15 minutes"] {
             assert!(list.contains(expected), "{expected} missing from the list:\n{list}");
         }
+        // It refreshes itself: a process started meanwhile shows up without a reload.
+        script(&client, "window.stayed = 'yes'; return null;").await;
+        let (_, later) = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let body = json!({ "asyncProcessName": "External", "referenceId": "later", "items": [1] });
+                    call(&server.base, "POST", "/v1/asyncprocesses", Some(body))
+                })
+                .join()
+                .unwrap()
+        });
+        let later = later["AsyncProcessStatus"][0]["asyncProcessId"].as_str().unwrap().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let seen = script(&client, "return [document.querySelector('main').innerText, window.stayed || null];").await;
+            if seen[0].as_str().unwrap_or_default().contains(&later) && seen[1] == json!("yes") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the list did not refresh in place: {seen}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let png = client.screenshot().await.unwrap();
+        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/dashboard-list.png"), png).unwrap();
 
         // The documented example's process page: steps, counts, failure codes and messages.
         client.goto(&format!("{}/processes/9876543", server.base)).await.unwrap();
@@ -96,6 +120,13 @@ fn the_dashboard_shows_the_documented_example_and_a_running_process_live_and_its
         for expected in ["Validate", "Price", "6 / 6", "3 / 6", "5001", "Invalid status", "5004", "Missing data", "InProgress"] {
             assert!(page.contains(expected), "{expected} missing from the process page:\n{page}");
         }
+        // A failed step's bar is drawn red, not in the platform's blue.
+        let red = script(
+            &client,
+            "return [...document.querySelectorAll('progress.Failed')].map(b => getComputedStyle(b).accentColor);",
+        )
+        .await;
+        assert_eq!(red, json!(["rgb(179, 38, 30)"]), "the failed step's bar");
         let png = client.screenshot().await.unwrap();
         let shot = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/dashboard.png");
         std::fs::write(shot, png).unwrap();
@@ -137,6 +168,26 @@ fn the_dashboard_shows_the_documented_example_and_a_running_process_live_and_its
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(text(&client).await.contains("5 / 10"));
+
+        // The queues page: the other task, leased by a worker that holds it.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let claim = json!({ "queue": "work", "workerId": "pricing-worker-1", "maxTasks": 1 });
+                    let (status, claimed) = call(&server.base, "POST", "/v1/tasks/claim", Some(claim));
+                    assert_eq!((status, claimed["tasks"].as_array().map(Vec::len)), (200, Some(1)), "{claimed}");
+                })
+                .join()
+                .unwrap();
+        });
+        client.goto(&format!("{}/queues", server.base)).await.unwrap();
+        let queues = text(&client).await;
+        for expected in ["queue:work", "pricing-worker-1", "s ago"] {
+            assert!(queues.contains(expected), "{expected} missing from the queues page:\n{queues}");
+        }
+        let png = client.screenshot().await.unwrap();
+        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/dashboard-queues.png"), png).unwrap();
+        client.goto(&format!("{}/processes/{running}", server.base)).await.unwrap();
 
         // The page's own form, as a person sends it: Cancel posts back to this server (under the
         // pages' `Referrer-Policy: no-referrer` Chromium says `Origin: null`, with

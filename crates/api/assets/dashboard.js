@@ -1,5 +1,24 @@
 // The dashboard's script, compiled into the binary and served as /assets/dashboard.js (pages
 // allow no inline script).
+// Pages with data-refresh (the list, the queues) fetch themselves again every so many seconds
+// while shown, and swap in their tables; never while a form field has the focus.
+(() => {
+  const main = document.querySelector("main");
+  const seconds = Number(main.dataset.refresh);
+  if (!seconds || !window.fetch || !window.DOMParser) return;
+  const refresh = async () => {
+    if (document.visibilityState !== "visible" || document.activeElement?.closest("form")) return;
+    const answer = await fetch(location.href, { credentials: "same-origin" });
+    if (!answer.ok) return clearInterval(timer);
+    const fresh = new DOMParser().parseFromString(await answer.text(), "text/html");
+    for (const old of main.querySelectorAll("[id]")) {
+      const replacement = fresh.getElementById(old.id);
+      if (replacement && !old.closest("form")) old.replaceWith(replacement);
+    }
+  };
+  const timer = setInterval(() => refresh().catch(() => {}), seconds * 1000);
+})();
+
 // Live progress from the event stream while the process runs; a final state reloads the page
 // once, for the failure groups.
 (() => {

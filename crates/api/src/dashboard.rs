@@ -11,8 +11,8 @@ use actix_web::http::header::{CACHE_CONTROL, HOST, HeaderName, LOCATION, ORIGIN,
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use async_engine_domain::{
-    Detail, IdKind, ItemsQuery, ListError, ListQuery, LookupId, OutcomeFilter, ProcessStatus, Status,
-    StatusQuery, TenantId,
+    Detail, FailureCount, IdKind, ItemsQuery, ListError, ListQuery, LookupId, OutcomeFilter, Overview,
+    ProcessStatus, Status, StatusQuery, TenantId,
 };
 
 use crate::auth::{Auth, CSRF_COOKIE, CSRF_FIELD, Caller, SESSION_COOKIE, Scope};
@@ -26,7 +26,10 @@ use crate::state::AppState;
 
 mod views;
 
-use views::{ItemView, ItemsPage, ListPage, MessagePage, ProcessPage, ProcessView, html};
+use views::{
+    DefinitionsPage, DeliveriesPage, DeliveryView, ItemView, ItemsPage, ListPage, MessagePage, ProcessPage,
+    ProcessView, QueuesPage, SummaryView, html,
+};
 
 /// Processes per list page.
 const PAGE: u32 = 25;
@@ -35,6 +38,8 @@ const ITEMS_PAGE: u32 = 200;
 /// A process page lists its failure groups when it has at most this many outcomes; larger ones
 /// link to the items pages instead of reading every item.
 const MAX_LISTED: u64 = 5_000;
+/// The list's "finished lately" counts processes that finished this many minutes back.
+const RECENT_MINUTES: i64 = 15;
 /// The largest dashboard form (a token and a CSRF token).
 const MAX_FORM_BYTES: usize = 4096;
 /// The page script (live progress from the event stream) and style sheet, compiled in.
@@ -52,6 +57,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/processes/{id}", GET).route(web::get().to(process)))
         .service(resource("/processes/{id}/steps/{step}/items", GET).route(web::get().to(items)))
         .service(resource("/processes/{id}/steps/{step}/results", GET).route(web::get().to(results)))
+        .service(resource("/processes/{id}/deliveries", GET).route(web::get().to(deliveries)))
+        .service(resource("/queues", GET).route(web::get().to(queues)))
+        .service(resource("/definitions", GET).route(web::get().to(definitions)))
         .service(resource("/processes/{id}/cancel", POST).route(web::post().to(cancel)))
         .service(resource("/processes/{id}/retry", POST).route(web::post().to(retry)))
         .service(
@@ -243,6 +251,7 @@ async fn list_page(
         limit: PAGE,
         cursor: None,
         with_steps: true,
+        prefix: true,
     };
     for (name, value) in query_pairs(req) {
         // An empty form field means no filter.
@@ -256,6 +265,7 @@ async fn list_page(
         ListError::BadCursor => ApiError::input("that page link is not one this server gave out"),
         ListError::Storage(error) => error.into(),
     })?;
+    let overview = read_overview(state, filters.tenant.clone()).await?;
     let next_page = page.next_cursor.map(|cursor| {
         let mut link = format!("/?cursor={}", encode(&cursor));
         if let Some(status) = filters.status {
@@ -272,6 +282,7 @@ async fn list_page(
     Ok(ListPage {
         signed_in: state.auth.enabled(),
         csrf,
+        summary: SummaryView::new(&overview, RECENT_MINUTES),
         statuses: Status::ALL.iter().map(|s| s.as_str()).collect(),
         filter_status: filters.status.map(|s| s.as_str().to_owned()).unwrap_or_default(),
         filter_name: filters.name.unwrap_or_default(),
@@ -279,6 +290,71 @@ async fn list_page(
         processes: page.records.iter().map(|p| ProcessView::new(p, false)).collect(),
         next_page,
     })
+}
+
+/// The tenant's processes by status, those finished in the last [`RECENT_MINUTES`], and its
+/// queues and workers, as of now.
+async fn read_overview(state: &AppState, tenant: TenantId) -> Result<Overview, ApiError> {
+    let ops = state.ops.clone();
+    let now = now_micros();
+    let since = now.saturating_sub(RECENT_MINUTES * 60 * 1_000_000);
+    Ok(blocking(move || ops.overview(&tenant, since, now)).await??)
+}
+
+/// `GET /queues`: the tenant's queues (depth, leases, the oldest due task) and the workers
+/// holding leases, with their latest claim or heartbeat.
+async fn queues(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let caller = match state.auth.authorize_page(&req, Scope::StatusRead) {
+        Ok(caller) => caller,
+        Err(error) => return error_page(&req, &state, error),
+    };
+    let csrf = Csrf::of(&req, &state.auth);
+    match read_overview(&state, caller.tenant).await {
+        Ok(overview) => {
+            let queues = QueuesPage::new(state.auth.enabled(), csrf.token.clone(), &overview, now_micros());
+            page(&req, &state, &csrf, StatusCode::OK, &queues)
+        }
+        Err(error) => error_page(&req, &state, error),
+    }
+}
+
+/// `GET /definitions`: the definitions this server runs, each step's handler and policies.
+async fn definitions(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(error) = state.auth.authorize_page(&req, Scope::StatusRead) {
+        return error_page(&req, &state, error);
+    }
+    let csrf = Csrf::of(&req, &state.auth);
+    let definitions = DefinitionsPage::new(state.auth.enabled(), csrf.token.clone(), &state.definitions);
+    page(&req, &state, &csrf, StatusCode::OK, &definitions)
+}
+
+/// `GET /processes/{id}/deliveries`: a process's FinishProcess notifications and how each went.
+async fn deliveries(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let caller = match state.auth.authorize_page(&req, Scope::StatusRead) {
+        Ok(caller) => caller,
+        Err(error) => return error_page(&req, &state, error),
+    };
+    let csrf = Csrf::of(&req, &state.auth);
+    let shown = async {
+        let id = path_id(&req)?;
+        let store = state.deliveries.clone();
+        let lookup = id.as_str().to_owned();
+        let records = blocking(move || store.deliveries(&caller.tenant, &lookup))
+            .await??
+            .ok_or_else(|| ApiError::input("no process has this asyncProcessId"))?;
+        Ok::<_, ApiError>(DeliveriesPage {
+            signed_in: state.auth.enabled(),
+            csrf: csrf.token.clone(),
+            id_path: percent_encoding::utf8_percent_encode(id.as_str(), percent_encoding::NON_ALPHANUMERIC)
+                .to_string(),
+            id: id.as_str().to_owned(),
+            deliveries: records.iter().map(DeliveryView::new).collect(),
+        })
+    };
+    match shown.await {
+        Ok(deliveries) => page(&req, &state, &csrf, StatusCode::OK, &deliveries),
+        Err(error) => error_page(&req, &state, error),
+    }
 }
 
 fn path_id(req: &HttpRequest) -> Result<LookupId, ApiError> {
@@ -298,6 +374,9 @@ async fn process(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// A process as its page shows it, and its failure groups' counts when it is too large to list.
+type Shown = (ProcessStatus, Option<Vec<FailureCount>>);
+
 async fn process_page(
     req: &HttpRequest,
     state: &AppState,
@@ -311,27 +390,34 @@ async fn process_page(
         kind: IdKind::AsyncProcessId,
         detail: Detail::Steps,
     };
-    let reader = state.status.clone();
-    let process = blocking(move || -> Result<Option<ProcessStatus>, ApiError> {
+    let (reader, ops) = (state.status.clone(), state.ops.clone());
+    let (process, counts) = blocking(move || -> Result<Option<Shown>, ApiError> {
         let Some(summary) = reader.find_status(&query)?.into_iter().next() else {
             return Ok(None);
         };
         let outcomes: u64 = summary.steps.iter().flatten().map(|s| s.processed).sum();
         if outcomes > MAX_LISTED {
-            return Ok(Some(summary));
+            // Too many to list: the groups are counted instead.
+            let counts = ops.failure_counts(&query.tenant, &summary.async_process_id)?;
+            return Ok(Some((summary, Some(counts))));
         }
         let full = StatusQuery { detail: Detail::Items, ..query };
-        Ok(reader.find_status(&full)?.into_iter().next().or(Some(summary)))
+        Ok(Some((reader.find_status(&full)?.into_iter().next().unwrap_or(summary), None)))
     })
     .await??
     .ok_or_else(|| ApiError::input("no process has this asyncProcessId"))?;
     let groups_shown = process.steps.iter().flatten().all(|s| s.items.is_some());
+    let view = ProcessView::new(&process, groups_shown);
+    let view = match &counts {
+        Some(counts) => view.with_counts(counts),
+        None => view,
+    };
     let status = process.status;
     let (running, writer) = (process.runnable && !status.is_final(), caller.may(Scope::ProcessesWrite));
     Ok(ProcessPage {
         signed_in: state.auth.enabled(),
         csrf,
-        process: ProcessView::new(&process, groups_shown),
+        process: view,
         running,
         can_cancel: writer && running,
         can_retry: writer && process.runnable && status == Status::Failed,

@@ -390,6 +390,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         limit: 100,
         cursor: None,
         with_steps: false,
+        prefix: false,
     };
     for (name, value) in form_urlencoded::parse(req.query_string().as_bytes()) {
         if name == "limit" {

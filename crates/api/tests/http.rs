@@ -126,6 +126,8 @@ macro_rules! on_both_backends {
 // After the macro, which it uses. In a folder, so that cargo does not take it for a test binary.
 #[path = "http/auth.rs"]
 mod auth;
+#[path = "http/dashboard.rs"]
+mod dashboard;
 #[path = "http/guards.rs"]
 mod guards;
 #[path = "http/headers.rs"]

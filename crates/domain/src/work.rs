@@ -117,6 +117,9 @@ pub struct ListQuery {
     pub cursor: Option<String>,
     /// Each record with its steps' counters (the dashboard's bars); else the process only.
     pub with_steps: bool,
+    /// `name` and `reference_id` match the start of a process's name and reference ID,
+    /// ignoring the case of ASCII letters (the dashboard's search); else they match exactly.
+    pub prefix: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

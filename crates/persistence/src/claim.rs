@@ -162,6 +162,7 @@ pub(crate) fn claim(conn: &mut DbConnection, request: &ClaimRequest) -> Result<V
                 tasks::lease_token.eq(&token),
                 tasks::lease_expires_at.eq(expires),
                 tasks::worker_id.eq(&request.worker_id),
+                tasks::heartbeat_at.eq(now),
             ))
             .execute(conn)?;
             if taken == 0 {

@@ -161,11 +161,20 @@ pub(crate) fn list(conn: &mut DbConnection, query: &ListQuery) -> Result<Result<
         if let Some(status) = query.status {
             select = select.filter(processes::status.eq(status.as_str()));
         }
-        if let Some(name) = &query.name {
-            select = select.filter(processes::name.eq(name));
+        match (&query.name, query.prefix) {
+            (Some(name), true) => {
+                select = select.filter(lower(processes::name).like(prefix_pattern(name)).escape('\\'))
+            }
+            (Some(name), false) => select = select.filter(processes::name.eq(name)),
+            (None, _) => {}
         }
-        if let Some(reference) = &query.reference_id {
-            select = select.filter(processes::reference_id.eq(reference));
+        match (&query.reference_id, query.prefix) {
+            (Some(reference), true) => {
+                select =
+                    select.filter(lower(processes::reference_id).like(prefix_pattern(reference)).escape('\\'))
+            }
+            (Some(reference), false) => select = select.filter(processes::reference_id.eq(reference)),
+            (None, _) => {}
         }
         if let Some((created, id)) = after {
             select = select.filter(
@@ -190,6 +199,25 @@ pub(crate) fn list(conn: &mut DbConnection, query: &ListQuery) -> Result<Result<
         }
         Ok(Ok(Page { records, next_cursor: if more { last } else { None } }))
     })
+}
+
+#[diesel::declare_sql_function]
+extern "SQL" {
+    /// SQL's `lower`: ASCII letters only on SQLite, every letter on PostgreSQL.
+    fn lower(text: diesel::sql_types::Text) -> diesel::sql_types::Text;
+}
+
+/// A `LIKE` pattern (escaped with `\`) for the values that start with `text`, any case.
+fn prefix_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 1);
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 fn parse_cursor(text: &str) -> Option<(i64, i64)> {
@@ -302,6 +330,7 @@ mod tests {
                 limit,
                 cursor,
                 with_steps: false,
+                prefix: false,
             };
             let page = store.list(&query(2, None)).unwrap();
             let ids = |page: &Page| page.records.iter().map(|r| r.async_process_id.clone()).collect::<Vec<_>>();
@@ -314,6 +343,48 @@ mod tests {
                 store.list(&ListQuery { status: Some(Status::WaitingToProcess), ..query(10, None) }).unwrap();
             assert_eq!(ids(&waiting), ["p4-even", "p2-even", "p0-even"]);
             assert!(matches!(store.list(&query(2, Some("garbage".into()))), Err(ListError::BadCursor)));
+        }
+    }
+
+    on_both_backends! {
+        fn the_prefix_search_ignores_case_and_takes_wildcards_as_written(store: &Store) {
+            use diesel::prelude::*;
+
+            use crate::schema::processes;
+            let references = [("a", "Order-42/Zürich"), ("b", "order-420"), ("c", "ORDER_5"), ("d", "orderx5"), ("e", "100%")];
+            for (id, reference) in references {
+                begin(store, id, &[FailurePolicy::Skip], 1, 1);
+                let mut conn = store.conn().unwrap();
+                diesel::update(processes::table.filter(processes::async_process_id.eq(id)))
+                    .set(processes::reference_id.eq(reference))
+                    .execute(&mut *conn)
+                    .unwrap();
+            }
+            let found = |name: Option<&str>, reference: Option<&str>, prefix: bool| {
+                let query = ListQuery {
+                    tenant: TenantId::default_tenant(),
+                    status: None,
+                    name: name.map(str::to_owned),
+                    reference_id: reference.map(str::to_owned),
+                    limit: 10,
+                    cursor: None,
+                    with_steps: false,
+                    prefix,
+                };
+                store.list(&query).unwrap().records.iter().map(|r| r.async_process_id.clone()).collect::<Vec<_>>()
+            };
+            assert_eq!(found(None, Some("order-42"), true), ["b", "a"]);
+            assert_eq!(found(None, Some("ORDER-42/z"), true), ["a"]);
+            // `_` and `%` are letters of the prefix, not wildcards.
+            assert_eq!(found(None, Some("order_"), true), ["c"]);
+            assert_eq!(found(None, Some("100%"), true), ["e"]);
+            assert_eq!(found(None, Some("%"), true), Vec::<String>::new());
+            // The fixtures' definition is "T": both filters at once.
+            assert_eq!(found(Some("t"), Some("ord"), true), ["d", "c", "b", "a"]);
+            assert_eq!(found(Some("x"), None, true), Vec::<String>::new());
+            // The API's filters match exactly.
+            assert_eq!(found(None, Some("order-42"), false), Vec::<String>::new());
+            assert_eq!(found(None, Some("order-420"), false), ["b"]);
         }
     }
 }

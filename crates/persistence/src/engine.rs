@@ -6,17 +6,17 @@
 use std::time::Duration;
 
 use async_engine_domain::{
-    ClaimRequest, ClaimedTask, CommandError, Gauges, ItemsError, ItemsPage, ItemsQuery, ListError, ListQuery,
-    NewProcess, NotReady, Operations, Page, PartError, PartReceipt, PartUpload, Parts, ProcessStatus,
-    ProcessStore, RawJson, RepositoryError, ResultRow, ResultsQuery, Started, StreamedStartError, TaskError,
-    TaskReport, TaskStore, TenantId,
+    ClaimRequest, ClaimedTask, CommandError, FailureCount, Gauges, ItemsError, ItemsPage, ItemsQuery,
+    ListError, ListQuery, NewProcess, NotReady, Operations, Overview, Page, PartError, PartReceipt,
+    PartUpload, Parts, ProcessStatus, ProcessStore, RawJson, RepositoryError, ResultRow, ResultsQuery,
+    Started, StreamedStartError, TaskError, TaskReport, TaskStore, TenantId,
 };
 
 use crate::claim::{any_due, claim};
 use crate::commands::{cancel, list, retry};
 use crate::error::Error;
 use crate::lease::{complete, fail, heartbeat};
-use crate::ops::{gauges, purge};
+use crate::ops::{failure_counts, gauges, overview, purge};
 use crate::parts::{close, expire_open, list_parts, put_part};
 use crate::start::{existing, start, start_open, start_streamed};
 use crate::store::Store;
@@ -178,6 +178,23 @@ impl Operations for Store {
 
     fn gauges(&self) -> Result<Gauges, RepositoryError> {
         self.with(|conn| gauges(conn).map(Ok))
+    }
+
+    fn overview(
+        &self,
+        tenant: &TenantId,
+        finished_since_micros: i64,
+        now_micros: i64,
+    ) -> Result<Overview, RepositoryError> {
+        self.with(|conn| overview(conn, tenant, finished_since_micros, now_micros).map(Ok))
+    }
+
+    fn failure_counts(
+        &self,
+        tenant: &TenantId,
+        async_process_id: &str,
+    ) -> Result<Vec<FailureCount>, RepositoryError> {
+        self.with(|conn| failure_counts(conn, tenant, async_process_id).map(Ok))
     }
 
     fn purge_finished(&self, finished_before_micros: i64, limit: u32) -> Result<u32, RepositoryError> {

@@ -148,7 +148,9 @@ pub(crate) fn heartbeat(
             Err(refused) => return Ok(Err(refused)),
         };
         let expires = now.saturating_add(lease_micros.min(task.timeout_secs.saturating_mul(1_000_000)));
-        diesel::update(tasks::table.find(task_id)).set(tasks::lease_expires_at.eq(expires)).execute(conn)?;
+        diesel::update(tasks::table.find(task_id))
+            .set((tasks::lease_expires_at.eq(expires), tasks::heartbeat_at.eq(now)))
+            .execute(conn)?;
         Ok(Ok(expires))
     })
 }

@@ -4,6 +4,14 @@ use diesel::prelude::*;
 
 use crate::schema::{failure_groups, items, outcomes, processes, steps};
 
+/// A task's `state`: waiting to be claimed, leased, or closed (done or cancelled).
+pub(crate) const QUEUED: &str = "queued";
+pub(crate) const LEASED: &str = "leased";
+pub(crate) const DONE: &str = "done";
+pub(crate) const CANCELLED: &str = "cancelled";
+/// The states of tasks still to run.
+pub(crate) const OPEN: [&str; 2] = [QUEUED, LEASED];
+
 #[derive(Debug, Queryable, Selectable)]
 #[diesel(table_name = processes, check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub struct ProcessRow {

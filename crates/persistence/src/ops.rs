@@ -1,11 +1,12 @@
 //! Readiness, gauges and retention (contract §7) over the same pool as everything else.
 
-use async_engine_domain::{Gauges, Status};
+use async_engine_domain::{FailureCount, Gauges, Overview, QueueLoad, Status, TenantId, WorkerLoad};
 use diesel::prelude::*;
 
 use crate::connection::{DbConnection, lock_process, read_transaction, write_transaction};
 use crate::error::Error;
-use crate::schema::{deliveries, processes, tasks};
+use crate::models::{LEASED, OPEN, QUEUED};
+use crate::schema::{deliveries, failure_groups, outcomes, processes, tasks};
 
 fn finished() -> [&'static str; 3] {
     [Status::Success.as_str(), Status::Failed.as_str(), Status::Aborted.as_str()]
@@ -18,7 +19,7 @@ pub fn gauges(conn: &mut DbConnection) -> Result<Gauges, Error> {
             .select((processes::status, diesel::dsl::count_star()))
             .load(conn)?;
         let tasks: Vec<(String, i64)> = tasks::table
-            .filter(tasks::state.eq_any(["queued", "leased"]))
+            .filter(tasks::state.eq_any(OPEN))
             .group_by(tasks::state)
             .select((tasks::state, diesel::dsl::count_star()))
             .load(conn)?;
@@ -27,6 +28,156 @@ pub fn gauges(conn: &mut DbConnection) -> Result<Gauges, Error> {
             .select((deliveries::state, diesel::dsl::count_star()))
             .load(conn)?;
         Ok(Gauges { processes, tasks, deliveries })
+    })
+}
+
+/// `(queue, worker id, leased tasks, latest heartbeat, first expiry)`.
+type WorkerRow = (String, Option<String>, i64, Option<i64>, Option<i64>);
+
+/// One tenant's work for the dashboard, in one read: processes by status, those finished
+/// since `since`, and the open tasks by queue and by worker.
+pub fn overview(conn: &mut DbConnection, tenant: &TenantId, since: i64, now: i64) -> Result<Overview, Error> {
+    read_transaction(conn, |conn| {
+        let by_status: Vec<(String, i64)> = processes::table
+            .filter(processes::tenant.eq(tenant.as_str()))
+            .group_by(processes::status)
+            .select((processes::status, diesel::dsl::count_star()))
+            .load(conn)?;
+        // SUM over BIGINT is NUMERIC on PostgreSQL: cast back, on both backends alike.
+        let finished: Vec<(String, i64, Option<i64>)> = processes::table
+            .filter(processes::tenant.eq(tenant.as_str()))
+            .filter(processes::status.eq_any(finished()))
+            .filter(processes::updated_at.ge(since))
+            // Records of history were imported finished: nothing here finished them.
+            .filter(processes::runnable.eq(true))
+            .group_by(processes::status)
+            .select((
+                processes::status,
+                diesel::dsl::count_star(),
+                diesel::dsl::sql::<diesel::sql_types::Nullable<diesel::sql_types::BigInt>>(
+                    "CAST(SUM(processes.item_count) AS BIGINT)",
+                ),
+            ))
+            .load(conn)?;
+        let open = tasks::table
+            .inner_join(processes::table)
+            .filter(processes::tenant.eq(tenant.as_str()))
+            .filter(tasks::state.eq_any(OPEN));
+        let by_queue: Vec<(String, String, i64)> = open
+            .clone()
+            .group_by((tasks::queue, tasks::state))
+            .select((tasks::queue, tasks::state, diesel::dsl::count_star()))
+            .load(conn)?;
+        let oldest: Vec<(String, Option<i64>)> = open
+            .clone()
+            .filter(tasks::state.eq(QUEUED))
+            .filter(tasks::available_at.le(now))
+            .group_by(tasks::queue)
+            .select((tasks::queue, diesel::dsl::min(tasks::available_at)))
+            .load(conn)?;
+        let workers: Vec<WorkerRow> = open
+            .filter(tasks::state.eq(LEASED))
+            .group_by((tasks::queue, tasks::worker_id))
+            .select((
+                tasks::queue,
+                tasks::worker_id,
+                diesel::dsl::count_star(),
+                diesel::dsl::max(tasks::heartbeat_at),
+                diesel::dsl::min(tasks::lease_expires_at),
+            ))
+            .order((tasks::queue, tasks::worker_id))
+            .load(conn)?;
+        let mut queues: Vec<QueueLoad> = Vec::new();
+        for (queue, state, count) in by_queue {
+            let load = match queues.iter_mut().find(|q| q.queue == queue) {
+                Some(load) => load,
+                None => {
+                    let oldest_due_micros = oldest.iter().find(|(q, _)| *q == queue).and_then(|(_, at)| *at);
+                    queues.push(QueueLoad { queue, queued: 0, leased: 0, oldest_due_micros });
+                    queues.last_mut().ok_or_else(|| Error::Corrupt("no queue".into()))?
+                }
+            };
+            if state == QUEUED { load.queued = count } else { load.leased = count }
+        }
+        queues.sort_by(|a, b| a.queue.cmp(&b.queue));
+        Ok(Overview {
+            processes: parse_statuses(by_status.into_iter().map(|(s, n)| (s, n, None)))?
+                .into_iter()
+                .map(|(s, n, _)| (s, n))
+                .collect(),
+            finished: parse_statuses(finished.into_iter())?
+                .into_iter()
+                .map(|(s, n, items)| (s, n, items.unwrap_or(0)))
+                .collect(),
+            queues,
+            workers: workers
+                .into_iter()
+                .map(|(queue, worker, leased, seen, expiry)| WorkerLoad {
+                    queue,
+                    worker_id: worker.unwrap_or_default(),
+                    leased,
+                    last_seen_micros: seen,
+                    next_expiry_micros: expiry,
+                })
+                .collect(),
+        })
+    })
+}
+
+/// Rows keyed by a stored status, in the order of [`Status::ALL`].
+fn parse_statuses(
+    rows: impl Iterator<Item = (String, i64, Option<i64>)>,
+) -> Result<Vec<(Status, i64, Option<i64>)>, Error> {
+    let mut parsed = rows
+        .map(|(status, n, extra)| {
+            status
+                .parse::<Status>()
+                .map(|s| (s, n, extra))
+                .map_err(|e| Error::Corrupt(format!("process status: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    parsed.sort_by_key(|(status, _, _)| Status::ALL.iter().position(|s| s == status));
+    Ok(parsed)
+}
+
+/// Every failure group of one process with the items it holds, counted through the index on
+/// outcomes' groups: the dashboard's groups above what it lists item by item.
+pub fn failure_counts(
+    conn: &mut DbConnection,
+    tenant: &TenantId,
+    id: &str,
+) -> Result<Vec<FailureCount>, Error> {
+    read_transaction(conn, |conn| {
+        let rows: Vec<(i32, i64, String, i64)> = failure_groups::table
+            .inner_join(processes::table)
+            .inner_join(outcomes::table.on(outcomes::failure_group.eq(failure_groups::id.nullable())))
+            .filter(processes::tenant.eq(tenant.as_str()))
+            .filter(processes::async_process_id.eq(id))
+            .group_by((
+                failure_groups::id,
+                failure_groups::step_number,
+                failure_groups::code,
+                failure_groups::status_message,
+            ))
+            .select((
+                failure_groups::step_number,
+                failure_groups::code,
+                failure_groups::status_message,
+                diesel::dsl::count_star(),
+            ))
+            .order((failure_groups::step_number, failure_groups::id))
+            .load(conn)?;
+        rows.into_iter()
+            .map(|(step, code, status_message, items)| {
+                Ok(FailureCount {
+                    step_number: u32::try_from(step)
+                        .map_err(|_| Error::Corrupt(format!("step number {step}")))?,
+                    code,
+                    status_message,
+                    items,
+                })
+            })
+            .collect()
     })
 }
 
@@ -129,6 +280,7 @@ mod tests {
                 limit: 10,
                 cursor: None,
                 with_steps: false,
+                prefix: false,
             });
             let ids: Vec<String> = left.unwrap().records.into_iter().map(|r| r.async_process_id).collect();
             assert_eq!(ids, ["running"]);
@@ -136,6 +288,54 @@ mod tests {
                 assert_eq!(count(store, table), rows, "{table}");
             }
             assert!(store.readiness().is_ok());
+        }
+    }
+
+    on_both_backends! {
+        fn the_overview_counts_one_tenant_s_processes_queues_and_workers(store: &Store) {
+            use async_engine_domain::{Overview, QueueLoad, TaskStore, WorkerLoad};
+
+            use crate::fixtures::{SECOND, claim, status};
+            let tenant = TenantId::default_tenant();
+            // Finished at 0 with 2 of its 5 items failed; another with tasks of 2 and 1 items.
+            begin_with(store, "done", &[FailurePolicy::Skip], 5, 5, None);
+            drain(store, "queue:q0", &[1, 3], 0);
+            begin_with(store, "busy", &[FailurePolicy::Skip], 3, 2, None);
+            let held = claim(store, "queue:q0", "w-1", 1, 5 * SECOND).remove(0);
+            store.heartbeat(None, held.task_id, &held.lease_token, 10 * SECOND, 7 * SECOND).unwrap();
+            let busy = status(store, "busy").status;
+
+            let overview = store.overview(&tenant, 0, 8 * SECOND).unwrap();
+            let mut expected = vec![(Status::Failed, 1), (busy, 1)];
+            expected.sort_by_key(|(s, _)| Status::ALL.iter().position(|a| a == s));
+            assert_eq!(overview.processes, expected);
+            assert_eq!(overview.finished, [(Status::Failed, 1, 5)]);
+            assert_eq!(
+                overview.queues,
+                [QueueLoad { queue: "queue:q0".into(), queued: 1, leased: 1, oldest_due_micros: Some(0) }]
+            );
+            assert_eq!(
+                overview.workers,
+                [WorkerLoad {
+                    queue: "queue:q0".into(),
+                    worker_id: "w-1".into(),
+                    leased: 1,
+                    last_seen_micros: Some(7 * SECOND),
+                    next_expiry_micros: Some(17 * SECOND),
+                }]
+            );
+            // Finished before the window: not counted as recent.
+            assert!(store.overview(&tenant, 1, 8 * SECOND).unwrap().finished.is_empty());
+            // Another tenant sees none of it.
+            assert_eq!(store.overview(&TenantId::new("other").unwrap(), 0, 8 * SECOND).unwrap(), Overview::default());
+
+            let counts = store.failure_counts(&tenant, "done").unwrap();
+            assert_eq!(
+                counts,
+                [FailureCount { step_number: 0, code: 7, status_message: "Seven".into(), items: 2 }]
+            );
+            assert!(store.failure_counts(&tenant, "busy").unwrap().is_empty());
+            assert!(store.failure_counts(&TenantId::new("other").unwrap(), "done").unwrap().is_empty());
         }
     }
 }

@@ -10,11 +10,7 @@ use crate::models::ProcessRow;
 use crate::queries::{assemble, by_process_id};
 use crate::schema::{processes, steps, tasks};
 
-pub(crate) const QUEUED: &str = "queued";
-pub(crate) const LEASED: &str = "leased";
-pub(crate) const DONE: &str = "done";
-pub(crate) const CANCELLED: &str = "cancelled";
-pub(crate) const OPEN: [&str; 2] = [QUEUED, LEASED];
+pub(crate) use crate::models::{CANCELLED, DONE, LEASED, OPEN, QUEUED};
 
 pub(crate) const END_CANCELLED: &str = "cancelled";
 pub(crate) const END_ABORTED: &str = "aborted_by_policy";

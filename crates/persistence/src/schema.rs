@@ -89,6 +89,7 @@ diesel::table! {
         worker_id -> Nullable<Text>,
         available_at -> BigInt,
         last_error -> Nullable<Text>,
+        heartbeat_at -> Nullable<BigInt>,
     }
 }
 
@@ -130,6 +131,8 @@ diesel::table! {
 }
 
 diesel::joinable!(deliveries -> processes (process_id));
+diesel::joinable!(tasks -> processes (process_id));
+diesel::joinable!(failure_groups -> processes (process_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     processes,

@@ -3,7 +3,7 @@
 use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use askama::Template;
-use async_engine_domain::ProcessStatus;
+use async_engine_domain::{DeliveryRecord, FailureCount, Overview, ProcessDefinition, ProcessStatus, Status};
 
 use crate::clock::{now_micros, rfc3339};
 
@@ -23,7 +23,8 @@ pub(super) struct StepView {
 pub(super) struct GroupView {
     pub(super) code: i64,
     pub(super) message: String,
-    pub(super) count: usize,
+    pub(super) count: u64,
+    /// The first few items, when the page lists them; empty when only counted.
     pub(super) sample: String,
 }
 
@@ -36,6 +37,11 @@ pub(super) struct ProcessView {
     pub(super) message: String,
     pub(super) created: String,
     pub(super) updated: String,
+    /// When it reached its final state; empty while it has not.
+    pub(super) finished: String,
+    /// `created` and `finished` to the second, for the list's narrow columns.
+    pub(super) created_short: String,
+    pub(super) finished_short: String,
     pub(super) duration: String,
     pub(super) current_step: u32,
     pub(super) total_steps: u32,
@@ -68,7 +74,7 @@ impl ProcessView {
                     .map(|group| GroupView {
                         code: group.code,
                         message: group.status_message.clone(),
-                        count: group.items.len(),
+                        count: group.items.len() as u64,
                         sample: sample(group.items.iter().map(|i| i.as_str())),
                     })
                     .collect(),
@@ -88,6 +94,17 @@ impl ProcessView {
             message: process.message.clone(),
             created: rfc3339(process.created_at_micros),
             updated: rfc3339(process.updated_at_micros),
+            finished: if process.status.is_final() {
+                rfc3339(process.updated_at_micros)
+            } else {
+                String::new()
+            },
+            created_short: short(process.created_at_micros),
+            finished_short: if process.status.is_final() {
+                short(process.updated_at_micros)
+            } else {
+                String::new()
+            },
             duration: duration(end.saturating_sub(process.created_at_micros)),
             current_step: process.current_step_number,
             total_steps: process.total_number_of_steps,
@@ -97,6 +114,27 @@ impl ProcessView {
                 .unwrap_or_else(|_| process.additional_data.as_str().to_owned()),
             history: !process.runnable,
         }
+    }
+}
+
+impl ProcessView {
+    /// Every step's failure groups from their counts, for a process too large to list item
+    /// by item.
+    pub(super) fn with_counts(mut self, counts: &[FailureCount]) -> Self {
+        for step in &mut self.steps {
+            step.groups = counts
+                .iter()
+                .filter(|c| c.step_number == step.number)
+                .map(|c| GroupView {
+                    code: c.code,
+                    message: c.status_message.clone(),
+                    count: u64::try_from(c.items).unwrap_or(0),
+                    sample: String::new(),
+                })
+                .collect();
+            step.groups_shown = true;
+        }
+        self
     }
 }
 
@@ -116,6 +154,18 @@ pub(super) fn sample<'a>(items: impl Iterator<Item = &'a str>) -> String {
     shown.join(", ")
 }
 
+/// A time to the second, UTC: "2026-12-03 07:00:52".
+pub(super) fn short(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
+/// How long ago `micros` was, as of `now`: "12 s ago".
+pub(super) fn ago(now: i64, micros: i64) -> String {
+    format!("{} ago", duration(now.saturating_sub(micros)))
+}
+
 pub(super) fn duration(micros: i64) -> String {
     let seconds = micros.max(0) / 1_000_000;
     match seconds {
@@ -125,11 +175,59 @@ pub(super) fn duration(micros: i64) -> String {
     }
 }
 
+/// One status of the totals above the list: how many, and the list of them.
+pub(super) struct TotalView {
+    pub(super) status: &'static str,
+    pub(super) count: i64,
+    pub(super) link: String,
+}
+
+/// The totals above the list and what finished lately, from one overview read.
+pub(super) struct SummaryView {
+    pub(super) totals: Vec<TotalView>,
+    pub(super) window_minutes: i64,
+    /// "12 processes (9 Success, 3 Failed), 4800 items": empty when none finished.
+    pub(super) finished: String,
+    /// Items of finished processes per minute over the window.
+    pub(super) items_per_minute: String,
+}
+
+impl SummaryView {
+    pub(super) fn new(overview: &Overview, window_minutes: i64) -> Self {
+        let totals = Status::ALL
+            .iter()
+            .map(|status| TotalView {
+                status: status.as_str(),
+                count: overview.processes.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n),
+                link: format!("/?status={}", status.as_str()),
+            })
+            .collect();
+        let processes: i64 = overview.finished.iter().map(|(_, n, _)| n).sum();
+        let items: i64 = overview.finished.iter().map(|(_, _, items)| items).sum();
+        let finished = if processes == 0 {
+            String::new()
+        } else {
+            let by_status: Vec<String> =
+                overview.finished.iter().map(|(status, n, _)| format!("{n} {}", status.as_str())).collect();
+            format!(
+                "{processes} process{} ({}), {items} item{}",
+                if processes == 1 { "" } else { "es" },
+                by_status.join(", "),
+                if items == 1 { "" } else { "s" }
+            )
+        };
+        let rate = items as f64 / window_minutes.max(1) as f64;
+        let items_per_minute = if rate < 10.0 { format!("{rate:.1}") } else { format!("{rate:.0}") };
+        SummaryView { totals, window_minutes, finished, items_per_minute }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "list.html")]
 pub(super) struct ListPage {
     pub(super) signed_in: bool,
     pub(super) csrf: String,
+    pub(super) summary: SummaryView,
     pub(super) statuses: Vec<&'static str>,
     pub(super) filter_status: String,
     pub(super) filter_name: String,
@@ -147,6 +245,167 @@ pub(super) struct ProcessPage {
     pub(super) running: bool,
     pub(super) can_cancel: bool,
     pub(super) can_retry: bool,
+}
+
+pub(super) struct QueueView {
+    pub(super) queue: String,
+    pub(super) queued: i64,
+    pub(super) leased: i64,
+    /// "waiting for 2 min 5 s" since the oldest due task became due; empty when none is due.
+    pub(super) oldest: String,
+}
+
+pub(super) struct WorkerView {
+    pub(super) queue: String,
+    pub(super) worker_id: String,
+    pub(super) leased: i64,
+    pub(super) last_seen: String,
+    pub(super) last_seen_at: String,
+    pub(super) next_expiry: String,
+}
+
+#[derive(Template)]
+#[template(path = "queues.html")]
+pub(super) struct QueuesPage {
+    pub(super) signed_in: bool,
+    pub(super) csrf: String,
+    pub(super) queues: Vec<QueueView>,
+    pub(super) workers: Vec<WorkerView>,
+}
+
+impl QueuesPage {
+    pub(super) fn new(signed_in: bool, csrf: String, overview: &Overview, now: i64) -> Self {
+        QueuesPage {
+            signed_in,
+            csrf,
+            queues: overview
+                .queues
+                .iter()
+                .map(|q| QueueView {
+                    queue: q.queue.clone(),
+                    queued: q.queued,
+                    leased: q.leased,
+                    oldest: q
+                        .oldest_due_micros
+                        .map(|due| duration(now.saturating_sub(due)))
+                        .unwrap_or_default(),
+                })
+                .collect(),
+            workers: overview
+                .workers
+                .iter()
+                .map(|w| WorkerView {
+                    queue: w.queue.clone(),
+                    worker_id: w.worker_id.clone(),
+                    leased: w.leased,
+                    last_seen: w.last_seen_micros.map(|at| ago(now, at)).unwrap_or_default(),
+                    last_seen_at: w.last_seen_micros.map(rfc3339).unwrap_or_default(),
+                    next_expiry: w.next_expiry_micros.map(rfc3339).unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+}
+
+pub(super) struct DefinitionStepView {
+    pub(super) number: usize,
+    pub(super) name: String,
+    pub(super) handler: String,
+    pub(super) chunk_size: u32,
+    pub(super) max_attempts: u32,
+    pub(super) timeout_secs: u64,
+    pub(super) on_item_failure: &'static str,
+}
+
+pub(super) struct DefinitionView {
+    pub(super) name: String,
+    pub(super) link: String,
+    pub(super) steps: Vec<DefinitionStepView>,
+}
+
+#[derive(Template)]
+#[template(path = "definitions.html")]
+pub(super) struct DefinitionsPage {
+    pub(super) signed_in: bool,
+    pub(super) csrf: String,
+    pub(super) definitions: Vec<DefinitionView>,
+}
+
+impl DefinitionsPage {
+    pub(super) fn new(signed_in: bool, csrf: String, definitions: &[ProcessDefinition]) -> Self {
+        DefinitionsPage {
+            signed_in,
+            csrf,
+            definitions: definitions
+                .iter()
+                .map(|d| DefinitionView {
+                    name: d.name.clone(),
+                    link: format!(
+                        "/?asyncProcessName={}",
+                        form_urlencoded::byte_serialize(d.name.as_bytes()).collect::<String>()
+                    ),
+                    steps: d
+                        .steps
+                        .iter()
+                        .enumerate()
+                        .map(|(number, s)| DefinitionStepView {
+                            number,
+                            name: s.name.clone(),
+                            handler: s.handler.to_string(),
+                            chunk_size: s.chunk_size,
+                            max_attempts: s.max_attempts,
+                            timeout_secs: s.timeout_secs,
+                            on_item_failure: s.on_item_failure.as_str(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+pub(super) struct DeliveryView {
+    pub(super) delivery_id: String,
+    pub(super) url: String,
+    pub(super) finished_status: String,
+    pub(super) state: String,
+    pub(super) attempts: u32,
+    pub(super) last_answer: String,
+    pub(super) created: String,
+    pub(super) delivered: String,
+    pub(super) next_attempt: String,
+}
+
+#[derive(Template)]
+#[template(path = "deliveries.html")]
+pub(super) struct DeliveriesPage {
+    pub(super) signed_in: bool,
+    pub(super) csrf: String,
+    pub(super) id: String,
+    pub(super) id_path: String,
+    pub(super) deliveries: Vec<DeliveryView>,
+}
+
+impl DeliveryView {
+    pub(super) fn new(d: &DeliveryRecord) -> Self {
+        let last_answer = match (&d.last_status_code, &d.last_error) {
+            (Some(code), Some(error)) => format!("{code}: {error}"),
+            (Some(code), None) => code.to_string(),
+            (None, Some(error)) => error.clone(),
+            (None, None) => String::new(),
+        };
+        DeliveryView {
+            delivery_id: d.delivery_id.clone(),
+            url: d.url.clone(),
+            finished_status: d.finished_status.clone(),
+            state: d.state.clone(),
+            attempts: d.attempts,
+            last_answer,
+            created: rfc3339(d.created_at_micros),
+            delivered: d.delivered_at_micros.map(rfc3339).unwrap_or_default(),
+            next_attempt: d.next_attempt_at_micros.map(rfc3339).unwrap_or_default(),
+        }
+    }
 }
 
 pub(super) struct ItemView {
