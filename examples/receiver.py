@@ -1,4 +1,4 @@
-"""A FinishProcess notification receiver for trying the README's example: prints each
+"""A FinishProcess notification receiver for trying the example of docs/notifications.md: prints each
 delivery's headers and body, checks its signature when SECRET is set, and answers 204.
 
     SECRET=change-me python3 examples/receiver.py 9000
