@@ -28,7 +28,7 @@ mod views;
 
 use views::{
     DefinitionsPage, DeliveriesPage, DeliveryView, ItemView, ItemsPage, ListPage, MessagePage, ProcessPage,
-    ProcessView, QueuesPage, SummaryView, html,
+    ProcessView, QueuesPage, SummaryView, html, id_path,
 };
 
 /// Processes per list page.
@@ -345,8 +345,7 @@ async fn deliveries(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         Ok::<_, ApiError>(DeliveriesPage {
             signed_in: state.auth.enabled(),
             csrf: csrf.token.clone(),
-            id_path: percent_encoding::utf8_percent_encode(id.as_str(), percent_encoding::NON_ALPHANUMERIC)
-                .to_string(),
+            id_path: id_path(id.as_str()),
             id: id.as_str().to_owned(),
             deliveries: records.iter().map(DeliveryView::new).collect(),
         })
@@ -483,8 +482,7 @@ async fn items_page(
         }
     }
     let page = crate::processes::read_items(state, query).await?;
-    let id_path =
-        percent_encoding::utf8_percent_encode(id.as_str(), percent_encoding::NON_ALPHANUMERIC).to_string();
+    let id_path = id_path(id.as_str());
     let next_page = page.next_cursor.map(|cursor| {
         let filter = outcome.map(|o| format!("&outcome={o}")).unwrap_or_default();
         format!("/processes/{id_path}/steps/{step}/items?cursor={}{filter}", encode(&cursor))
@@ -541,8 +539,7 @@ fn same_origin(req: &HttpRequest, auth: &Auth) -> Result<(), ApiError> {
 }
 
 fn back_to(id: &str) -> HttpResponse {
-    let path = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
-    HttpResponse::SeeOther().insert_header((LOCATION, format!("/processes/{path}"))).finish()
+    HttpResponse::SeeOther().insert_header((LOCATION, format!("/processes/{}", id_path(id)))).finish()
 }
 
 async fn command(

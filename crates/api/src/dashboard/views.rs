@@ -82,11 +82,7 @@ impl ProcessView {
             })
             .collect();
         ProcessView {
-            id_path: percent_encoding::utf8_percent_encode(
-                &process.async_process_id,
-                percent_encoding::NON_ALPHANUMERIC,
-            )
-            .to_string(),
+            id_path: id_path(&process.async_process_id),
             id: process.async_process_id.clone(),
             name: process.name.clone(),
             reference: process.reference_id.clone(),
@@ -152,6 +148,11 @@ pub(super) fn sample<'a>(items: impl Iterator<Item = &'a str>) -> String {
         }
     }
     shown.join(", ")
+}
+
+/// An ID as one segment of a page's path.
+pub(super) fn id_path(id: &str) -> String {
+    percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// A time to the second, UTC: "2026-12-03 07:00:52".
