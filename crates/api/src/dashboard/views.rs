@@ -3,7 +3,9 @@
 use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use askama::Template;
-use async_engine_domain::{DeliveryRecord, FailureCount, Overview, ProcessDefinition, ProcessStatus, Status};
+use async_engine_domain::{
+    DeliveryRecord, FailureCount, Overview, ProcessDefinition, ProcessStatus, Status, StepDefinition,
+};
 
 use crate::clock::{now_micros, rfc3339};
 
@@ -308,57 +310,34 @@ impl QueuesPage {
     }
 }
 
-pub(super) struct DefinitionStepView {
-    pub(super) number: usize,
-    pub(super) name: String,
-    pub(super) handler: String,
-    pub(super) chunk_size: u32,
-    pub(super) max_attempts: u32,
-    pub(super) timeout_secs: u64,
-    pub(super) on_item_failure: &'static str,
-}
-
-pub(super) struct DefinitionView {
-    pub(super) name: String,
+pub(super) struct DefinitionView<'a> {
+    pub(super) name: &'a str,
     pub(super) link: String,
-    pub(super) steps: Vec<DefinitionStepView>,
+    pub(super) steps: &'a [StepDefinition],
 }
 
 #[derive(Template)]
 #[template(path = "definitions.html")]
-pub(super) struct DefinitionsPage {
+pub(super) struct DefinitionsPage<'a> {
     pub(super) signed_in: bool,
     pub(super) csrf: String,
-    pub(super) definitions: Vec<DefinitionView>,
+    pub(super) definitions: Vec<DefinitionView<'a>>,
 }
 
-impl DefinitionsPage {
-    pub(super) fn new(signed_in: bool, csrf: String, definitions: &[ProcessDefinition]) -> Self {
+impl<'a> DefinitionsPage<'a> {
+    pub(super) fn new(signed_in: bool, csrf: String, definitions: &'a [ProcessDefinition]) -> Self {
         DefinitionsPage {
             signed_in,
             csrf,
             definitions: definitions
                 .iter()
                 .map(|d| DefinitionView {
-                    name: d.name.clone(),
+                    name: &d.name,
                     link: format!(
                         "/?asyncProcessName={}",
                         form_urlencoded::byte_serialize(d.name.as_bytes()).collect::<String>()
                     ),
-                    steps: d
-                        .steps
-                        .iter()
-                        .enumerate()
-                        .map(|(number, s)| DefinitionStepView {
-                            number,
-                            name: s.name.clone(),
-                            handler: s.handler.to_string(),
-                            chunk_size: s.chunk_size,
-                            max_attempts: s.max_attempts,
-                            timeout_secs: s.timeout_secs,
-                            on_item_failure: s.on_item_failure.as_str(),
-                        })
-                        .collect(),
+                    steps: &d.steps,
                 })
                 .collect(),
         }
