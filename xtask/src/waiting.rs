@@ -83,6 +83,7 @@ pub fn run(clients: Vec<usize>, seconds: u64) -> anyhow::Result<()> {
         definitions: Arc::new(vec![definition]),
         callbacks: Arc::new(CallbackPolicy::default()),
         watcher: Watcher::new(config.watch_interval),
+        answers: Arc::default(),
         limiter: Arc::new(StatusLimiter::new(0)),
         auth: Arc::new(Auth::disabled()),
         on_new_work: Arc::new(|| {}),

@@ -1,16 +1,23 @@
 //! A rendered status answer: its bytes, its ETag and whether it can still change. Plain
-//! reads, long-polls and event streams all send these.
+//! reads, long-polls and event streams all send these; the last ones rendered are held, each
+//! with the change marks it was read at, to answer an unchanged lookup again without reading it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use actix_web::http::header::ETAG;
 use actix_web::web::Bytes;
 
+use async_engine_domain::TenantId;
+
 use crate::envelope::Envelope;
+use crate::params::StatusRequest;
 
 /// A status answer ready to send: the same lookup at the same state gives the same bytes, so
 /// the same ETag, on every node.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Answer {
     pub status: StatusCode,
     pub body: Bytes,
@@ -52,5 +59,118 @@ impl Answer {
             response.insert_header((ETAG, etag.as_str()));
         }
         response.finish()
+    }
+}
+
+/// Answers held at most, and the largest body held: enough for every lookup that callers poll
+/// at once, bounded in memory (at most 256 MiB, and far less for ordinary answers).
+const HELD_ANSWERS: usize = 1024;
+const LARGEST_HELD: usize = 256 * 1024;
+
+/// The last answers rendered, by tenant and request, each with the change marks (the rows and
+/// versions of the processes it lists) read before it was. Marks equal to the current ones mean
+/// nothing it shows has changed since, on any node: the answer can be sent again as it is.
+#[derive(Default)]
+pub struct AnswerCache {
+    held: Mutex<Held>,
+}
+
+struct HeldAnswer {
+    marks: Vec<(i64, i64)>,
+    answer: Answer,
+    /// The cache's clock at its latest use.
+    used: u64,
+}
+
+#[derive(Default)]
+struct Held {
+    entries: HashMap<(TenantId, StatusRequest), HeldAnswer>,
+    /// Bumped by every use: the entry with the smallest is the least recently used.
+    clock: u64,
+}
+
+impl AnswerCache {
+    /// The answer held for this lookup, if it was read at exactly these marks.
+    pub fn get(&self, tenant: &TenantId, request: &StatusRequest, marks: &[(i64, i64)]) -> Option<Answer> {
+        let mut held = self.held.lock().ok()?;
+        let now = held.clock + 1;
+        held.clock = now;
+        let entry = held.entries.get_mut(&(tenant.clone(), request.clone()))?;
+        if entry.marks.as_slice() != marks {
+            return None;
+        }
+        entry.used = now;
+        Some(entry.answer.clone())
+    }
+
+    /// Holds `answer`, read after `marks`, for the next read of this lookup.
+    pub fn put(&self, tenant: &TenantId, request: &StatusRequest, marks: Vec<(i64, i64)>, answer: &Answer) {
+        if answer.etag.is_none() || answer.body.len() > LARGEST_HELD {
+            return;
+        }
+        let Ok(mut held) = self.held.lock() else { return };
+        let key = (tenant.clone(), request.clone());
+        if held.entries.len() >= HELD_ANSWERS && !held.entries.contains_key(&key) {
+            let oldest = held.entries.iter().min_by_key(|(_, entry)| entry.used).map(|(key, _)| key.clone());
+            if let Some(oldest) = oldest {
+                held.entries.remove(&oldest);
+            }
+        }
+        let now = held.clock + 1;
+        held.clock = now;
+        held.entries.insert(key, HeldAnswer { marks, answer: answer.clone(), used: now });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_engine_domain::{IdKind, LookupId};
+
+    use super::*;
+    use crate::envelope::Shape;
+
+    fn request(id: &str) -> StatusRequest {
+        StatusRequest { id: LookupId::new(id).unwrap(), kind: IdKind::Either, shape: Shape::default() }
+    }
+
+    fn answer(body: &str) -> Answer {
+        Answer {
+            status: StatusCode::ACCEPTED,
+            body: body.to_owned().into(),
+            etag: Some(format!("\"{body}\"")),
+            finished: false,
+        }
+    }
+
+    #[test]
+    fn an_answer_is_given_again_only_at_the_marks_it_was_read_at_and_only_to_its_tenant() {
+        let cache = AnswerCache::default();
+        let (mine, theirs) = (TenantId::default_tenant(), TenantId::new("other").unwrap());
+        cache.put(&mine, &request("p"), vec![(1, 7)], &answer("a"));
+        assert_eq!(cache.get(&mine, &request("p"), &[(1, 7)]).unwrap().body, "a");
+        assert!(cache.get(&mine, &request("p"), &[(1, 8)]).is_none(), "changed since");
+        assert!(cache.get(&mine, &request("p"), &[(1, 7), (2, 0)]).is_none(), "one more matches");
+        assert!(cache.get(&theirs, &request("p"), &[(1, 7)]).is_none());
+        assert!(cache.get(&mine, &request("q"), &[(1, 7)]).is_none());
+        // Error answers and very large ones are not held.
+        cache.put(&mine, &request("e"), vec![(3, 0)], &Answer::input_error("no"));
+        assert!(cache.get(&mine, &request("e"), &[(3, 0)]).is_none());
+        cache.put(&mine, &request("big"), vec![(4, 0)], &answer(&"x".repeat(LARGEST_HELD + 1)));
+        assert!(cache.get(&mine, &request("big"), &[(4, 0)]).is_none());
+    }
+
+    #[test]
+    fn the_least_recently_used_answer_makes_room() {
+        let cache = AnswerCache::default();
+        let tenant = TenantId::default_tenant();
+        for n in 0..HELD_ANSWERS {
+            cache.put(&tenant, &request(&format!("p{n}")), vec![(1, 0)], &answer("a"));
+        }
+        // p0 was used last of all, so p1 is the one to go.
+        assert!(cache.get(&tenant, &request("p0"), &[(1, 0)]).is_some());
+        cache.put(&tenant, &request("new"), vec![(1, 0)], &answer("b"));
+        assert!(cache.get(&tenant, &request("p0"), &[(1, 0)]).is_some());
+        assert!(cache.get(&tenant, &request("p1"), &[(1, 0)]).is_none());
+        assert!(cache.get(&tenant, &request("new"), &[(1, 0)]).is_some());
     }
 }

@@ -44,14 +44,44 @@ pub(crate) fn if_none_match(req: &HttpRequest) -> Vec<String> {
         .collect()
 }
 
-/// Reads and renders one status answer; storage work, so it runs on the blocking pool.
+/// Reads and renders one status answer; storage work, so it runs on the blocking pool. An
+/// unchanged lookup (its change marks as when its answer was last rendered) costs one small
+/// read of the marks, and is answered with the bytes held.
 pub fn read_answer(state: &AppState, tenant: &TenantId, request: &StatusRequest) -> Result<Answer, ApiError> {
-    let query = StatusQuery {
+    let marks = state.status.change_marks(&query_of(tenant, request))?;
+    read_answer_at(state, tenant, request, marks)
+}
+
+/// [`read_answer`] with the change marks read already, before this call.
+pub fn read_answer_at(
+    state: &AppState,
+    tenant: &TenantId,
+    request: &StatusRequest,
+    marks: Vec<(i64, i64)>,
+) -> Result<Answer, ApiError> {
+    if let Some(held) = state.answers.get(tenant, request, &marks) {
+        return Ok(held);
+    }
+    let answer = render(state, tenant, request)?;
+    // Read after the marks: if anything changed in between, the marks are older than the
+    // answer, and the next read misses and reads again; a held answer is never older than
+    // its marks.
+    state.answers.put(tenant, request, marks, &answer);
+    Ok(answer)
+}
+
+fn query_of(tenant: &TenantId, request: &StatusRequest) -> StatusQuery {
+    StatusQuery {
         tenant: tenant.clone(),
         id: request.id.clone(),
         kind: request.kind,
         detail: request.detail(),
-    };
+    }
+}
+
+/// The full read and its rendering.
+fn render(state: &AppState, tenant: &TenantId, request: &StatusRequest) -> Result<Answer, ApiError> {
+    let query = query_of(tenant, request);
     if query.detail == Detail::Items {
         check_governor_limit(state, &query)?;
     }

@@ -8,6 +8,7 @@ use async_engine_domain::{
     DeliveryStore, Operations, ProcessDefinition, ProcessStore, StatusReader, TaskStore,
 };
 
+use crate::answer::AnswerCache;
 use crate::auth::Auth;
 use crate::callback::CallbackPolicy;
 use crate::claims::ClaimWaiters;
@@ -98,6 +99,8 @@ pub struct AppState {
     pub callbacks: Arc<CallbackPolicy>,
     /// Long-polls and event streams, shared per lookup.
     pub watcher: Watcher,
+    /// The last status answers rendered, for lookups that have not changed since.
+    pub answers: Arc<AnswerCache>,
     /// `limits.min_status_interval_secs`.
     pub limiter: Arc<StatusLimiter>,
     /// API keys, or none (every caller anonymous).
@@ -137,6 +140,7 @@ impl AppState {
             definitions: Arc::new(definitions),
             callbacks: Arc::new(callbacks),
             watcher: Watcher::new(config.watch_interval),
+            answers: Arc::default(),
             limiter: Arc::new(StatusLimiter::new(config.min_status_interval_secs)),
             auth: Arc::new(auth),
             on_new_work: Arc::new(move || {

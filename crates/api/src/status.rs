@@ -146,14 +146,21 @@ mod tests {
         call(reader, ApiConfig::default(), TestRequest::get().uri(uri)).await
     }
 
-    fn returning(records: Vec<ProcessStatus>) -> MockStatusReader {
+    /// A reader whose lookups all have the same change marks.
+    fn marked() -> MockStatusReader {
         let mut reader = MockStatusReader::new();
+        reader.expect_change_marks().returning(|_| Ok(vec![(1, 1)]));
+        reader
+    }
+
+    fn returning(records: Vec<ProcessStatus>) -> MockStatusReader {
+        let mut reader = marked();
         reader.expect_find_status().returning(move |_| Ok(records.clone()));
         reader
     }
 
     fn untouched() -> MockStatusReader {
-        let mut reader = MockStatusReader::new();
+        let mut reader = marked();
         reader.expect_find_status().never();
         reader
     }
@@ -209,7 +216,7 @@ mod tests {
             ("?idType=asyncProcessId", Detail::Items, IdKind::AsyncProcessId),
         ];
         for (query, detail, kind) in cases {
-            let mut reader = MockStatusReader::new();
+            let mut reader = marked();
             if detail == Detail::Items {
                 // The governor limit counts items from the steps first.
                 reader
@@ -284,8 +291,36 @@ mod tests {
     }
 
     #[actix_web::test]
-    async fn the_action_call_answers_like_the_get() {
+    async fn an_unchanged_lookup_is_answered_from_the_held_answer_and_a_changed_one_read_again() {
+        use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+        let version = Arc::new(AtomicI64::new(1));
+        let reads = Arc::new(AtomicUsize::new(0));
         let mut reader = MockStatusReader::new();
+        let marks = version.clone();
+        reader.expect_change_marks().returning(move |_| Ok(vec![(7, marks.load(Ordering::SeqCst))]));
+        let counted = reads.clone();
+        reader.expect_find_status().returning(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![sample()])
+        });
+        let state = AppState { status: Arc::new(reader), ..test_support::state() };
+        let get = |uri: &'static str| test_support::send(state.clone(), TestRequest::get().uri(uri));
+        let (status, first) = get("/v1/asyncprocesses/p1?itemsList=false").await;
+        assert_eq!((status, reads.load(Ordering::SeqCst)), (202, 1));
+        let (status, again) = get("/v1/asyncprocesses/p1?itemsList=false").await;
+        assert_eq!((status, reads.load(Ordering::SeqCst)), (202, 1), "the marks did not move");
+        assert_eq!(first, again);
+        // Another shape of the same lookup is an answer of its own.
+        get("/v1/asyncprocesses/p1?itemsList=false&failMessage=false").await;
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+        version.store(2, Ordering::SeqCst);
+        get("/v1/asyncprocesses/p1?itemsList=false").await;
+        assert_eq!(reads.load(Ordering::SeqCst), 3, "the process changed: read again");
+    }
+
+    #[actix_web::test]
+    async fn the_action_call_answers_like_the_get() {
+        let mut reader = marked();
         reader
             .expect_find_status()
             .withf(|q| q.kind == IdKind::AsyncProcessId && q.detail == Detail::Steps)
@@ -300,7 +335,7 @@ mod tests {
 
     #[actix_web::test]
     async fn an_answer_over_the_governor_limit_is_refused_before_items_are_read() {
-        let mut reader = MockStatusReader::new();
+        let mut reader = marked();
         // Only the counting read happens; the sample lists 2 processed items per record.
         reader
             .expect_find_status()
@@ -331,7 +366,7 @@ mod tests {
             RepositoryError::Failed("disk I/O error in /var/secret/db.sqlite".into()),
             RepositoryError::Unavailable("pool timed out /var/secret".into()),
         ] {
-            let mut reader = MockStatusReader::new();
+            let mut reader = marked();
             reader.expect_find_status().returning(move |_| Err(error.clone()));
             let (status, body) = get(reader, "/v1/asyncprocesses/p1").await;
             assert_eq!(status, 500);

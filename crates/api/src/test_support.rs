@@ -42,6 +42,7 @@ pub fn state() -> AppState {
         }]),
         callbacks: Arc::new(CallbackPolicy::new(&["hooks.example.com".to_owned()]).unwrap()),
         watcher: Watcher::new(Duration::from_millis(20)),
+        answers: Arc::default(),
         limiter: Arc::new(StatusLimiter::new(0)),
         auth: Arc::new(Auth::disabled()),
         on_new_work: Arc::new(|| {}),

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::answer::Answer;
-use crate::answering::read_answer;
+use crate::answering::read_answer_at;
 use crate::auth::Scope;
 use crate::envelope::Envelope;
 use crate::error::ApiError;
@@ -78,7 +78,8 @@ impl Watcher {
             let (state, key) = reading;
             // Marks first: a change after them is seen by the next tick.
             let marks = state.status.change_marks(&key.query())?;
-            Ok::<_, ApiError>((marks, read_answer(&state, &key.tenant, &key.request)?))
+            let answer = read_answer_at(&state, &key.tenant, &key.request, marks.clone())?;
+            Ok::<_, ApiError>((marks, answer))
         })
         .await??;
         let mut watches = self.lock();
@@ -180,7 +181,7 @@ fn changed_answer(
             return None;
         }
     };
-    let answer = match read_answer(state, &key.tenant, &key.request) {
+    let answer = match read_answer_at(state, &key.tenant, &key.request, now.clone()) {
         Ok(answer) => answer,
         // The lookup stopped answering (its process was purged): waiters are told so.
         Err(ApiError::Input(text)) => Answer::input_error(&text),
