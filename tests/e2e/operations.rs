@@ -81,13 +81,19 @@ async_engine_persistence::postgres_test! {
 }
 
 #[test]
-fn purge_refuses_a_database_file_that_does_not_exist_and_creates_none() {
+fn purge_and_migrate_refuse_a_database_file_that_does_not_exist_and_create_none() {
     let (dir, db) = temp_db();
-    let output = command(&db, &["purge"], &[]).output().unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let said = String::from_utf8_lossy(&output.stderr);
-    assert!(said.contains(&format!("there is no database at {}", db.display())), "{said}");
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing created");
+    for args in [&["purge"][..], &["migrate"]] {
+        let output = command(&db, args, &[]).output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(said.contains(&format!("there is no database at {}", db.display())), "{args:?}: {said}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "{args:?}: nothing created");
+    }
+    // Asked to, migrate makes it.
+    let made = command(&db, &["migrate", "--create"], &[]).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(db.exists());
 }
 
 #[test]

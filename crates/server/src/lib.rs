@@ -35,9 +35,13 @@ pub fn seed_database(settings: &Settings, plan: &seed::Seed) -> anyhow::Result<S
     seed::seed(settings, &store, plan)
 }
 
-/// `async-engine migrate`: applies pending migrations and says which.
-pub fn migrate(settings: &Settings) -> anyhow::Result<Vec<String>> {
+/// `async-engine migrate`: applies pending migrations and says which. A SQLite file that does
+/// not exist is refused unless `create` says to make it.
+pub fn migrate(settings: &Settings, create: bool) -> anyhow::Result<Vec<String>> {
     telemetry::init(&settings.log)?;
+    if !create {
+        refuse_missing_database(settings, "serve, seed or migrate --create creates one")?;
+    }
     let store = open_store(settings)?;
     store.migrate().context("applying migrations")
 }
@@ -91,19 +95,27 @@ impl Retention {
 /// path: opening it would create an empty database beside the real one.
 pub fn purge(settings: &Settings) -> anyhow::Result<(u64, u64)> {
     telemetry::init(&settings.log)?;
+    refuse_missing_database(settings, "serve or seed creates one")?;
+    let store = open_store(settings)?;
+    apply_retention(&store, &Retention::of(settings), &|| false)
+}
+
+/// Refuses a SQLite `database.url` whose file does not exist, naming the path: opening it would
+/// create an empty database, beside the real one when run from another folder. `makes_one` says
+/// which commands would.
+fn refuse_missing_database(settings: &Settings, makes_one: &str) -> anyhow::Result<()> {
     if let Ok(DatabaseUrl::Sqlite(path)) = DatabaseUrl::parse(&settings.database.url)
         && !path.exists()
     {
         let shown = std::path::absolute(&path).unwrap_or(path);
         bail!(
-            "database.url '{}': there is no database at {} (serve or seed creates one; set \
-             database.url or run where it is relative to)",
+            "database.url '{}': there is no database at {} ({makes_one}; set database.url or run \
+             where it is relative to)",
             settings.database.url,
             shown.display()
         );
     }
-    let store = open_store(settings)?;
-    apply_retention(&store, &Retention::of(settings), &|| false)
+    Ok(())
 }
 
 /// The background retention: a thread that applies it every `retention.interval_secs` until

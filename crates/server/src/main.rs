@@ -61,7 +61,14 @@ enum Command {
     /// Serve the API (applies migrations first unless database.migrate_on_start = false).
     Serve(ConfigArgs),
     /// Apply pending database migrations and exit.
-    Migrate(ConfigArgs),
+    Migrate {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Create the SQLite database file when it does not exist (without it, a missing file
+        /// is refused, naming the path).
+        #[arg(long)]
+        create: bool,
+    },
     /// Delete processes that finished more than retention.days ago, now.
     Purge(ConfigArgs),
     /// Store the documented example and demo processes in the database (migrating it first,
@@ -229,7 +236,7 @@ fn main() -> ExitCode {
     if !matches!(
         cli.command,
         Command::Serve(_)
-            | Command::Migrate(_)
+            | Command::Migrate { .. }
             | Command::Purge(_)
             | Command::Seed { .. }
             | Command::Token { .. }
@@ -424,7 +431,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return write_stdout(&entry);
     }
     let (Command::Serve(config)
-    | Command::Migrate(config)
+    | Command::Migrate { config, .. }
     | Command::Purge(config)
     | Command::Seed { config, .. }) = &cli.command
     else {
@@ -447,8 +454,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("async-engine: {said}");
             Ok(())
         }
-        Command::Migrate(_) => {
-            let applied = async_engine::migrate(&settings)?;
+        Command::Migrate { create, .. } => {
+            let applied = async_engine::migrate(&settings, create)?;
             if applied.is_empty() {
                 eprintln!("async-engine: the database schema is current");
             }
