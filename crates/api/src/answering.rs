@@ -48,7 +48,7 @@ pub(crate) fn if_none_match(req: &HttpRequest) -> Vec<String> {
 /// unchanged lookup (its change marks as when its answer was last rendered) costs one small
 /// read of the marks, and is answered with the bytes held.
 pub fn read_answer(state: &AppState, tenant: &TenantId, request: &StatusRequest) -> Result<Answer, ApiError> {
-    let marks = state.status.change_marks(&query_of(tenant, request))?;
+    let marks = state.status.change_marks(&request.query(tenant))?;
     read_answer_at(state, tenant, request, marks)
 }
 
@@ -70,18 +70,9 @@ pub fn read_answer_at(
     Ok(answer)
 }
 
-fn query_of(tenant: &TenantId, request: &StatusRequest) -> StatusQuery {
-    StatusQuery {
-        tenant: tenant.clone(),
-        id: request.id.clone(),
-        kind: request.kind,
-        detail: request.detail(),
-    }
-}
-
 /// The full read and its rendering.
 fn render(state: &AppState, tenant: &TenantId, request: &StatusRequest) -> Result<Answer, ApiError> {
-    let query = query_of(tenant, request);
+    let query = request.query(tenant);
     if query.detail == Detail::Items {
         check_governor_limit(state, &query)?;
     }

@@ -11,8 +11,8 @@ use actix_web::http::header::{CACHE_CONTROL, HOST, HeaderName, LOCATION, ORIGIN,
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use async_engine_domain::{
-    Detail, FailureCount, IdKind, ItemsQuery, ListError, ListQuery, LookupId, OutcomeFilter, Overview,
-    ProcessStatus, Status, StatusQuery, TenantId,
+    Detail, FailureCount, IdKind, ItemsQuery, ListError, ListQuery, LookupId, OutcomeFilter, ProcessStatus,
+    Status, StatusQuery, TenantId, Totals,
 };
 
 use crate::auth::{Auth, CSRF_COOKIE, CSRF_FIELD, Caller, SESSION_COOKIE, Scope};
@@ -265,7 +265,7 @@ async fn list_page(
         ListError::BadCursor => ApiError::input("that page link is not one this server gave out"),
         ListError::Storage(error) => error.into(),
     })?;
-    let overview = read_overview(state, filters.tenant.clone()).await?;
+    let totals = read_totals(state, filters.tenant.clone()).await?;
     let next_page = page.next_cursor.map(|cursor| {
         let mut link = format!("/?cursor={}", encode(&cursor));
         if let Some(status) = filters.status {
@@ -282,7 +282,7 @@ async fn list_page(
     Ok(ListPage {
         signed_in: state.auth.enabled(),
         csrf,
-        summary: SummaryView::new(&overview, RECENT_MINUTES),
+        summary: SummaryView::new(&totals, RECENT_MINUTES),
         statuses: Status::ALL.iter().map(|s| s.as_str()).collect(),
         filter_status: filters.status.map(|s| s.as_str().to_owned()).unwrap_or_default(),
         filter_name: filters.name.unwrap_or_default(),
@@ -292,13 +292,11 @@ async fn list_page(
     })
 }
 
-/// The tenant's processes by status, those finished in the last [`RECENT_MINUTES`], and its
-/// queues and workers, as of now.
-async fn read_overview(state: &AppState, tenant: TenantId) -> Result<Overview, ApiError> {
+/// The tenant's processes by status, and those finished in the last [`RECENT_MINUTES`].
+async fn read_totals(state: &AppState, tenant: TenantId) -> Result<Totals, ApiError> {
     let ops = state.ops.clone();
-    let now = now_micros();
-    let since = now.saturating_sub(RECENT_MINUTES * 60 * 1_000_000);
-    Ok(blocking(move || ops.overview(&tenant, since, now)).await??)
+    let since = now_micros().saturating_sub(RECENT_MINUTES * 60 * 1_000_000);
+    Ok(blocking(move || ops.totals(&tenant, since)).await??)
 }
 
 /// `GET /queues`: the tenant's queues (depth, leases, the oldest due task) and the workers
@@ -309,11 +307,13 @@ async fn queues(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         Err(error) => return error_page(&req, &state, error),
     };
     let csrf = Csrf::of(&req, &state.auth);
-    match read_overview(&state, caller.tenant).await {
-        Ok(overview) => {
-            let queues = QueuesPage::new(state.auth.enabled(), csrf.token.clone(), &overview, now_micros());
+    let (ops, now) = (state.ops.clone(), now_micros());
+    match blocking(move || ops.loads(&caller.tenant, now)).await {
+        Ok(Ok(loads)) => {
+            let queues = QueuesPage::new(state.auth.enabled(), csrf.token.clone(), &loads, now);
             page(&req, &state, &csrf, StatusCode::OK, &queues)
         }
+        Ok(Err(error)) => error_page(&req, &state, error.into()),
         Err(error) => error_page(&req, &state, error),
     }
 }

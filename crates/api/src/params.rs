@@ -1,7 +1,7 @@
 //! Reading what a caller asked for, strictly: query parameters, path IDs and action bodies.
 //! Every refusal names the parameter at fault.
 
-use async_engine_domain::{Detail, IdKind, LookupId};
+use async_engine_domain::{Detail, IdKind, LookupId, StatusQuery, TenantId};
 use serde_json::{Map, Value};
 
 use crate::envelope::Shape;
@@ -16,6 +16,11 @@ pub struct StatusRequest {
 }
 
 impl StatusRequest {
+    /// The storage lookup this request makes within `tenant`.
+    pub fn query(&self, tenant: &TenantId) -> StatusQuery {
+        StatusQuery { tenant: tenant.clone(), id: self.id.clone(), kind: self.kind, detail: self.detail() }
+    }
+
     /// Reads no more rows than the shape shows.
     pub fn detail(&self) -> Detail {
         match (self.shape.verbose, self.shape.items_list) {

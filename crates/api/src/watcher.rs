@@ -21,12 +21,7 @@ pub struct WatchKey {
 
 impl WatchKey {
     pub(crate) fn query(&self) -> StatusQuery {
-        StatusQuery {
-            tenant: self.tenant.clone(),
-            id: self.request.id.clone(),
-            kind: self.request.kind,
-            detail: self.request.detail(),
-        }
+        self.request.query(&self.tenant)
     }
 }
 

@@ -18,7 +18,7 @@ pub use definition::{FailurePolicy, Handler, ProcessDefinition, PushTarget, Step
 pub use ids::{IdError, LookupId, ProcessId, ReferenceId, TenantId};
 pub use json::RawJson;
 pub use notify::{Attempt, DeliveryRecord, DeliveryStore, DueDelivery};
-pub use ops::{FailureCount, Gauges, NotReady, Operations, Overview, QueueLoad, WorkerLoad};
+pub use ops::{FailureCount, Gauges, Loads, NotReady, Operations, QueueLoad, Totals, WorkerLoad};
 pub use parts::{PartError, PartInfo, PartReceipt, PartUpload, Parts};
 pub use process::{FailureGroup, ProcessStatus, StepItems, StepReport};
 pub use repository::{

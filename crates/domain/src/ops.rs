@@ -16,14 +16,19 @@ pub struct Gauges {
     pub deliveries: Vec<(String, i64)>,
 }
 
-/// What the dashboard's overview shows of one tenant's work, from one read.
+/// One tenant's processes as the dashboard's list sums them up, from one read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Overview {
+pub struct Totals {
     /// `(status, processes)`, for the statuses that have any.
     pub processes: Vec<(Status, i64)>,
     /// Processes the engine ran that finished (Success, Failed, Aborted) since the time asked
     /// for, records of history left out: `(status, processes, their items)`.
     pub finished: Vec<(Status, i64, i64)>,
+}
+
+/// One tenant's open tasks as the dashboard's queues page shows them, from one read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Loads {
     /// Every queue with open tasks, by name.
     pub queues: Vec<QueueLoad>,
     /// Every worker holding leases, by queue and worker id.
@@ -79,14 +84,10 @@ pub trait Operations: Send + Sync {
     /// while writes fail for want of disk (seen in the last few seconds), though reads work.
     fn readiness(&self) -> Result<(), NotReady>;
     fn gauges(&self) -> Result<Gauges, RepositoryError>;
-    /// One tenant's processes by status, those finished since `finished_since_micros`, and
-    /// its queues and workers as of `now_micros`.
-    fn overview(
-        &self,
-        tenant: &TenantId,
-        finished_since_micros: i64,
-        now_micros: i64,
-    ) -> Result<Overview, RepositoryError>;
+    /// One tenant's processes by status, and those finished since `finished_since_micros`.
+    fn totals(&self, tenant: &TenantId, finished_since_micros: i64) -> Result<Totals, RepositoryError>;
+    /// One tenant's queues and the workers holding their leases, as of `now_micros`.
+    fn loads(&self, tenant: &TenantId, now_micros: i64) -> Result<Loads, RepositoryError>;
     /// Every failure group of one process (by asyncProcessId) with its size, however many
     /// items it holds; empty for a process that does not exist in the tenant.
     fn failure_counts(

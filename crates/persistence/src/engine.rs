@@ -7,16 +7,16 @@ use std::time::Duration;
 
 use async_engine_domain::{
     ClaimRequest, ClaimedTask, CommandError, FailureCount, Gauges, ItemsError, ItemsPage, ItemsQuery,
-    ListError, ListQuery, NewProcess, NotReady, Operations, Overview, Page, PartError, PartReceipt,
-    PartUpload, Parts, ProcessStatus, ProcessStore, RawJson, RepositoryError, ResultRow, ResultsQuery,
-    Started, StreamedStartError, TaskError, TaskReport, TaskStore, TenantId,
+    ListError, ListQuery, Loads, NewProcess, NotReady, Operations, Page, PartError, PartReceipt, PartUpload,
+    Parts, ProcessStatus, ProcessStore, RawJson, RepositoryError, ResultRow, ResultsQuery, Started,
+    StreamedStartError, TaskError, TaskReport, TaskStore, TenantId, Totals,
 };
 
 use crate::claim::{any_due, claim};
 use crate::commands::{cancel, list, retry};
 use crate::error::Error;
 use crate::lease::{complete, fail, heartbeat};
-use crate::ops::{failure_counts, gauges, overview, purge};
+use crate::ops::{failure_counts, gauges, loads, purge, totals};
 use crate::parts::{close, expire_open, list_parts, put_part};
 use crate::start::{existing, start, start_open, start_streamed};
 use crate::store::Store;
@@ -180,13 +180,12 @@ impl Operations for Store {
         self.with(|conn| gauges(conn).map(Ok))
     }
 
-    fn overview(
-        &self,
-        tenant: &TenantId,
-        finished_since_micros: i64,
-        now_micros: i64,
-    ) -> Result<Overview, RepositoryError> {
-        self.with(|conn| overview(conn, tenant, finished_since_micros, now_micros).map(Ok))
+    fn totals(&self, tenant: &TenantId, finished_since_micros: i64) -> Result<Totals, RepositoryError> {
+        self.with(|conn| totals(conn, tenant, finished_since_micros).map(Ok))
+    }
+
+    fn loads(&self, tenant: &TenantId, now_micros: i64) -> Result<Loads, RepositoryError> {
+        self.with(|conn| loads(conn, tenant, now_micros).map(Ok))
     }
 
     fn failure_counts(

@@ -1,6 +1,6 @@
 //! Readiness, gauges and retention (contract §7) over the same pool as everything else.
 
-use async_engine_domain::{FailureCount, Gauges, Overview, QueueLoad, Status, TenantId, WorkerLoad};
+use async_engine_domain::{FailureCount, Gauges, Loads, QueueLoad, Status, TenantId, Totals, WorkerLoad};
 use diesel::prelude::*;
 
 use crate::connection::{DbConnection, lock_process, read_transaction, write_transaction};
@@ -34,9 +34,8 @@ pub fn gauges(conn: &mut DbConnection) -> Result<Gauges, Error> {
 /// `(queue, worker id, leased tasks, latest heartbeat, first expiry)`.
 type WorkerRow = (String, Option<String>, i64, Option<i64>, Option<i64>);
 
-/// One tenant's work for the dashboard, in one read: processes by status, those finished
-/// since `since`, and the open tasks by queue and by worker.
-pub fn overview(conn: &mut DbConnection, tenant: &TenantId, since: i64, now: i64) -> Result<Overview, Error> {
+/// One tenant's processes by status, and those finished since `since`, in one read.
+pub fn totals(conn: &mut DbConnection, tenant: &TenantId, since: i64) -> Result<Totals, Error> {
     read_transaction(conn, |conn| {
         let by_status: Vec<(String, i64)> = processes::table
             .filter(processes::tenant.eq(tenant.as_str()))
@@ -59,6 +58,22 @@ pub fn overview(conn: &mut DbConnection, tenant: &TenantId, since: i64, now: i64
                 ),
             ))
             .load(conn)?;
+        Ok(Totals {
+            processes: parse_statuses(by_status.into_iter().map(|(s, n)| (s, n, None)))?
+                .into_iter()
+                .map(|(s, n, _)| (s, n))
+                .collect(),
+            finished: parse_statuses(finished.into_iter())?
+                .into_iter()
+                .map(|(s, n, items)| (s, n, items.unwrap_or(0)))
+                .collect(),
+        })
+    })
+}
+
+/// One tenant's open tasks by queue and by worker as of `now`, in one read.
+pub fn loads(conn: &mut DbConnection, tenant: &TenantId, now: i64) -> Result<Loads, Error> {
+    read_transaction(conn, |conn| {
         let open = tasks::table
             .inner_join(processes::table)
             .filter(processes::tenant.eq(tenant.as_str()))
@@ -100,15 +115,7 @@ pub fn overview(conn: &mut DbConnection, tenant: &TenantId, since: i64, now: i64
             if state == QUEUED { load.queued = count } else { load.leased = count }
         }
         queues.sort_by(|a, b| a.queue.cmp(&b.queue));
-        Ok(Overview {
-            processes: parse_statuses(by_status.into_iter().map(|(s, n)| (s, n, None)))?
-                .into_iter()
-                .map(|(s, n, _)| (s, n))
-                .collect(),
-            finished: parse_statuses(finished.into_iter())?
-                .into_iter()
-                .map(|(s, n, items)| (s, n, items.unwrap_or(0)))
-                .collect(),
+        Ok(Loads {
             queues,
             workers: workers
                 .into_iter()
@@ -292,8 +299,8 @@ mod tests {
     }
 
     on_both_backends! {
-        fn the_overview_counts_one_tenant_s_processes_queues_and_workers(store: &Store) {
-            use async_engine_domain::{Overview, QueueLoad, TaskStore, WorkerLoad};
+        fn totals_and_loads_count_one_tenant_s_processes_queues_and_workers(store: &Store) {
+            use async_engine_domain::{Loads, QueueLoad, TaskStore, Totals, WorkerLoad};
 
             use crate::fixtures::{SECOND, claim, status};
             let tenant = TenantId::default_tenant();
@@ -305,17 +312,18 @@ mod tests {
             store.heartbeat(None, held.task_id, &held.lease_token, 10 * SECOND, 7 * SECOND).unwrap();
             let busy = status(store, "busy").status;
 
-            let overview = store.overview(&tenant, 0, 8 * SECOND).unwrap();
+            let totals = store.totals(&tenant, 0).unwrap();
             let mut expected = vec![(Status::Failed, 1), (busy, 1)];
             expected.sort_by_key(|(s, _)| Status::ALL.iter().position(|a| a == s));
-            assert_eq!(overview.processes, expected);
-            assert_eq!(overview.finished, [(Status::Failed, 1, 5)]);
+            assert_eq!(totals.processes, expected);
+            assert_eq!(totals.finished, [(Status::Failed, 1, 5)]);
+            let loads = store.loads(&tenant, 8 * SECOND).unwrap();
             assert_eq!(
-                overview.queues,
+                loads.queues,
                 [QueueLoad { queue: "queue:q0".into(), queued: 1, leased: 1, oldest_due_micros: Some(0) }]
             );
             assert_eq!(
-                overview.workers,
+                loads.workers,
                 [WorkerLoad {
                     queue: "queue:q0".into(),
                     worker_id: "w-1".into(),
@@ -325,9 +333,11 @@ mod tests {
                 }]
             );
             // Finished before the window: not counted as recent.
-            assert!(store.overview(&tenant, 1, 8 * SECOND).unwrap().finished.is_empty());
+            assert!(store.totals(&tenant, 1).unwrap().finished.is_empty());
             // Another tenant sees none of it.
-            assert_eq!(store.overview(&TenantId::new("other").unwrap(), 0, 8 * SECOND).unwrap(), Overview::default());
+            let other = TenantId::new("other").unwrap();
+            assert_eq!(store.totals(&other, 0).unwrap(), Totals::default());
+            assert_eq!(store.loads(&other, 8 * SECOND).unwrap(), Loads::default());
 
             let counts = store.failure_counts(&tenant, "done").unwrap();
             assert_eq!(

@@ -4,7 +4,7 @@ use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use askama::Template;
 use async_engine_domain::{
-    DeliveryRecord, FailureCount, Overview, ProcessDefinition, ProcessStatus, Status, StepDefinition,
+    DeliveryRecord, FailureCount, Loads, ProcessDefinition, ProcessStatus, Status, StepDefinition, Totals,
 };
 
 use crate::clock::{now_micros, rfc3339};
@@ -185,7 +185,7 @@ pub(super) struct TotalView {
     pub(super) link: String,
 }
 
-/// The totals above the list and what finished lately, from one overview read.
+/// The totals above the list and what finished lately, from one read.
 pub(super) struct SummaryView {
     pub(super) totals: Vec<TotalView>,
     pub(super) window_minutes: i64,
@@ -196,22 +196,22 @@ pub(super) struct SummaryView {
 }
 
 impl SummaryView {
-    pub(super) fn new(overview: &Overview, window_minutes: i64) -> Self {
+    pub(super) fn new(counted: &Totals, window_minutes: i64) -> Self {
         let totals = Status::ALL
             .iter()
             .map(|status| TotalView {
                 status: status.as_str(),
-                count: overview.processes.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n),
+                count: counted.processes.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n),
                 link: format!("/?status={}", status.as_str()),
             })
             .collect();
-        let processes: i64 = overview.finished.iter().map(|(_, n, _)| n).sum();
-        let items: i64 = overview.finished.iter().map(|(_, _, items)| items).sum();
+        let processes: i64 = counted.finished.iter().map(|(_, n, _)| n).sum();
+        let items: i64 = counted.finished.iter().map(|(_, _, items)| items).sum();
         let finished = if processes == 0 {
             String::new()
         } else {
             let by_status: Vec<String> =
-                overview.finished.iter().map(|(status, n, _)| format!("{n} {}", status.as_str())).collect();
+                counted.finished.iter().map(|(status, n, _)| format!("{n} {}", status.as_str())).collect();
             format!(
                 "{processes} process{} ({}), {items} item{}",
                 if processes == 1 { "" } else { "es" },
@@ -277,11 +277,11 @@ pub(super) struct QueuesPage {
 }
 
 impl QueuesPage {
-    pub(super) fn new(signed_in: bool, csrf: String, overview: &Overview, now: i64) -> Self {
+    pub(super) fn new(signed_in: bool, csrf: String, loads: &Loads, now: i64) -> Self {
         QueuesPage {
             signed_in,
             csrf,
-            queues: overview
+            queues: loads
                 .queues
                 .iter()
                 .map(|q| QueueView {
@@ -294,7 +294,7 @@ impl QueuesPage {
                         .unwrap_or_default(),
                 })
                 .collect(),
-            workers: overview
+            workers: loads
                 .workers
                 .iter()
                 .map(|w| WorkerView {
