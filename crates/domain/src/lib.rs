@@ -27,7 +27,7 @@ pub use repository::{
 pub use snapshot::{FailureSnapshot, ProcessSnapshot, SnapshotError, StepSnapshot};
 pub use status::{ProcessEnd, Status, StepState, UnknownStatus};
 pub use work::{
-    ClaimRequest, ClaimedTask, CommandError, ItemResult, ItemsError, ItemsPage, ItemsQuery, ListError,
-    ListQuery, ListedItem, NewProcess, OutcomeFilter, Page, ProcessStore, ResultRow, ResultsFilter,
-    ResultsQuery, Started, StreamedStartError, TaskError, TaskReport, TaskStore,
+    ClaimRequest, ClaimedTask, CommandError, Completion, ItemResult, ItemsError, ItemsPage, ItemsQuery,
+    ListError, ListQuery, ListedItem, NewProcess, OutcomeFilter, Page, ProcessStore, ResultRow,
+    ResultsFilter, ResultsQuery, Started, StreamedStartError, TaskError, TaskReport, TaskStore,
 };

@@ -79,6 +79,14 @@ pub struct TaskReport {
     pub failures: Vec<FailureSnapshot>,
 }
 
+/// One leased task's report, for [`TaskStore::complete_all`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub task_id: i64,
+    pub lease_token: String,
+    pub report: TaskReport,
+}
+
 /// Why a task call was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TaskError {
@@ -294,6 +302,15 @@ pub trait TaskStore: Send + Sync {
         report: &TaskReport,
         now_micros: i64,
     ) -> Result<(), TaskError>;
+    /// Records several tasks at once (group commit): each exactly as [`TaskStore::complete`]
+    /// would, with its own refusal in its own place of the answer, all in one transaction. An
+    /// `Err` (storage) recorded none of them.
+    fn complete_all(
+        &self,
+        tenant: Option<TenantId>,
+        completions: &[Completion],
+        now_micros: i64,
+    ) -> Result<Vec<Result<(), TaskError>>, RepositoryError>;
     /// Extends a lease; returns the new expiry.
     fn heartbeat(
         &self,

@@ -11,9 +11,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_engine_domain::{ClaimRequest, ClaimedTask, TaskError, TaskReport, TaskStore};
+use async_engine_domain::{ClaimRequest, ClaimedTask, Completion, TaskError, TaskReport, TaskStore};
 
 /// Runs the items of one task and reports an outcome for each of them.
 pub trait Handler: Send + Sync {
@@ -209,6 +209,43 @@ struct Worker {
     waker: Waker,
 }
 
+/// How long results may wait for the next task of their batch, and how long a handler may
+/// run for its result still to wait for the next: past either, they are recorded first.
+const GROUP_WINDOW: Duration = Duration::from_millis(20);
+
+/// Results of a batch not yet recorded, in the order they ran.
+#[derive(Default)]
+struct Pending {
+    tasks: Vec<ClaimedTask>,
+    completions: Vec<Completion>,
+    /// The earliest of their leases: retries stop there.
+    lease_until: i64,
+    since: Option<Instant>,
+    last_run: Duration,
+}
+
+impl Pending {
+    fn add(&mut self, task: ClaimedTask, report: TaskReport, lease_until: i64, run: Duration) {
+        self.lease_until =
+            if self.completions.is_empty() { lease_until } else { self.lease_until.min(lease_until) };
+        self.since.get_or_insert_with(Instant::now);
+        self.last_run = run;
+        self.completions.push(Completion {
+            task_id: task.task_id,
+            lease_token: task.lease_token.clone(),
+            report,
+        });
+        self.tasks.push(task);
+    }
+
+    /// Whether to record before the next task runs.
+    fn due(&self) -> bool {
+        !self.completions.is_empty()
+            && (self.last_run > GROUP_WINDOW
+                || self.since.is_some_and(|since| since.elapsed() > GROUP_WINDOW))
+    }
+}
+
 fn micros(duration: Duration) -> i64 {
     i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
 }
@@ -243,11 +280,7 @@ impl Worker {
                 }
                 Ok(tasks) => {
                     failures = 0;
-                    for task in tasks {
-                        // Tasks already claimed are finished even when stopping: their leases
-                        // would otherwise have to expire first.
-                        self.execute(&task);
-                    }
+                    self.execute_all(tasks);
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
@@ -259,38 +292,66 @@ impl Worker {
         }
     }
 
-    fn execute(&self, task: &ClaimedTask) {
-        let Some(mut lease_until) = self.renew(task) else { return };
-        let Some(handler) = self.handlers.for_queue(&task.queue) else {
-            let message = format!("no handler for queue {}", task.queue);
-            let result = persist(&mut lease_until, || {
-                self.store.fail(None, task.task_id, &task.lease_token, &message, false, now_micros())
-            });
-            settle(&self.waker, task, result);
-            return;
-        };
-        let result = match catch_unwind(AssertUnwindSafe(|| handler.run(task))) {
-            Ok(report) => {
+    /// Runs a claimed batch and records what ran in as few transactions as its handlers allow
+    /// (group commit): results wait for the next task of the batch only while handlers are
+    /// quick, so a slow handler never holds another task's result, nor its lease, for long.
+    fn execute_all(&self, tasks: Vec<ClaimedTask>) {
+        let mut pending = Pending::default();
+        for task in tasks {
+            if pending.due() {
+                self.record(&mut pending);
+            }
+            // Tasks already claimed are finished even when stopping: their leases would
+            // otherwise have to expire first.
+            let Some(mut lease_until) = self.renew(&task) else { continue };
+            let Some(handler) = self.handlers.for_queue(&task.queue) else {
+                let message = format!("no handler for queue {}", task.queue);
                 let result = persist(&mut lease_until, || {
-                    self.store.complete(None, task.task_id, &task.lease_token, &report, now_micros())
+                    self.store.fail(None, task.task_id, &task.lease_token, &message, false, now_micros())
                 });
-                if result.is_ok() {
-                    let items =
-                        report.successes.len() + report.failures.iter().map(|f| f.items.len()).sum::<usize>();
-                    metrics::counter!("async_engine_items_recorded_total", "by" => "engine")
-                        .increment(items as u64);
+                settle(&self.waker, &task, result);
+                continue;
+            };
+            let started = Instant::now();
+            match catch_unwind(AssertUnwindSafe(|| handler.run(&task))) {
+                Ok(report) => pending.add(task, report, lease_until, started.elapsed()),
+                Err(_) => {
+                    let message = format!("handler {} panicked", task.queue);
+                    tracing::error!(task = task.task_id, "{message}");
+                    let result = persist(&mut lease_until, || {
+                        self.store.fail(None, task.task_id, &task.lease_token, &message, true, now_micros())
+                    });
+                    settle(&self.waker, &task, result);
                 }
-                result
             }
-            Err(_) => {
-                let message = format!("handler {} panicked", task.queue);
-                tracing::error!(task = task.task_id, "{message}");
-                persist(&mut lease_until, || {
-                    self.store.fail(None, task.task_id, &task.lease_token, &message, true, now_micros())
-                })
-            }
+        }
+        self.record(&mut pending);
+    }
+
+    /// Records the pending results in one transaction, trying again while their leases hold.
+    fn record(&self, pending: &mut Pending) {
+        if pending.completions.is_empty() {
+            return;
+        }
+        let Pending { tasks, completions, mut lease_until, .. } = std::mem::take(pending);
+        let answers =
+            persist(&mut lease_until, || Ok(self.store.complete_all(None, &completions, now_micros())?));
+        let items = |c: &Completion| {
+            c.report.successes.len() + c.report.failures.iter().map(|f| f.items.len()).sum::<usize>()
         };
-        settle(&self.waker, task, result);
+        for (n, (task, completion)) in tasks.iter().zip(&completions).enumerate() {
+            let result = match &answers {
+                Ok(answers) => answers.get(n).cloned().unwrap_or_else(|| {
+                    Err(TaskError::Conflict("the store answered fewer tasks than it was given".into()))
+                }),
+                Err(error) => Err(error.clone()),
+            };
+            if result.is_ok() {
+                metrics::counter!("async_engine_items_recorded_total", "by" => "engine")
+                    .increment(items(completion) as u64);
+            }
+            settle(&self.waker, task, result);
+        }
     }
 
     /// Tasks of a batch wait their turn: one whose lease is more than half gone is renewed
@@ -323,10 +384,10 @@ pub(crate) fn claim_backoff(failures: u32) -> Duration {
 
 /// Records a result, trying again after a storage error for as long as the lease holds:
 /// a finished result is worth more than a busy database's first refusal.
-pub(crate) fn persist(
+pub(crate) fn persist<T>(
     lease_until: &mut i64,
-    record: impl Fn() -> Result<(), TaskError>,
-) -> Result<(), TaskError> {
+    record: impl Fn() -> Result<T, TaskError>,
+) -> Result<T, TaskError> {
     let mut pause = Duration::from_millis(50);
     loop {
         match record() {
@@ -443,11 +504,13 @@ mod tests {
         let (mut store, _) = claims_once(vec![fresh(task(7, "builtin:noop", 3))]);
         let completed = Arc::new(AtomicUsize::new(0));
         let seen = completed.clone();
-        store.expect_complete().times(1).returning(move |tenant, id, token, report, _| {
-            assert_eq!((tenant, id, token), (None, 7, "token-7"), "the engine works for every tenant");
-            assert_eq!(report.successes, [0, 1, 2]);
+        store.expect_complete_all().times(1).returning(move |tenant, completions, _| {
+            assert_eq!(tenant, None, "the engine works for every tenant");
+            let [done] = completions else { panic!("one task: {completions:?}") };
+            assert_eq!((done.task_id, done.lease_token.as_str()), (7, "token-7"));
+            assert_eq!(done.report.successes, [0, 1, 2]);
             seen.fetch_add(1, Ordering::SeqCst);
-            Ok(())
+            Ok(vec![Ok(())])
         });
         run_until(store, Handlers::builtin(), || completed.load(Ordering::SeqCst) == 1);
         assert_eq!(completed.load(Ordering::SeqCst), 1);
@@ -456,7 +519,7 @@ mod tests {
     #[test]
     fn a_recorded_task_wakes_the_listeners() {
         let (mut store, _) = claims_once(vec![fresh(task(1, "builtin:noop", 1))]);
-        store.expect_complete().times(1).returning(|_, _, _, _, _| Ok(()));
+        store.expect_complete_all().times(1).returning(|_, _, _| Ok(vec![Ok(())]));
         let waker = Waker::default();
         let heard = Arc::new(AtomicUsize::new(0));
         let counter = heard.clone();
@@ -505,10 +568,11 @@ mod tests {
         });
         let completed = Arc::new(AtomicUsize::new(0));
         let seen = completed.clone();
-        store.expect_complete().times(1).returning(move |_, id, _, _, _| {
-            assert_eq!(id, 1, "the task whose lease was lost is not run");
+        store.expect_complete_all().times(1).returning(move |_, completions, _| {
+            let ids: Vec<i64> = completions.iter().map(|c| c.task_id).collect();
+            assert_eq!(ids, [1], "the task whose lease was lost is not run");
             seen.fetch_add(1, Ordering::SeqCst);
-            Ok(())
+            Ok(vec![Ok(())])
         });
         run_until(store, Handlers::builtin(), || {
             completed.load(Ordering::SeqCst) == 1 && claims.load(Ordering::SeqCst) > 2
@@ -521,11 +585,11 @@ mod tests {
         let (mut store, _) = claims_once(vec![fresh(task(1, "builtin:noop", 1))]);
         let attempts = Arc::new(AtomicUsize::new(0));
         let seen = attempts.clone();
-        store.expect_complete().returning(move |_, _, _, _, _| {
+        store.expect_complete_all().returning(move |_, _, _| {
             if seen.fetch_add(1, Ordering::SeqCst) < 2 {
-                Err(TaskError::Storage(RepositoryError::Unavailable("database is locked".into())))
+                Err(RepositoryError::Unavailable("database is locked".into()))
             } else {
-                Ok(())
+                Ok(vec![Ok(())])
             }
         });
         run_until(store, Handlers::builtin(), || attempts.load(Ordering::SeqCst) == 3);
@@ -568,11 +632,53 @@ mod tests {
         });
         let completions = Arc::new(AtomicUsize::new(0));
         let seen = completions.clone();
-        store.expect_complete().returning(move |_, id, _, _, _| {
-            seen.fetch_add(1, Ordering::SeqCst);
-            if id == 1 { Err(TaskError::Conflict("taken over".into())) } else { Ok(()) }
+        store.expect_complete_all().returning(move |_, given, _| {
+            seen.fetch_add(given.len(), Ordering::SeqCst);
+            Ok(given
+                .iter()
+                .map(|c| if c.task_id == 1 { Err(TaskError::Conflict("taken over".into())) } else { Ok(()) })
+                .collect())
         });
         run_until(store, Handlers::builtin(), || completions.load(Ordering::SeqCst) == 2);
-        assert_eq!(completions.load(Ordering::SeqCst), 2, "the second task ran after the first's conflict");
+        assert_eq!(completions.load(Ordering::SeqCst), 2, "a claim after a failed one, both tasks recorded");
+    }
+
+    /// Records the task ids of every `complete_all` call.
+    fn recording_calls(store: &mut MockTaskStore) -> Arc<Mutex<Vec<Vec<i64>>>> {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        store.expect_complete_all().returning(move |_, given, _| {
+            seen.lock().unwrap().push(given.iter().map(|c| c.task_id).collect());
+            Ok(given.iter().map(|_| Ok(())).collect())
+        });
+        calls
+    }
+
+    #[test]
+    fn quick_tasks_of_a_batch_are_recorded_together() {
+        let batch = (1..=4).map(|id| fresh(task(id, "builtin:noop", 3))).collect();
+        let (mut store, _) = claims_once(batch);
+        let calls = recording_calls(&mut store);
+        run_until(store, Handlers::builtin(), || calls.lock().unwrap().concat().len() == 4);
+        assert_eq!(*calls.lock().unwrap(), [vec![1, 2, 3, 4]], "one transaction for the batch");
+    }
+
+    struct Slow;
+    impl Handler for Slow {
+        fn run(&self, task: &ClaimedTask) -> TaskReport {
+            std::thread::sleep(GROUP_WINDOW * 2);
+            TaskReport { successes: task.items.iter().map(|(i, _)| *i).collect(), failures: Vec::new() }
+        }
+    }
+
+    #[test]
+    fn a_slow_handlers_result_is_recorded_before_the_next_task_runs() {
+        let batch = (1..=3).map(|id| fresh(task(id, "builtin:slow", 1))).collect();
+        let (mut store, _) = claims_once(batch);
+        let calls = recording_calls(&mut store);
+        let mut handlers = Handlers::default();
+        handlers.add("slow", Slow);
+        run_until(store, handlers, || calls.lock().unwrap().concat().len() == 3);
+        assert_eq!(*calls.lock().unwrap(), [vec![1], vec![2], vec![3]]);
     }
 }

@@ -2,6 +2,7 @@
 
 use async_engine_domain::{ClaimRequest, ClaimedTask, RawJson, TenantId};
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
 
 use crate::advance::refresh;
 use crate::connection::{DbConnection, busy_processes, try_lock_process, write_transaction};
@@ -201,16 +202,10 @@ fn describe(
         .filter(steps::step_number.eq(task.step_number))
         .select(steps::name)
         .first(conn)?;
-    let indices = indices_of(&task)?;
-    let values: Vec<(i64, String)> = items::table
-        .filter(items::process_id.eq(task.process_id))
-        .filter(items::item_index.eq_any(&indices))
-        .order(items::item_index.asc())
-        .select((items::item_index, items::value))
-        .load(conn)?;
+    let values = task_items(conn, &task)?;
     let items = values
         .into_iter()
-        .map(|(index, value)| {
+        .map(|TaskItem { item_index: index, value }| {
             let item =
                 RawJson::from_text(value).map_err(|e| corrupt(&process, format!("item {index}: {e}")))?;
             Ok((u64::try_from(index).unwrap_or_default(), item))
@@ -231,6 +226,38 @@ fn describe(
         attempt: u32::try_from(task.attempt + 1).unwrap_or_default(),
         lease_expires_at_micros: expires,
         items,
+    })
+}
+
+#[derive(QueryableByName)]
+struct TaskItem {
+    #[diesel(sql_type = BigInt)]
+    item_index: i64,
+    #[diesel(sql_type = Text)]
+    value: String,
+}
+
+/// The task's items in index order, by one statement whose text is the same for every task
+/// (and so stays prepared): on PostgreSQL `= ANY` of an array, on SQLite the task's stored
+/// index list read by `json_each`, where `IN` would bind every index.
+fn task_items(conn: &mut DbConnection, task: &TaskRow) -> Result<Vec<TaskItem>, Error> {
+    Ok(match conn {
+        DbConnection::Pg(pg) => items::table
+            .filter(items::process_id.eq(task.process_id))
+            .filter(items::item_index.eq_any(indices_of(task)?))
+            .order(items::item_index.asc())
+            .select((items::item_index, items::value))
+            .load::<(i64, String)>(pg)?
+            .into_iter()
+            .map(|(item_index, value)| TaskItem { item_index, value })
+            .collect(),
+        DbConnection::Sqlite(sqlite) => diesel::sql_query(
+            "SELECT item_index, value FROM items WHERE process_id = ?1 \
+             AND item_index IN (SELECT j.value FROM json_each(?2) AS j) ORDER BY item_index",
+        )
+        .bind::<BigInt, _>(task.process_id)
+        .bind::<Text, _>(&task.item_indices)
+        .load(sqlite)?,
     })
 }
 
@@ -323,7 +350,7 @@ mod tests {
                 .unwrap();
             let mut holder = PgConnection::establish(&db.url).unwrap();
             diesel::sql_query("SELECT pg_advisory_lock($1)")
-                .bind::<diesel::sql_types::BigInt, _>(busy)
+                .bind::<BigInt, _>(busy)
                 .execute(&mut holder)
                 .unwrap();
             let request = ClaimRequest {

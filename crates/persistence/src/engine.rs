@@ -6,16 +6,16 @@
 use std::time::Duration;
 
 use async_engine_domain::{
-    ClaimRequest, ClaimedTask, CommandError, FailureCount, Gauges, ItemsError, ItemsPage, ItemsQuery,
-    ListError, ListQuery, Loads, NewProcess, NotReady, Operations, Page, PartError, PartReceipt, PartUpload,
-    Parts, ProcessStatus, ProcessStore, RawJson, RepositoryError, ResultRow, ResultsQuery, Started,
-    StreamedStartError, TaskError, TaskReport, TaskStore, TenantId, Totals,
+    ClaimRequest, ClaimedTask, CommandError, Completion, FailureCount, Gauges, ItemsError, ItemsPage,
+    ItemsQuery, ListError, ListQuery, Loads, NewProcess, NotReady, Operations, Page, PartError, PartReceipt,
+    PartUpload, Parts, ProcessStatus, ProcessStore, RawJson, RepositoryError, ResultRow, ResultsQuery,
+    Started, StreamedStartError, TaskError, TaskReport, TaskStore, TenantId, Totals,
 };
 
 use crate::claim::{any_due, claim};
 use crate::commands::{cancel, list, retry};
 use crate::error::Error;
-use crate::lease::{complete, fail, heartbeat};
+use crate::lease::{complete, complete_all, fail, heartbeat};
 use crate::ops::{failure_counts, gauges, loads, purge, totals};
 use crate::parts::{close, expire_open, list_parts, put_part};
 use crate::start::{existing, start, start_open, start_streamed};
@@ -137,6 +137,15 @@ impl TaskStore for Store {
         now_micros: i64,
     ) -> Result<(), TaskError> {
         self.with(|conn| complete(conn, tenant.as_ref(), task_id, token, report, now_micros))
+    }
+
+    fn complete_all(
+        &self,
+        tenant: Option<TenantId>,
+        completions: &[Completion],
+        now_micros: i64,
+    ) -> Result<Vec<Result<(), TaskError>>, RepositoryError> {
+        self.with(|conn| complete_all(conn, tenant.as_ref(), completions, now_micros).map(Ok))
     }
 
     fn heartbeat(

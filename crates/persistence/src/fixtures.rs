@@ -81,6 +81,11 @@ pub(crate) fn claim(store: &Store, queue: &str, worker: &str, max: u32, now: i64
 
 /// Completes a task: items whose index is in `failing` fail with code 7.
 pub(crate) fn finish(store: &Store, task: &ClaimedTask, failing: &[u64], now: i64) -> Result<(), TaskError> {
+    store.complete(None, task.task_id, &task.lease_token, &report_of(task, failing), now)
+}
+
+/// A report of every item of `task`: those in `failing` failed (code 7), the rest succeeded.
+pub(crate) fn report_of(task: &ClaimedTask, failing: &[u64]) -> TaskReport {
     let (bad, good): (Vec<u64>, Vec<u64>) =
         task.items.iter().map(|(i, _)| *i).partition(|i| failing.contains(i));
     let failures = if bad.is_empty() {
@@ -88,7 +93,7 @@ pub(crate) fn finish(store: &Store, task: &ClaimedTask, failing: &[u64], now: i6
     } else {
         vec![async_engine_domain::FailureSnapshot { code: 7, status_message: "Seven".into(), items: bad }]
     };
-    store.complete(None, task.task_id, &task.lease_token, &TaskReport { successes: good, failures }, now)
+    TaskReport { successes: good, failures }
 }
 
 /// Runs every due task of `queue` to completion.

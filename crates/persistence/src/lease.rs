@@ -1,19 +1,20 @@
 //! What a lease holder may do: complete, heartbeat or fail its task; the outcomes recorded.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use async_engine_domain::lifecycle::{self};
 use async_engine_domain::work::GAVE_UP_CODE;
-use async_engine_domain::{TaskError, TaskReport, TenantId};
+use async_engine_domain::{Completion, FailurePolicy, TaskError, TaskReport, TenantId};
 use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text};
 use subtle::ConstantTimeEq;
 
 use crate::advance::{advance, end_early};
-use crate::connection::{DbConnection, lock_process, per_backend, write_transaction};
+use crate::connection::{DbConnection, lock_process, write_transaction};
 use crate::error::Error;
-use crate::queries::{INSERT_BATCH, to_i64};
+use crate::queries::to_i64;
 use crate::run::{DONE, END_ABORTED, LEASED, QUEUED, RunStepRow, TaskRow, indices_of, load_run};
-use crate::schema::{failure_groups, outcomes, processes, steps, tasks};
+use crate::schema::{failure_groups, processes, steps, tasks};
 
 /// One failure group to record: code, message, item indices.
 type Failures<'a> = Vec<(i64, &'a str, Vec<i64>)>;
@@ -80,6 +81,54 @@ fn leased_task(
     }))
 }
 
+/// A report's indices as they are recorded, or why the report is refused: every item of the
+/// task once, and none of another.
+fn checked<'a>(task: &TaskRow, report: &'a TaskReport) -> Result<Result<Recorded<'a>, TaskError>, Error> {
+    let task_id = task.id;
+    let expected: HashSet<i64> = indices_of(task)?.into_iter().collect();
+    let mut seen = HashSet::with_capacity(expected.len());
+    let reported = report.successes.iter().chain(report.failures.iter().flat_map(|f| &f.items));
+    for &index in reported {
+        // Beyond i64 is no index of any task: the caller's mistake, not ours.
+        let index = i64::try_from(index).unwrap_or(-1);
+        if !expected.contains(&index) {
+            return Ok(Err(TaskError::Invalid(format!("item {index} is not an item of task {task_id}"))));
+        }
+        if !seen.insert(index) {
+            return Ok(Err(TaskError::Invalid(format!("item {index} is reported more than once"))));
+        }
+    }
+    if seen.len() != expected.len() {
+        let mut missing: Vec<i64> = expected.difference(&seen).copied().collect();
+        missing.sort_unstable();
+        missing.truncate(10);
+        return Ok(Err(TaskError::Invalid(format!(
+            "every item of the task needs an outcome; missing: {missing:?}{}",
+            if expected.len() - seen.len() > 10 { " ..." } else { "" }
+        ))));
+    }
+    let successes = report.successes.iter().map(|&i| to_i64(i)).collect::<Result<Vec<_>, _>>()?;
+    let failures = report
+        .failures
+        .iter()
+        .map(|f| {
+            Ok((
+                f.code,
+                f.status_message.as_str(),
+                f.items.iter().map(|&i| to_i64(i)).collect::<Result<_, _>>()?,
+            ))
+        })
+        .collect::<Result<Failures, Error>>()?;
+    Ok(Ok(Recorded { successes, failures }))
+}
+
+/// What one or more reports record at one step of one process.
+#[derive(Default)]
+struct Recorded<'a> {
+    successes: Vec<i64>,
+    failures: Failures<'a>,
+}
+
 pub(crate) fn complete(
     conn: &mut DbConnection,
     tenant: Option<&TenantId>,
@@ -93,45 +142,89 @@ pub(crate) fn complete(
             Ok(task) => task,
             Err(refused) => return Ok(Err(refused)),
         };
-        let expected: HashSet<i64> = indices_of(&task)?.into_iter().collect();
-        let mut seen = HashSet::with_capacity(expected.len());
-        let reported = report.successes.iter().chain(report.failures.iter().flat_map(|f| &f.items));
-        for &index in reported {
-            // Beyond i64 is no index of any task: the caller's mistake, not ours.
-            let index = i64::try_from(index).unwrap_or(-1);
-            if !expected.contains(&index) {
-                return Ok(Err(TaskError::Invalid(format!("item {index} is not an item of task {task_id}"))));
-            }
-            if !seen.insert(index) {
-                return Ok(Err(TaskError::Invalid(format!("item {index} is reported more than once"))));
-            }
-        }
-        if seen.len() != expected.len() {
-            let mut missing: Vec<i64> = expected.difference(&seen).copied().collect();
-            missing.sort_unstable();
-            missing.truncate(10);
-            return Ok(Err(TaskError::Invalid(format!(
-                "every item of the task needs an outcome; missing: {missing:?}{}",
-                if expected.len() - seen.len() > 10 { " ..." } else { "" }
-            ))));
-        }
-        let successes = report.successes.iter().map(|&i| to_i64(i)).collect::<Result<Vec<_>, _>>()?;
-        let failures = report
-            .failures
-            .iter()
-            .map(|f| {
-                Ok((
-                    f.code,
-                    f.status_message.as_str(),
-                    f.items.iter().map(|&i| to_i64(i)).collect::<Result<_, _>>()?,
-                ))
-            })
-            .collect::<Result<Failures, Error>>()?;
-        record(conn, task.process_id, task.step_number, &successes, &failures)?;
+        let recorded = match checked(&task, report)? {
+            Ok(recorded) => recorded,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        record(conn, task.process_id, task.step_number, &recorded.successes, &recorded.failures)?;
         finish_task(conn, task.id, None)?;
         advance(conn, task.process_id, now)?;
         Ok(Ok(()))
     })
+}
+
+/// Several tasks recorded in one transaction, each as [`complete`] would. The outcomes of one
+/// step of one process go in together (one insert, one counter update), and each process moves
+/// on once, after all of its tasks are in: what a transaction per task paid per task is paid
+/// per batch. A report with failures at an `abort` step is recorded at once, so that the
+/// process stops before its next task of the batch is looked at, as one at a time would.
+pub(crate) fn complete_all(
+    conn: &mut DbConnection,
+    tenant: Option<&TenantId>,
+    completions: &[Completion],
+    now: i64,
+) -> Result<Vec<Result<(), TaskError>>, Error> {
+    write_transaction(conn, |conn| {
+        let ids: Vec<i64> = completions.iter().map(|c| c.task_id).collect();
+        let mut locked: Vec<i64> = tasks::table
+            .filter(tasks::id.eq_any(&ids))
+            .filter(of_tenant!(tenant))
+            .select(tasks::process_id)
+            .distinct()
+            .load(conn)?;
+        // In one order for every batch, so that two batches never wait on each other in a cycle.
+        locked.sort_unstable();
+        for &process_id in &locked {
+            lock_process(conn, process_id)?;
+        }
+        let mut answers = Vec::with_capacity(completions.len());
+        let mut pending: BTreeMap<(i64, i32), Recorded> = BTreeMap::new();
+        for completion in completions {
+            let task = match leased_task(conn, tenant, completion.task_id, &completion.lease_token)? {
+                Ok(task) => task,
+                Err(refused) => {
+                    answers.push(Err(refused));
+                    continue;
+                }
+            };
+            let recorded = match checked(&task, &completion.report)? {
+                Ok(recorded) => recorded,
+                Err(refused) => {
+                    answers.push(Err(refused));
+                    continue;
+                }
+            };
+            finish_task(conn, task.id, None)?;
+            let key = (task.process_id, task.step_number);
+            let aborts = !recorded.failures.is_empty() && step_policy(conn, key)? == FailurePolicy::Abort;
+            let group = pending.entry(key).or_default();
+            group.successes.extend(recorded.successes);
+            group.failures.extend(recorded.failures);
+            if aborts && let Some(group) = pending.remove(&key) {
+                record(conn, key.0, key.1, &group.successes, &group.failures)?;
+            }
+            answers.push(Ok(()));
+        }
+        for ((process_id, step_number), group) in &pending {
+            record(conn, *process_id, *step_number, &group.successes, &group.failures)?;
+        }
+        for &process_id in &locked {
+            advance(conn, process_id, now)?;
+        }
+        Ok(answers)
+    })
+}
+
+fn step_policy(
+    conn: &mut DbConnection,
+    (process_id, step_number): (i64, i32),
+) -> Result<FailurePolicy, Error> {
+    let policy: String = steps::table
+        .filter(steps::process_id.eq(process_id))
+        .filter(steps::step_number.eq(step_number))
+        .select(steps::on_item_failure)
+        .first(conn)?;
+    policy.parse().map_err(|e| Error::Corrupt(format!("step {step_number}: on_item_failure {e}")))
 }
 
 pub(crate) fn heartbeat(
@@ -218,37 +311,17 @@ fn record(
         .select(RunStepRow::as_select())
         .first(conn)?;
     let mut seq = step.next_seq;
-    let mut rows = Vec::with_capacity(successes.len() + failures.iter().map(|f| f.2.len()).sum::<usize>());
-    for &index in successes {
-        rows.push(crate::models::NewOutcome {
-            process_id,
-            step_number,
-            item_index: index,
-            seq,
-            failure_group: None,
-        });
-        seq += 1;
-    }
+    insert_outcomes(conn, process_id, step_number, seq, None, successes)?;
+    seq += to_i64(successes.len())?;
     let mut failed = 0_i64;
     for (code, message, indices) in failures {
         if indices.is_empty() {
             continue;
         }
         let group = failure_group(conn, process_id, step_number, *code, message)?;
-        for &index in indices {
-            rows.push(crate::models::NewOutcome {
-                process_id,
-                step_number,
-                item_index: index,
-                seq,
-                failure_group: Some(group),
-            });
-            seq += 1;
-            failed += 1;
-        }
-    }
-    for batch in rows.chunks(INSERT_BATCH) {
-        per_backend!(conn, |c| diesel::insert_into(outcomes::table).values(batch).execute(c))?;
+        insert_outcomes(conn, process_id, step_number, seq, Some(group), indices)?;
+        seq += to_i64(indices.len())?;
+        failed += to_i64(indices.len())?;
     }
     let succeeded = to_i64(successes.len())?;
     diesel::update(
@@ -264,6 +337,50 @@ fn record(
         let process = load_run(conn, process_id)?;
         if process.end_reason.is_none() {
             end_early(conn, process_id, END_ABORTED)?;
+        }
+    }
+    Ok(())
+}
+
+/// Outcomes of one kind (successes, or one failure group) in one statement whatever their
+/// count, numbered in recording order from `first_seq`: the item indices are bound as one
+/// array (JSON text on SQLite), so the statement's text never changes and stays prepared.
+fn insert_outcomes(
+    conn: &mut DbConnection,
+    process_id: i64,
+    step_number: i32,
+    first_seq: i64,
+    group: Option<i64>,
+    indices: &[i64],
+) -> Result<(), Error> {
+    if indices.is_empty() {
+        return Ok(());
+    }
+    match conn {
+        DbConnection::Pg(pg) => {
+            diesel::sql_query(
+                "INSERT INTO outcomes (process_id, step_number, item_index, seq, failure_group) \
+                 SELECT $1, $2, i, $3 + n - 1, $4 FROM unnest($5::bigint[]) WITH ORDINALITY AS t (i, n)",
+            )
+            .bind::<BigInt, _>(process_id)
+            .bind::<Integer, _>(step_number)
+            .bind::<BigInt, _>(first_seq)
+            .bind::<Nullable<BigInt>, _>(group)
+            .bind::<Array<BigInt>, _>(indices)
+            .execute(pg)?;
+        }
+        DbConnection::Sqlite(sqlite) => {
+            let indices = serde_json::to_string(indices).map_err(|e| Error::Corrupt(e.to_string()))?;
+            diesel::sql_query(
+                "INSERT INTO outcomes (process_id, step_number, item_index, seq, failure_group) \
+                 SELECT ?1, ?2, value, ?3 + key, ?4 FROM json_each(?5)",
+            )
+            .bind::<BigInt, _>(process_id)
+            .bind::<Integer, _>(step_number)
+            .bind::<BigInt, _>(first_seq)
+            .bind::<Nullable<BigInt>, _>(group)
+            .bind::<Text, _>(indices)
+            .execute(sqlite)?;
         }
     }
     Ok(())
@@ -295,12 +412,63 @@ fn failure_group(
 
 #[cfg(test)]
 mod tests {
-    use async_engine_domain::{FailurePolicy, RawJson, Status, TaskError, TaskReport, TaskStore, TenantId};
+    use async_engine_domain::{
+        ClaimedTask, Completion, FailurePolicy, RawJson, Status, TaskError, TaskReport, TaskStore, TenantId,
+    };
     use serde_json::json;
 
-    use crate::fixtures::{SECOND, begin, claim, finish, status, steps_of};
+    use crate::fixtures::{SECOND, begin, claim, finish, report_of, status, steps_of};
     use crate::store::Store;
     use crate::testing::on_both_backends;
+
+    fn completion(task: &ClaimedTask, failing: &[u64]) -> Completion {
+        Completion {
+            task_id: task.task_id,
+            lease_token: task.lease_token.clone(),
+            report: report_of(task, failing),
+        }
+    }
+
+    on_both_backends! {
+        fn a_batch_is_recorded_at_once_with_each_refusal_in_its_place(store: &Store) {
+            begin(store, "a", &[FailurePolicy::Skip, FailurePolicy::Skip], 6, 2);
+            begin(store, "b", &[FailurePolicy::Skip], 2, 2);
+            let tasks = claim(store, "queue:q0", "w", 10, 0);
+            assert_eq!(tasks.len(), 4, "three of a, one of b");
+            let mut given: Vec<Completion> = tasks.iter().map(|t| completion(t, &[1])).collect();
+            let stale = given.iter().position(|c| c.task_id == tasks[1].task_id).unwrap();
+            given[stale].lease_token = "stale".into();
+            given.push(given[0].clone());
+            given.push(Completion { report: TaskReport::default(), ..completion(&tasks[2], &[]) });
+            let answers = store.complete_all(None, &given, SECOND).unwrap();
+            assert_eq!(answers.len(), 6);
+            assert!(answers[0].is_ok() && answers[2].is_ok() && answers[3].is_ok(), "{answers:?}");
+            assert!(matches!(answers[1], Err(TaskError::Conflict(_))), "a stale lease: {answers:?}");
+            assert!(matches!(answers[4], Err(TaskError::Conflict(_))), "once only: {answers:?}");
+            assert!(matches!(answers[5], Err(TaskError::Conflict(_))), "recorded already: {answers:?}");
+            let b = status(store, "b");
+            assert_eq!((b.status, steps_of(&b)), (Status::Failed, vec![(Status::Failed, 2, 2, 1, 1)]));
+            let a = status(store, "a");
+            assert_eq!(steps_of(&a)[0], (Status::InProgress, 4, 6, 3, 1), "the stale task's items wait");
+            finish(store, &tasks[1], &[], SECOND).unwrap();
+            let a = status(store, "a");
+            assert_eq!(steps_of(&a), [(Status::Failed, 6, 6, 5, 1), (Status::WaitingToProcess, 0, 5, 0, 0)]);
+            assert_eq!(a.current_step_number, 1, "moved on once all of step 0 was in");
+        }
+    }
+
+    on_both_backends! {
+        fn an_abort_in_a_batch_stops_its_process_before_its_next_task(store: &Store) {
+            begin(store, "x", &[FailurePolicy::Abort], 4, 2);
+            let tasks = claim(store, "queue:q0", "w", 10, 0);
+            let given = [completion(&tasks[0], &[0]), completion(&tasks[1], &[])];
+            let answers = store.complete_all(None, &given, SECOND).unwrap();
+            assert!(answers[0].is_ok());
+            assert!(matches!(answers[1], Err(TaskError::Conflict(_))), "cancelled by the abort: {answers:?}");
+            let x = status(store, "x");
+            assert_eq!((x.status, steps_of(&x)), (Status::Failed, vec![(Status::Aborted, 2, 4, 1, 1)]));
+        }
+    }
 
     on_both_backends! {
         fn a_stale_lease_records_nothing_and_the_new_holder_finishes(store: &Store) {

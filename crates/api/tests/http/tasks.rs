@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use async_engine_api::auth::{digest_hex, parse_digest};
 use async_engine_api::{ApiConfig, ApiKey, AppState, Auth, CallbackPolicy, Scope};
 use async_engine_domain::{
-    ClaimRequest, ClaimedTask, NewProcess, ProcessId, ProcessStore, RawJson, ReferenceId, RepositoryError,
-    TaskError, TaskReport, TaskStore, TenantId,
+    ClaimRequest, ClaimedTask, Completion, NewProcess, ProcessId, ProcessStore, RawJson, ReferenceId,
+    RepositoryError, TaskError, TaskReport, TaskStore, TenantId,
 };
 use async_engine_persistence::Store;
 use async_engine_persistence::testing::{self, TestDb};
@@ -75,6 +75,15 @@ impl TaskStore for Counting {
         now_micros: i64,
     ) -> Result<(), TaskError> {
         self.store.complete(tenant, task_id, lease_token, report, now_micros)
+    }
+
+    fn complete_all(
+        &self,
+        tenant: Option<TenantId>,
+        completions: &[Completion],
+        now_micros: i64,
+    ) -> Result<Vec<Result<(), TaskError>>, RepositoryError> {
+        self.store.complete_all(tenant, completions, now_micros)
     }
 
     fn heartbeat(
