@@ -210,6 +210,10 @@ fn purge_one(conn: &mut DbConnection, id: i64, before: i64) -> Result<bool, Erro
                 .filter(processes::updated_at.lt(before)),
         )
         .execute(conn)?;
+        if deleted == 1 {
+            // No foreign key cascades to outcomes (it cost every recorded row a check).
+            diesel::delete(outcomes::table.filter(outcomes::process_id.eq(id))).execute(conn)?;
+        }
         Ok(deleted == 1)
     })
 }
