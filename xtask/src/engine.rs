@@ -3,6 +3,7 @@
 //! fresh PostgreSQL database with one or more engine nodes, each with its own pool.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -23,10 +24,46 @@ pub fn run(
     postgres: Option<String>,
     nodes: usize,
 ) -> anyhow::Result<()> {
+    let measured = measure(items, workers, chunk, postgres.as_deref(), nodes)?;
+    eprintln!(
+        "stored {items} items in {:.2?} ({:.0} items/s)",
+        measured.stored,
+        f64::from(items) / measured.stored.as_secs_f64()
+    );
+    eprintln!(
+        "ran 2 noop steps over {items} items on {} with {} node(s) of {workers} workers, chunk {chunk}: \
+         {:.2?}, {:.0} items/s per step ({:.0} outcomes/s)",
+        if postgres.is_some() { "PostgreSQL" } else { "SQLite" },
+        nodes.max(1),
+        measured.ran,
+        measured.per_step,
+        2.0 * measured.per_step
+    );
+    Ok(())
+}
+
+/// What one run of the engine took.
+pub struct Measured {
+    /// Storing the process.
+    pub stored: Duration,
+    /// Running both steps, start to Success.
+    pub ran: Duration,
+    pub per_step: f64,
+}
+
+/// One 2-step `noop` process of `items` run by the engine in this process (no HTTP), on a
+/// temporary SQLite database or a fresh database of the PostgreSQL server `postgres`.
+pub fn measure(
+    items: u32,
+    workers: usize,
+    chunk: u32,
+    postgres: Option<&str>,
+    nodes: usize,
+) -> anyhow::Result<Measured> {
     let dir = tempfile::tempdir()?;
     let (url, scratch) = match postgres {
         Some(server) => {
-            let scratch = Scratch::create(&server)?;
+            let scratch = Scratch::create(server)?;
             (scratch.url.clone(), Some(scratch))
         }
         None => {
@@ -97,20 +134,9 @@ pub fn run(
         node.stop();
     }
     let per_step = f64::from(items) / ran.as_secs_f64();
-    eprintln!(
-        "stored {items} items in {stored:.2?} ({:.0} items/s)",
-        f64::from(items) / stored.as_secs_f64()
-    );
-    eprintln!(
-        "ran 2 noop steps over {items} items on {} with {} node(s) of {workers} workers, chunk {chunk}: \
-         {ran:.2?}, {per_step:.0} items/s per step ({:.0} outcomes/s)",
-        if store.is_postgres() { "PostgreSQL" } else { "SQLite" },
-        nodes.max(1),
-        2.0 * per_step
-    );
     drop(store);
     drop(scratch);
-    Ok(())
+    Ok(Measured { stored, ran, per_step })
 }
 
 /// A PostgreSQL database made for one measurement and dropped after it.
@@ -122,7 +148,9 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn create(server: &str) -> anyhow::Result<Self> {
-        let name = format!("ae_measure_{}", std::process::id());
+        // Several may be in use at once within one run (the bench's own and its peers').
+        static MADE: AtomicU32 = AtomicU32::new(0);
+        let name = format!("ae_measure_{}_{}", std::process::id(), MADE.fetch_add(1, Ordering::Relaxed));
         let mut admin = PgConnection::establish(server).context("--postgres")?;
         // Two calls: PostgreSQL runs a multi-statement string as one transaction, which
         // these statements refuse.

@@ -104,8 +104,20 @@ fn run(
     definition: &str,
     round: usize,
 ) -> anyhow::Result<f64> {
-    let items: Vec<Value> = (0..ITEMS).map(|n| json!({ "n": n })).collect();
-    let reference = format!("{definition}-{round}");
+    let took = to_success(client, base, definition, &format!("{definition}-{round}"), ITEMS)?;
+    Ok(f64::from(ITEMS) / took.as_secs_f64())
+}
+
+/// Starts a process of `definition` over `items` items through the API and waits for its
+/// Success: the time from the start's answer (the items committed) to Success.
+pub(super) fn to_success(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    definition: &str,
+    reference: &str,
+    items: u32,
+) -> anyhow::Result<Duration> {
+    let items: Vec<Value> = (0..items).map(|n| json!({ "n": n })).collect();
     let body = json!({ "asyncProcessName": definition, "referenceId": reference, "items": items });
     let answer = client.post(format!("{base}/v1/asyncprocesses")).json(&body).send()?;
     anyhow::ensure!(answer.status().as_u16() == 202, "{definition}: {}", answer.text()?);
@@ -117,7 +129,7 @@ fn run(
         let status: Value =
             client.get(format!("{base}/v1/asyncprocesses/{id}?verbose=false")).send()?.json()?;
         match status["AsyncProcessStatus"][0]["status"].as_str() {
-            Some("Success") => return Ok(f64::from(ITEMS) / begun.elapsed().as_secs_f64()),
+            Some("Success") => return Ok(begun.elapsed()),
             Some("Failed" | "Aborted") => anyhow::bail!("{definition} ended: {status}"),
             _ => std::thread::sleep(Duration::from_millis(10)),
         }
