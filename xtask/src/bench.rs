@@ -69,7 +69,7 @@ fn spread(mut values: Vec<f64>) -> (f64, f64) {
 const CORE: [&str; 7] = ["B1", "B2", "B3", "B4", "B5", "B6", "B7"];
 const OWN: [&str; 2] = ["B11", "B12"];
 const BULK: [&str; 3] = ["B8", "B9", "B10"];
-const PEERS: [&str; 3] = ["P2", "P3", "P4"];
+const PEERS: [&str; 4] = ["P1", "P2", "P3", "P4"];
 
 pub fn run(postgres: Option<String>, only: &[String]) -> anyhow::Result<bool> {
     let known = |r: &String| [&CORE[..], &BULK, &OWN, &PEERS].iter().any(|set| set.contains(&r.as_str()));
@@ -724,15 +724,17 @@ fn report(rows: &[Row], took: Duration) -> String {
          process on `builtin:noop`: B11 an `http` push step to a loopback endpoint answering every\n\
          index a success (4 in flight), B12 `async-engine worker --concurrency 4` running a\n\
          Python 3 program (`python3 -S`, the interpreter itself, not a version manager's shim) that\n\
-         echoes every index as a success, a program start per task. P2-P4 (issue 17): a 2-step\n\
+         echoes every index as a success, a program start per task. P1-P4 (issue 17): a 2-step\n\
          process of 100000 items, one outcome row per item and step, run by the engine in-process\n\
-         (2 workers, 500-item tasks) against graphile-worker 0.17.3 (Node, npm into\n\
-         target/peers/graphile; 24 concurrent jobs, local queue of 500, completions batched, as its\n\
-         performance page tunes it) with one job per 500-item chunk inserting its 500 rows in one\n\
-         statement, and with one job per item (20000 items); P3 the same process through the\n\
-         release server's API (start, run, poll every 10 ms) against the engine alone; P4 the\n\
-         engine on 2 nodes (each its own pool) of one PostgreSQL database against 1. P1 (apalis on\n\
-         SQLite) is not measured yet.\n\n\
+         (2 workers, 500-item tasks; items/s per step: the items over the time both steps took)\n\
+         against the same built on a job queue, with one job per 500-item chunk inserting its 500\n\
+         rows in one statement, and with one job per item: P1 apalis 1.0 with its event-driven\n\
+         SQLite storage (xtask/peers/apalis, 4 jobs at once, 2000 items per item), P2\n\
+         graphile-worker 0.17.3 (Node, npm into target/peers/graphile; 24 concurrent jobs, local\n\
+         queue of 500, completions batched, as its performance page tunes it; 20000 items per\n\
+         item); P3 the same process through the release server's API (start, run, poll every\n\
+         10 ms) against the engine alone; P4 the engine on 2 nodes (each its own pool) of one\n\
+         PostgreSQL database against 1.\n\n\
          What bounds the rows that miss, with profiles, and what would change them: see\n\
          [ARCHITECTURE.md, How far it scales](ARCHITECTURE.md#how-far-it-scales)."
     );
