@@ -24,7 +24,6 @@ pub struct ProcessRow {
     pub current_step: i32,
     pub total_steps: i32,
     pub additional_data: String,
-    pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
     pub runnable: bool,
