@@ -219,12 +219,12 @@ fn step_policy(
     conn: &mut DbConnection,
     (process_id, step_number): (i64, i32),
 ) -> Result<FailurePolicy, Error> {
-    let policy: String = steps::table
+    let step: RunStepRow = steps::table
         .filter(steps::process_id.eq(process_id))
         .filter(steps::step_number.eq(step_number))
-        .select(steps::on_item_failure)
+        .select(RunStepRow::as_select())
         .first(conn)?;
-    policy.parse().map_err(|e| Error::Corrupt(format!("step {step_number}: on_item_failure {e}")))
+    step.policy()
 }
 
 pub(crate) fn heartbeat(
