@@ -237,9 +237,11 @@ struct TaskItem {
     value: String,
 }
 
-/// The task's items in index order, by one statement whose text is the same for every task
-/// (and so stays prepared): on PostgreSQL `= ANY` of an array, on SQLite the task's stored
-/// index list read by `json_each`, where `IN` would bind every index.
+/// The task's items in index order, by one statement whose text is the same for every task,
+/// with no bind per index: on PostgreSQL `= ANY` of an array (built by diesel's query builder,
+/// so kept prepared), on SQLite the task's stored index list read by `json_each`, where `IN`
+/// would bind every index (raw SQL, which diesel never keeps prepared: a short text parsed
+/// per call).
 fn task_items(conn: &mut DbConnection, task: &TaskRow) -> Result<Vec<TaskItem>, Error> {
     Ok(match conn {
         DbConnection::Pg(pg) => items::table

@@ -3,13 +3,17 @@
 //!
 //! SQLite has one writer at a time: a write transaction starts with `BEGIN IMMEDIATE`, which
 //! takes the write lock up front (a deferred one that reads first could not upgrade safely),
-//! and process locks are no-ops. PostgreSQL runs writers side by side: every transaction that
+//! and process locks are no-ops. Writers of one file in this process queue for it on a mutex
+//! first ([`WriterGates`]), so each gets the lock the moment the last lets it go instead of
+//! polling for it in SQLite's busy handler. PostgreSQL runs writers side by side: every transaction that
 //! changes a process first takes a transaction-scoped advisory lock on it, so two completions
 //! of one process's tasks never interleave; claims only *try* that lock and skip busy
 //! processes, so no lock cycle can form. Every PostgreSQL session is bounded
 //! ([`SessionTimeouts`]), so a node that stops answering inside a transaction loses it, and
 //! its locks, instead of holding every other node up.
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
@@ -78,11 +82,48 @@ impl Default for SessionTimeouts {
     }
 }
 
+/// How long a writer waits for its turn in this process before it asks SQLite itself, whose
+/// `busy_timeout` then bounds the wait as it did without a gate.
+const GATE_WAIT: Duration = Duration::from_secs(30);
+
+/// One mutex per SQLite file written by this process. SQLite's busy handler polls for a held
+/// write lock, sleeping 1, 2, 5, 10 ms and longer between tries: with two engine workers and
+/// the API writing one file, most of a contended writer's wait was that sleep. A mutex hands
+/// the lock on at once, in order. Other processes on the file (a CLI, a second server) still
+/// meet SQLite's own lock and its busy handler.
+struct WriterGates(parking_lot::Mutex<HashMap<String, Arc<parking_lot::Mutex<()>>>>);
+
+static WRITER_GATES: LazyLock<WriterGates> = LazyLock::new(|| WriterGates(parking_lot::Mutex::default()));
+
+impl WriterGates {
+    fn of(&self, file: String) -> Arc<parking_lot::Mutex<()>> {
+        self.0.lock().entry(file).or_default().clone()
+    }
+}
+
+#[derive(QueryableByName)]
+struct MainFile {
+    #[diesel(sql_type = Text)]
+    file: String,
+}
+
 /// Runs `work` in a transaction that may write; commits on `Ok`, rolls back on `Err`.
 pub fn write_transaction<T>(
     conn: &mut DbConnection,
     work: impl FnOnce(&mut DbConnection) -> Result<T, Error>,
 ) -> Result<T, Error> {
+    let gate = match conn {
+        DbConnection::Sqlite(sqlite) => {
+            let main: MainFile =
+                diesel::sql_query("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                    .get_result(sqlite)?;
+            Some(WRITER_GATES.of(main.file))
+        }
+        DbConnection::Pg(_) => None,
+    };
+    // Held until the transaction has ended, whichever way. A writer that waited its whole
+    // turn out goes on to SQLite's lock without it, and fails there as it did before.
+    let _turn = gate.as_ref().and_then(|gate| gate.try_lock_for(GATE_WAIT));
     match conn {
         DbConnection::Sqlite(sqlite) => {
             AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?

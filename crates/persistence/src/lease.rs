@@ -344,7 +344,9 @@ fn record(
 
 /// Outcomes of one kind (successes, or one failure group) in one statement whatever their
 /// count, numbered in recording order from `first_seq`: the item indices are bound as one
-/// array (JSON text on SQLite), so the statement's text never changes and stays prepared.
+/// array (JSON text on SQLite), so the statement is a short fixed text with five binds, not a
+/// `VALUES` list of five binds a row (diesel does not keep raw SQL prepared: it is parsed per
+/// call, microseconds).
 fn insert_outcomes(
     conn: &mut DbConnection,
     process_id: i64,
