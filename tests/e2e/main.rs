@@ -26,7 +26,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_engine_domain::{ProcessSnapshot, SnapshotWriter, TenantId};
 use async_engine_persistence::Store;
@@ -43,6 +43,22 @@ struct Running {
     log: mpsc::Receiver<String>,
     /// Log lines before it.
     first_lines: Vec<String>,
+}
+
+impl Running {
+    /// The first log line from now on that `matches`, within 10 s: the server logs a request
+    /// once it has answered it, so the line can come a moment after the answer.
+    fn log_line(&self, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        loop {
+            match self.log.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if matches(&line) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("no such log line within 10 s; the server said: {seen:#?}"),
+            }
+        }
+    }
 }
 
 impl Drop for Running {
@@ -257,7 +273,7 @@ fn open_event_streams_and_long_polls_do_not_hold_up_a_stop() {
         client.get(url).header("If-None-Match", "*").send().unwrap().status().as_u16()
     });
     std::thread::sleep(Duration::from_millis(300));
-    let stopping = std::time::Instant::now();
+    let stopping = Instant::now();
     assert!(terminate(&mut server).success());
     // Well within server.shutdown_timeout_secs (30), which held waits would use up.
     assert!(stopping.elapsed() < Duration::from_secs(5), "stopped after {:?}", stopping.elapsed());

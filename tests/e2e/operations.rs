@@ -38,8 +38,7 @@ fn health_readiness_request_ids_and_moving_metrics() {
     let made = client.get(format!("{}/v1/asyncprocesses/12324", server.base)).send().unwrap();
     let made = made.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(made.len(), 36, "a UUID: {made}");
-    let logged: Vec<String> = server.log.try_iter().collect();
-    assert!(logged.iter().any(|l| l.contains("trace-4711") && l.contains("request")), "{logged:#?}");
+    server.log_line(|l| l.contains("trace-4711") && l.contains("request"));
 
     let route =
         "async_engine_http_requests_total{route=\"/v1/asyncprocesses/{id}\",method=\"GET\",status=\"202\"}";

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
@@ -62,6 +63,13 @@ impl Answer {
     }
 }
 
+/// A held answer sent without reading storage, and how long ago its marks were last found
+/// current: the response's `Age` (RFC 9111, whole seconds).
+pub struct Recent {
+    pub answer: Answer,
+    pub age: Duration,
+}
+
 /// Answers held at most, and the largest body held: enough for every lookup that callers poll
 /// at once, bounded in memory (at most 256 MiB, and far less for ordinary answers).
 const HELD_ANSWERS: usize = 1024;
@@ -78,6 +86,9 @@ pub struct AnswerCache {
 struct HeldAnswer {
     marks: Vec<(i64, i64)>,
     answer: Answer,
+    /// When the latest read that found `marks` current began: the answer showed the stored
+    /// state at least then.
+    checked: Instant,
     /// The cache's clock at its latest use.
     used: u64,
 }
@@ -90,8 +101,15 @@ struct Held {
 }
 
 impl AnswerCache {
-    /// The answer held for this lookup, if it was read at exactly these marks.
-    pub fn get(&self, tenant: &TenantId, request: &StatusRequest, marks: &[(i64, i64)]) -> Option<Answer> {
+    /// The answer held for this lookup, if it was read at exactly these marks, read from
+    /// `asked` on.
+    pub fn get(
+        &self,
+        tenant: &TenantId,
+        request: &StatusRequest,
+        marks: &[(i64, i64)],
+        asked: Instant,
+    ) -> Option<Answer> {
         let mut held = self.held.lock().ok()?;
         let now = held.clock + 1;
         held.clock = now;
@@ -100,11 +118,36 @@ impl AnswerCache {
             return None;
         }
         entry.used = now;
+        entry.checked = entry.checked.max(asked);
         Some(entry.answer.clone())
     }
 
-    /// Holds `answer`, read after `marks`, for the next read of this lookup.
-    pub fn put(&self, tenant: &TenantId, request: &StatusRequest, marks: Vec<(i64, i64)>, answer: &Answer) {
+    /// The answer held for this lookup if its marks were found current at most `within` ago,
+    /// with no read at all: for a caller that accepts an answer that old (`Cache-Control:
+    /// max-age`).
+    pub fn recent(&self, tenant: &TenantId, request: &StatusRequest, within: Duration) -> Option<Recent> {
+        let mut held = self.held.lock().ok()?;
+        let now = held.clock + 1;
+        held.clock = now;
+        let entry = held.entries.get_mut(&(tenant.clone(), request.clone()))?;
+        let age = entry.checked.elapsed();
+        if age > within {
+            return None;
+        }
+        entry.used = now;
+        Some(Recent { answer: entry.answer.clone(), age })
+    }
+
+    /// Holds `answer`, read after `marks` (whose read began at `asked`), for the next read of
+    /// this lookup.
+    pub fn put(
+        &self,
+        tenant: &TenantId,
+        request: &StatusRequest,
+        marks: Vec<(i64, i64)>,
+        asked: Instant,
+        answer: &Answer,
+    ) {
         if answer.etag.is_none() || answer.body.len() > LARGEST_HELD {
             return;
         }
@@ -118,7 +161,7 @@ impl AnswerCache {
         }
         let now = held.clock + 1;
         held.clock = now;
-        held.entries.insert(key, HeldAnswer { marks, answer: answer.clone(), used: now });
+        held.entries.insert(key, HeldAnswer { marks, answer: answer.clone(), checked: asked, used: now });
     }
 }
 
@@ -145,32 +188,59 @@ mod tests {
     #[test]
     fn an_answer_is_given_again_only_at_the_marks_it_was_read_at_and_only_to_its_tenant() {
         let cache = AnswerCache::default();
+        let at = Instant::now();
         let (mine, theirs) = (TenantId::default_tenant(), TenantId::new("other").unwrap());
-        cache.put(&mine, &request("p"), vec![(1, 7)], &answer("a"));
-        assert_eq!(cache.get(&mine, &request("p"), &[(1, 7)]).unwrap().body, "a");
-        assert!(cache.get(&mine, &request("p"), &[(1, 8)]).is_none(), "changed since");
-        assert!(cache.get(&mine, &request("p"), &[(1, 7), (2, 0)]).is_none(), "one more matches");
-        assert!(cache.get(&theirs, &request("p"), &[(1, 7)]).is_none());
-        assert!(cache.get(&mine, &request("q"), &[(1, 7)]).is_none());
+        cache.put(&mine, &request("p"), vec![(1, 7)], at, &answer("a"));
+        assert_eq!(cache.get(&mine, &request("p"), &[(1, 7)], at).unwrap().body, "a");
+        assert!(cache.get(&mine, &request("p"), &[(1, 8)], at).is_none(), "changed since");
+        assert!(cache.get(&mine, &request("p"), &[(1, 7), (2, 0)], at).is_none(), "one more matches");
+        assert!(cache.get(&theirs, &request("p"), &[(1, 7)], at).is_none());
+        assert!(cache.get(&mine, &request("q"), &[(1, 7)], at).is_none());
         // Error answers and very large ones are not held.
-        cache.put(&mine, &request("e"), vec![(3, 0)], &Answer::input_error("no"));
-        assert!(cache.get(&mine, &request("e"), &[(3, 0)]).is_none());
-        cache.put(&mine, &request("big"), vec![(4, 0)], &answer(&"x".repeat(LARGEST_HELD + 1)));
-        assert!(cache.get(&mine, &request("big"), &[(4, 0)]).is_none());
+        cache.put(&mine, &request("e"), vec![(3, 0)], at, &Answer::input_error("no"));
+        assert!(cache.get(&mine, &request("e"), &[(3, 0)], at).is_none());
+        cache.put(&mine, &request("big"), vec![(4, 0)], at, &answer(&"x".repeat(LARGEST_HELD + 1)));
+        assert!(cache.get(&mine, &request("big"), &[(4, 0)], at).is_none());
     }
 
     #[test]
     fn the_least_recently_used_answer_makes_room() {
         let cache = AnswerCache::default();
+        let at = Instant::now();
         let tenant = TenantId::default_tenant();
         for n in 0..HELD_ANSWERS {
-            cache.put(&tenant, &request(&format!("p{n}")), vec![(1, 0)], &answer("a"));
+            cache.put(&tenant, &request(&format!("p{n}")), vec![(1, 0)], at, &answer("a"));
         }
         // p0 was used last of all, so p1 is the one to go.
-        assert!(cache.get(&tenant, &request("p0"), &[(1, 0)]).is_some());
-        cache.put(&tenant, &request("new"), vec![(1, 0)], &answer("b"));
-        assert!(cache.get(&tenant, &request("p0"), &[(1, 0)]).is_some());
-        assert!(cache.get(&tenant, &request("p1"), &[(1, 0)]).is_none());
-        assert!(cache.get(&tenant, &request("new"), &[(1, 0)]).is_some());
+        assert!(cache.get(&tenant, &request("p0"), &[(1, 0)], at).is_some());
+        cache.put(&tenant, &request("new"), vec![(1, 0)], at, &answer("b"));
+        assert!(cache.get(&tenant, &request("p0"), &[(1, 0)], at).is_some());
+        assert!(cache.get(&tenant, &request("p1"), &[(1, 0)], at).is_none());
+        assert!(cache.get(&tenant, &request("new"), &[(1, 0)], at).is_some());
+    }
+
+    #[test]
+    fn an_answer_is_recent_for_as_long_as_its_marks_were_last_found_current() {
+        let cache = AnswerCache::default();
+        let tenant = TenantId::default_tenant();
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(10)).unwrap();
+        assert!(cache.recent(&tenant, &request("p"), Duration::from_secs(60)).is_none(), "nothing held");
+        cache.put(&tenant, &request("p"), vec![(1, 0)], long_ago, &answer("a"));
+        assert!(cache.recent(&tenant, &request("p"), Duration::from_secs(5)).is_none(), "too old");
+        let recent = cache.recent(&tenant, &request("p"), Duration::from_secs(60)).unwrap();
+        assert_eq!(recent.answer.body, "a");
+        assert!(recent.age >= Duration::from_secs(10));
+        // A read that finds the marks current makes the answer recent again; one that finds
+        // them moved, or an older read finishing later, does not.
+        assert!(cache.get(&tenant, &request("p"), &[(1, 1)], Instant::now()).is_none());
+        assert!(cache.recent(&tenant, &request("p"), Duration::from_secs(5)).is_none());
+        cache.get(&tenant, &request("p"), &[(1, 0)], Instant::now()).unwrap();
+        let recent = cache.recent(&tenant, &request("p"), Duration::from_secs(5)).unwrap();
+        assert!(recent.age < Duration::from_secs(5));
+        cache.get(&tenant, &request("p"), &[(1, 0)], long_ago).unwrap();
+        assert!(cache.recent(&tenant, &request("p"), Duration::from_secs(5)).is_some());
+        assert!(
+            cache.recent(&TenantId::new("other").unwrap(), &request("p"), Duration::from_secs(60)).is_none()
+        );
     }
 }

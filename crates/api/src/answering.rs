@@ -1,12 +1,14 @@
 //! Answering status reads: the per-client limit, the governor limit, rendering the envelope
-//! and its ETag, and `If-None-Match`.
+//! and its ETag, `If-None-Match`, and `Cache-Control: max-age`.
 
-use actix_web::http::header::IF_NONE_MATCH;
+use std::time::{Duration, Instant};
+
+use actix_web::http::header::{AGE, CACHE_CONTROL, HeaderValue, IF_NONE_MATCH};
 use actix_web::{HttpRequest, HttpResponse};
 use async_engine_domain::{Detail, IdKind, StatusQuery, TenantId};
 use sha2::{Digest, Sha256};
 
-use crate::answer::Answer;
+use crate::answer::{Answer, Recent};
 use crate::auth::Caller;
 use crate::envelope::{Envelope, Record};
 use crate::error::ApiError;
@@ -24,13 +26,62 @@ pub(crate) async fn respond(
         metrics::counter!("async_engine_status_reads_limited_total").increment(1);
         return Err(refused);
     }
-    let reading = state.clone();
-    let tenant = caller.tenant.clone();
-    let answer = blocking(move || read_answer(&reading, &tenant, &request)).await??;
-    if answer.matches(&if_none_match(req)) {
-        return Ok(answer.not_modified());
+    let recent = accepted_age(req, state.config.watch_interval)
+        .and_then(|within| state.answers.recent(&caller.tenant, &request, within));
+    if let Some(Recent { answer, age }) = recent {
+        metrics::counter!("async_engine_status_reads_from_memory_total").increment(1);
+        let mut response = conditional(&answer, req);
+        response.headers_mut().insert(AGE, HeaderValue::from(age.as_secs()));
+        return Ok(response);
     }
-    Ok(answer.response())
+    let asked = Instant::now();
+    // Where the marks can be read at once (SQLite), an unchanged lookup is answered here,
+    // without handing the read to the blocking pool and back: that hop, two thread switches,
+    // cost more than the read.
+    let marks = state.status.change_marks_now(&request.query(&caller.tenant)).transpose()?;
+    if let Some(marks) = &marks
+        && let Some(held) = state.answers.get(&caller.tenant, &request, marks, asked)
+    {
+        return Ok(conditional(&held, req));
+    }
+    let (reading, tenant) = (state.clone(), caller.tenant.clone());
+    let answer = blocking(move || match marks {
+        Some(marks) => read_answer_at(&reading, &tenant, &request, marks, asked),
+        None => read_answer(&reading, &tenant, &request),
+    })
+    .await??;
+    Ok(conditional(&answer, req))
+}
+
+/// A 304 when the client holds the answer already, else the answer.
+fn conditional(answer: &Answer, req: &HttpRequest) -> HttpResponse {
+    if answer.matches(&if_none_match(req)) { answer.not_modified() } else { answer.response() }
+}
+
+/// How old an answer the caller accepts, sent without reading storage: its `Cache-Control:
+/// max-age=N` (RFC 9111 §5.2.1.1), N of at least 1, held to `api.watch_interval_ms`, the
+/// staleness waiting reads have too. None (every read validated, as by default) without it,
+/// with `max-age=0` or `no-cache`, or with a value that is not a number of seconds.
+pub(crate) fn accepted_age(req: &HttpRequest, watch_interval: Duration) -> Option<Duration> {
+    let mut accepted: Option<u64> = None;
+    for directive in
+        req.headers().get_all(CACHE_CONTROL).filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(','))
+    {
+        let (name, value) = directive.split_once('=').unwrap_or((directive, ""));
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("no-cache") || name.eq_ignore_ascii_case("no-store") {
+            return None;
+        }
+        if name.eq_ignore_ascii_case("max-age") {
+            // Several max-age directives: the strictest holds.
+            let seconds: u64 = value.trim().trim_matches('"').parse().ok()?;
+            accepted = Some(accepted.map_or(seconds, |held| held.min(seconds)));
+        }
+    }
+    match accepted? {
+        0 => None,
+        seconds => Some(Duration::from_secs(seconds).min(watch_interval)),
+    }
 }
 
 /// The entity tags of `If-None-Match`, weak or strong alike (a weak comparison, RFC 9110).
@@ -48,25 +99,27 @@ pub(crate) fn if_none_match(req: &HttpRequest) -> Vec<String> {
 /// unchanged lookup (its change marks as when its answer was last rendered) costs one small
 /// read of the marks, and is answered with the bytes held.
 pub fn read_answer(state: &AppState, tenant: &TenantId, request: &StatusRequest) -> Result<Answer, ApiError> {
+    let asked = Instant::now();
     let marks = state.status.change_marks(&request.query(tenant))?;
-    read_answer_at(state, tenant, request, marks)
+    read_answer_at(state, tenant, request, marks, asked)
 }
 
-/// [`read_answer`] with the change marks read already, before this call.
+/// [`read_answer`] with the change marks read already, in a read begun at `asked`.
 pub fn read_answer_at(
     state: &AppState,
     tenant: &TenantId,
     request: &StatusRequest,
     marks: Vec<(i64, i64)>,
+    asked: Instant,
 ) -> Result<Answer, ApiError> {
-    if let Some(held) = state.answers.get(tenant, request, &marks) {
+    if let Some(held) = state.answers.get(tenant, request, &marks, asked) {
         return Ok(held);
     }
     let answer = render(state, tenant, request)?;
     // Read after the marks: if anything changed in between, the marks are older than the
     // answer, and the next read misses and reads again; a held answer is never older than
     // its marks.
-    state.answers.put(tenant, request, marks, &answer);
+    state.answers.put(tenant, request, marks, asked, &answer);
     Ok(answer)
 }
 

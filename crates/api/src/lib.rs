@@ -54,7 +54,7 @@ pub use crate::claims::ClaimWaiters;
 use crate::envelope::{Envelope, Record, Shape};
 pub use crate::guard::{CorsOrigins, HostPolicy, RequestGuard};
 pub use crate::limits::StatusLimiter;
-pub use crate::router::{app, serve};
+pub use crate::router::{app, app_with, serve};
 pub use crate::state::{ApiConfig, AppState, SuccessCode};
 pub use crate::watcher::Watcher;
 

@@ -125,6 +125,12 @@ pub const METRICS: &[Metric] = &[
         start: Start::Zero,
     },
     Metric {
+        name: "async_engine_status_reads_from_memory_total",
+        kind: Kind::Counter,
+        help: "Status reads answered with a held answer and no storage read, for callers that sent Cache-Control: max-age.",
+        start: Start::Zero,
+    },
+    Metric {
         name: "async_engine_watched_lookups",
         kind: Kind::Gauge,
         help: "Status lookups that waiting clients (long-polls, event streams) share.",
@@ -236,6 +242,7 @@ pub(crate) mod tests {
             r#"async_engine_notification_attempts_total{outcome="gave_up"} 0"#,
             r#"async_engine_notification_attempts_total{outcome="refused"} 0"#,
             "async_engine_status_reads_limited_total 0",
+            "async_engine_status_reads_from_memory_total 0",
             r#"async_engine_items_recorded_total{by="engine"} 0"#,
             r#"async_engine_items_recorded_total{by="worker"} 0"#,
             r#"async_engine_items_recorded_total{by="push"} 0"#,

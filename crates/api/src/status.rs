@@ -31,7 +31,8 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
         ("failMessage" = Option<bool>, Query, description = "false: failure groups without statusMessage"),
         ("idType" = Option<crate::schema::IdType>, Query, description = "Read the ID only as an asyncProcessId or only as a referenceId"),
         ("waitSeconds" = Option<u32>, Query, minimum = 1, maximum = 60, description = "With If-None-Match: hold the answer until it changes, else 304"),
-        ("If-None-Match" = Option<String>, Header, description = "ETags already held")),
+        ("If-None-Match" = Option<String>, Header, description = "ETags already held"),
+        ("Cache-Control" = Option<String>, Header, description = "max-age=N (N >= 1): an answer held in memory, found current at most api.watch_interval_ms ago, may be sent without reading storage; it then carries Age")),
     responses(
         (status = 202, description = "The records (api.success_code 202, as documented)", body = Envelope),
         (status = 200, description = "The records (api.success_code 200)", body = Envelope),
@@ -150,6 +151,7 @@ mod tests {
     fn marked() -> MockStatusReader {
         let mut reader = MockStatusReader::new();
         reader.expect_change_marks().returning(|_| Ok(vec![(1, 1)]));
+        reader.expect_change_marks_now().returning(|_| None);
         reader
     }
 
@@ -297,7 +299,11 @@ mod tests {
         let reads = Arc::new(AtomicUsize::new(0));
         let mut reader = MockStatusReader::new();
         let marks = version.clone();
-        reader.expect_change_marks().returning(move |_| Ok(vec![(7, marks.load(Ordering::SeqCst))]));
+        // Read at once, as on SQLite: the reads below never go to the blocking pool for them.
+        reader.expect_change_marks().never();
+        reader
+            .expect_change_marks_now()
+            .returning(move |_| Some(Ok(vec![(7, marks.load(Ordering::SeqCst))])));
         let counted = reads.clone();
         reader.expect_find_status().returning(move |_| {
             counted.fetch_add(1, Ordering::SeqCst);
@@ -316,6 +322,76 @@ mod tests {
         version.store(2, Ordering::SeqCst);
         get("/v1/asyncprocesses/p1?itemsList=false").await;
         assert_eq!(reads.load(Ordering::SeqCst), 3, "the process changed: read again");
+    }
+
+    #[actix_web::test]
+    async fn a_caller_that_sends_max_age_is_answered_from_memory_within_the_watch_interval() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::time::Duration;
+
+        use actix_web::test::{call_service, init_service, read_body};
+        let marks_read = Arc::new(AtomicUsize::new(0));
+        let mut reader = MockStatusReader::new();
+        let counted = marks_read.clone();
+        reader.expect_change_marks().returning(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![(7, 1)])
+        });
+        reader.expect_change_marks_now().returning(|_| None);
+        reader.expect_find_status().times(1).returning(|_| Ok(vec![sample()]));
+        let interval = Duration::from_millis(300);
+        let config = ApiConfig { watch_interval: interval, ..ApiConfig::default() };
+        let service = init_service(crate::router::app(AppState {
+            status: Arc::new(reader),
+            config,
+            ..test_support::state()
+        }))
+        .await;
+        let uri = "/v1/asyncprocesses/p1?itemsList=false";
+        let send = |headers: &[(&'static str, &str)]| {
+            let mut request = TestRequest::get().uri(uri);
+            for (name, value) in headers {
+                request = request.insert_header((*name, value.to_string()));
+            }
+            call_service(&service, request.to_request())
+        };
+        let first = send(&[("Cache-Control", "max-age=60")]).await;
+        assert_eq!(first.status(), 202);
+        assert!(first.headers().get("age").is_none(), "read from storage: no Age");
+        let etag = first.headers().get("etag").unwrap().to_str().unwrap().to_owned();
+        let body = read_body(first).await;
+        assert_eq!(marks_read.load(Ordering::SeqCst), 1, "nothing held yet");
+
+        let again = send(&[("Cache-Control", "max-age=60")]).await;
+        assert_eq!(
+            (again.status().as_u16(), again.headers().get("age").unwrap().to_str().unwrap()),
+            (202, "0")
+        );
+        assert_eq!(read_body(again).await, body);
+        let unchanged = send(&[("cache-control", "no-transform, max-age=1"), ("If-None-Match", &etag)]).await;
+        assert_eq!(unchanged.status(), 304);
+        assert!(unchanged.headers().get("age").is_some());
+        assert_eq!(marks_read.load(Ordering::SeqCst), 1, "answered with no read at all");
+
+        // Without it, or asking for a fresh answer, or with a value that is no number: validated.
+        for headers in [
+            &[][..],
+            &[("Cache-Control", "max-age=0")][..],
+            &[("Cache-Control", "max-age=60, no-cache")][..],
+            &[("Cache-Control", "max-age=soon")][..],
+            &[("Cache-Control", "max-age=60"), ("Cache-Control", "max-age=0")][..],
+        ] {
+            let before = marks_read.load(Ordering::SeqCst);
+            let response = send(headers).await;
+            assert_eq!(response.status(), 202, "{headers:?}");
+            assert!(response.headers().get("age").is_none(), "{headers:?}");
+            assert_eq!(marks_read.load(Ordering::SeqCst), before + 1, "{headers:?}");
+        }
+        // A caller may accept any age; the server gives at most the watch interval's.
+        actix_web::rt::time::sleep(interval + Duration::from_millis(50)).await;
+        let later = send(&[("Cache-Control", "max-age=3600")]).await;
+        assert!(later.headers().get("age").is_none());
+        assert_eq!(marks_read.load(Ordering::SeqCst), 7);
     }
 
     #[actix_web::test]

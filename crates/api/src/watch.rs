@@ -77,8 +77,9 @@ impl Watcher {
         let (marks, answer) = blocking(move || {
             let (state, key) = reading;
             // Marks first: a change after them is seen by the next tick.
+            let asked = std::time::Instant::now();
             let marks = state.status.change_marks(&key.query())?;
-            let answer = read_answer_at(&state, &key.tenant, &key.request, marks.clone())?;
+            let answer = read_answer_at(&state, &key.tenant, &key.request, marks.clone(), asked)?;
             Ok::<_, ApiError>((marks, answer))
         })
         .await??;
@@ -173,15 +174,20 @@ fn changed_answer(
     key: WatchKey,
     marks: &[(i64, i64)],
 ) -> Option<(WatchKey, Marks, Arc<Answer>)> {
+    let asked = std::time::Instant::now();
     let now = match state.status.change_marks(&key.query()) {
-        Ok(now) if now == marks => return None,
+        Ok(now) if now == marks => {
+            // Found unchanged: the held answer stays recent for `max-age` readers too.
+            state.answers.get(&key.tenant, &key.request, &now, asked);
+            return None;
+        }
         Ok(now) => now,
         Err(error) => {
             tracing::error!(%error, "the status watcher could not read change marks");
             return None;
         }
     };
-    let answer = match read_answer_at(state, &key.tenant, &key.request, now.clone()) {
+    let answer = match read_answer_at(state, &key.tenant, &key.request, now.clone(), asked) {
         Ok(answer) => answer,
         // The lookup stopped answering (its process was purged): waiters are told so.
         Err(ApiError::Input(text)) => Answer::input_error(&text),

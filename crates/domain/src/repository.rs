@@ -56,6 +56,14 @@ pub trait StatusReader: Send + Sync {
     /// whenever any answer could (a process changed, or one more matches). Waiting readers
     /// compare marks instead of whole answers.
     fn change_marks(&self, query: &StatusQuery) -> Result<Vec<(i64, i64)>, RepositoryError>;
+    /// [`StatusReader::change_marks`], when they can be read without waiting: a local file and
+    /// a connection free at once. `None` when the read could wait (no free connection, a
+    /// database across the network), so that the caller reads them where waiting is allowed
+    /// instead of on a thread that serves other requests meanwhile.
+    fn change_marks_now(&self, query: &StatusQuery) -> Option<Result<Vec<(i64, i64)>, RepositoryError>> {
+        let _ = query;
+        None
+    }
 }
 
 /// What [`SnapshotWriter::import`] did.

@@ -166,6 +166,11 @@ impl Store {
         Ok(self.pool.get()?)
     }
 
+    /// A connection if one is idle now; never waits.
+    pub(crate) fn idle_conn(&self) -> Option<Conn> {
+        self.pool.try_get()
+    }
+
     /// A connection, or an error once `wait` has passed (the pool's own wait is longer).
     pub(crate) fn conn_within(&self, wait: Duration) -> Result<Conn, Error> {
         Ok(self.pool.get_timeout(wait)?)
