@@ -292,6 +292,49 @@ mod tests {
         Duration::from_millis(ms)
     }
 
+    fn main_file(store: &Store) -> String {
+        let mut conn = store.conn().unwrap();
+        let DbConnection::Sqlite(sqlite) = &mut *conn else { panic!("SQLite only") };
+        diesel::sql_query("SELECT file FROM pragma_database_list WHERE name = 'main'")
+            .get_result::<MainFile>(sqlite)
+            .unwrap()
+            .file
+    }
+
+    #[test]
+    fn sqlite_writers_of_one_file_take_turns_on_its_gate_released_however_they_end() {
+        let (db, other) = (crate::testing::sqlite(), crate::testing::sqlite());
+        let (gate, theirs) =
+            (WRITER_GATES.of(main_file(&db.store)), WRITER_GATES.of(main_file(&other.store)));
+        let mut conn = db.store.conn().unwrap();
+        let (started, second) = mpsc::channel();
+        write_transaction(&mut conn, |_| {
+            assert!(gate.is_locked(), "held through the transaction");
+            assert!(!theirs.is_locked(), "another file's writers do not wait");
+            let store = db.store.clone();
+            let started = started.clone();
+            std::thread::spawn(move || {
+                let mut conn = store.conn().unwrap();
+                write_transaction(&mut conn, |_| {
+                    started.send(()).unwrap();
+                    Ok(())
+                })
+                .unwrap();
+            });
+            std::thread::sleep(millis(200));
+            assert!(second.try_recv().is_err(), "a second writer waits for the first");
+            Ok(())
+        })
+        .unwrap();
+        second
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the second writer goes on once the first is done");
+        let failed: Result<(), Error> =
+            write_transaction(&mut conn, |_| Err(Error::Corrupt("rolled back".into())));
+        assert!(failed.is_err());
+        assert!(!gate.is_locked(), "released after a rollback too");
+    }
+
     /// A second store on the test's database, with these session bounds.
     fn bounded(url: &str, timeouts: SessionTimeouts) -> Store {
         Store::open_with(url, 2, timeouts).unwrap()
