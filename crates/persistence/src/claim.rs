@@ -1,5 +1,7 @@
 //! Claiming due tasks: which tasks are due, leasing them, and what a worker is given.
 
+use std::collections::HashSet;
+
 use async_engine_domain::{ClaimRequest, ClaimedTask, RawJson, TenantId};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
@@ -25,10 +27,12 @@ enum Read {
 }
 
 /// Due tasks of these queues, oldest first: expired leases (to be taken over), then queued
-/// tasks whose time has come. Tasks of processes whose lock another transaction holds are left
-/// out in the query itself: read and then passed over, however many of them there were, they
-/// would hide every other process's work behind them (and a node frozen inside a transaction
-/// would stall them all).
+/// tasks whose time has come. Tasks that need the lock of a process another transaction holds
+/// are left out in the query itself: read and then passed over, however many of them there
+/// were, they would hide every other process's work behind them (and a node frozen inside a
+/// transaction would stall them all). Those are expired leases (one on its last attempt is
+/// given up) and the tasks of a step not claimed from yet (its first claim moves its status);
+/// the other queued tasks of a busy process are leased without its lock, and due.
 fn due_tasks(
     conn: &mut DbConnection,
     request: &ClaimRequest,
@@ -53,8 +57,8 @@ fn due_tasks(
     Ok(found)
 }
 
-/// [`due_tasks`] of processes other than `busy`. Two queries, so that each walks the
-/// `(queue, state, ...)` index.
+/// [`due_tasks`], passing over what needs the lock of a `busy` process. Two queries, so that
+/// each walks the `(queue, state, ...)` index.
 fn due_past(
     conn: &mut DbConnection,
     request: &ClaimRequest,
@@ -74,7 +78,16 @@ fn due_past(
                 .filter(tasks::queue.eq_any(&request.queues))
                 .filter(tasks::state.eq($state))
                 .filter($ready)
-                .filter(tasks::process_id.ne_all(busy))
+                .filter(
+                    tasks::process_id.ne_all(busy).or(($state != LEASED)
+                        .into_sql::<diesel::sql_types::Bool>()
+                        .and(diesel::dsl::exists(
+                            steps::table
+                                .filter(steps::process_id.eq(tasks::process_id))
+                                .filter(steps::step_number.eq(tasks::step_number))
+                                .filter(steps::started),
+                        ))),
+                )
                 .filter(
                     any_tenant.into_sql::<diesel::sql_types::Bool>().or(diesel::dsl::exists(
                         processes::table
@@ -127,15 +140,24 @@ pub(crate) fn claim(conn: &mut DbConnection, request: &ClaimRequest) -> Result<V
         let wanted = usize::try_from(request.max_tasks).unwrap_or(usize::MAX);
         let due = due_tasks(conn, request, limit, Read::ToClaim)?;
         let mut leased = Vec::new();
+        // Steps known to have been claimed from before: their first claim is behind them.
+        let mut started: HashSet<(i64, i32)> = HashSet::new();
         for task in due {
             if leased.len() >= wanted {
                 break;
             }
-            // A process another transaction is changing is passed over, not waited for.
-            if !try_lock_process(conn, task.process_id)? {
+            let step = (task.process_id, task.step_number);
+            let gives_up = task.state == LEASED && task.attempt >= task.max_attempts;
+            let first_claim = !started.contains(&step) && !step_started(conn, step)?;
+            // Leasing takes no process lock, so that a process's tasks are claimed while its
+            // completions are recorded: the task's row, locked by the read above and by a
+            // completion's, keeps them apart. What records outcomes or moves the process (a
+            // give-up, a step's first claim) takes it, and passes over a process another
+            // transaction is changing instead of waiting for it.
+            if (gives_up || first_claim) && !try_lock_process(conn, task.process_id)? {
                 continue;
             }
-            if task.state == LEASED && task.attempt >= task.max_attempts {
+            if gives_up {
                 let message = format!("gave up after {} attempts: the last lease expired", task.attempt);
                 // In a savepoint: should recording fail (corrupt data), the task is parked
                 // instead of failing every later claim on its queue.
@@ -169,21 +191,33 @@ pub(crate) fn claim(conn: &mut DbConnection, request: &ClaimRequest) -> Result<V
             if taken == 0 {
                 continue;
             }
-            let first_claim = diesel::update(
-                steps::table
-                    .filter(steps::process_id.eq(task.process_id))
-                    .filter(steps::step_number.eq(task.step_number))
-                    .filter(steps::started.eq(false)),
-            )
-            .set(steps::started.eq(true))
-            .execute(conn)?;
-            if first_claim > 0 {
-                refresh(conn, task.process_id, now)?;
+            if first_claim {
+                let marked = diesel::update(
+                    steps::table
+                        .filter(steps::process_id.eq(task.process_id))
+                        .filter(steps::step_number.eq(task.step_number))
+                        .filter(steps::started.eq(false)),
+                )
+                .set(steps::started.eq(true))
+                .execute(conn)?;
+                if marked > 0 {
+                    refresh(conn, task.process_id, now)?;
+                }
             }
+            started.insert(step);
             leased.push((task, token, expires));
         }
         leased.into_iter().map(|(task, token, expires)| describe(conn, task, token, expires)).collect()
     })
+}
+
+/// Whether a task of this step has been claimed before (or the step was marked started).
+fn step_started(conn: &mut DbConnection, (process_id, step_number): (i64, i32)) -> Result<bool, Error> {
+    Ok(steps::table
+        .filter(steps::process_id.eq(process_id))
+        .filter(steps::step_number.eq(step_number))
+        .select(steps::started)
+        .first(conn)?)
 }
 
 /// Everything a worker needs to run a leased task.
@@ -272,12 +306,15 @@ pub(crate) fn any_due(conn: &mut DbConnection, request: &ClaimRequest) -> Result
 #[cfg(test)]
 mod tests {
     use async_engine_domain::work::GAVE_UP_CODE;
-    use async_engine_domain::{ClaimRequest, FailurePolicy, Status, TenantId};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use async_engine_domain::{ClaimRequest, FailurePolicy, Status, TaskError, TenantId};
     use diesel::prelude::*;
 
     use super::*;
     use crate::error::Error;
-    use crate::fixtures::{SECOND, begin, claim, status, steps_of};
+    use crate::fixtures::{SECOND, begin, claim, finish, status, steps_of};
     use crate::schema::processes;
     use crate::store::Store;
     use crate::testing::on_both_backends;
@@ -339,12 +376,17 @@ mod tests {
     }
 
     crate::postgres_test! {
-        /// A look past a busy process (PostgreSQL): its due tasks alone are nothing to take, and
-        /// another process's task behind them is found.
-        fn a_look_passes_over_the_tasks_of_a_busy_process() {
+        /// While another transaction holds a process's lock (a completion being recorded,
+        /// PostgreSQL), its queued tasks are still leased, so that its workers do not take
+        /// turns; an expired last attempt, whose give-up records outcomes, waits for the lock,
+        /// and a look passes over it.
+        fn a_busy_process_s_queued_tasks_are_leased_and_its_give_ups_wait() {
             let db = crate::testing::postgres();
             let store = &db.store;
-            begin(store, "busy", &[FailurePolicy::Skip], 3, 1);
+            begin(store, "busy", &[FailurePolicy::Skip], 4, 1);
+            let first = claim(store, "queue:q0", "w", 1, 0);
+            let again = claim(store, "queue:q0", "w", 1, 11 * SECOND);
+            assert_eq!((again.len(), again[0].task_id, again[0].attempt), (1, first[0].task_id, 2));
             let busy: i64 = processes::table
                 .filter(processes::async_process_id.eq("busy"))
                 .select(processes::id)
@@ -355,18 +397,63 @@ mod tests {
                 .bind::<BigInt, _>(busy)
                 .execute(&mut holder)
                 .unwrap();
+            let leased = claim(store, "queue:q0", "w", 10, 22 * SECOND);
+            assert_eq!(leased.len(), 3, "every queued task, the expired last attempt passed over");
+            assert!(leased.iter().all(|t| t.task_id != first[0].task_id && t.attempt == 1));
             let request = ClaimRequest {
                 queues: vec!["queue:q0".into()],
                 tenant: None,
                 worker_id: String::new(),
                 max_tasks: 1,
                 lease_micros: 0,
-                now_micros: 0,
+                now_micros: 22 * SECOND,
             };
-            assert!(!any_due(&mut store.conn().unwrap(), &request).unwrap(), "only a busy process's tasks");
-            begin(store, "other", &[FailurePolicy::Skip], 1, 1);
-            assert!(any_due(&mut store.conn().unwrap(), &request).unwrap(), "another process's task");
+            assert!(!any_due(&mut store.conn().unwrap(), &request).unwrap(), "only a busy give-up is due");
             drop(holder);
+            assert!(any_due(&mut store.conn().unwrap(), &request).unwrap(), "the give-up, once free");
+            assert!(claim(store, "queue:q0", "w", 10, 22 * SECOND).is_empty());
+            let steps = status(store, "busy").steps.unwrap();
+            let group = &steps[0].items.as_ref().unwrap().failed[0];
+            assert_eq!((group.code, group.items.len()), (GAVE_UP_CODE, 1));
+        }
+    }
+
+    crate::postgres_test! {
+        /// A completion racing a claim that takes its expired lease over (PostgreSQL): the
+        /// claim holds no process lock, so the task's row alone keeps them apart. The takeover
+        /// is left uncommitted meanwhile; the completion waits for it, then sees the new token
+        /// and records nothing.
+        fn a_completion_waits_for_a_takeover_in_flight_and_is_refused() {
+            let db = crate::testing::postgres();
+            let store = &db.store;
+            begin(store, "p", &[FailurePolicy::Skip], 2, 1);
+            let old = claim(store, "queue:q0", "w", 1, 0).remove(0);
+            let request = ClaimRequest {
+                queues: vec!["queue:q0".into()],
+                tenant: None,
+                worker_id: "new".into(),
+                max_tasks: 1,
+                lease_micros: 10 * SECOND,
+                now_micros: 11 * SECOND,
+            };
+            let (sent, completed) = mpsc::channel();
+            let mut taking = store.conn().unwrap();
+            taking
+                .transaction(|conn| {
+                    let new = super::claim(conn, &request)?;
+                    assert_eq!((new.len(), new[0].task_id, new[0].attempt), (1, old.task_id, 2));
+                    let (store, old) = (store.clone(), old.clone());
+                    std::thread::spawn(move || sent.send(finish(&store, &old, &[], 11 * SECOND)));
+                    assert!(
+                        completed.recv_timeout(Duration::from_millis(500)).is_err(),
+                        "the completion waits for the takeover's commit"
+                    );
+                    Ok::<_, Error>(())
+                })
+                .unwrap();
+            let late = completed.recv_timeout(Duration::from_secs(20)).unwrap();
+            assert!(matches!(late, Err(TaskError::Conflict(_))), "{late:?}");
+            assert_eq!(steps_of(&status(store, "p")), [(Status::InProgress, 0, 2, 0, 0)]);
         }
     }
 }

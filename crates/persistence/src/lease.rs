@@ -59,12 +59,18 @@ fn leased_task(
     task_id: i64,
     token: &str,
 ) -> Result<Result<TaskRow, TaskError>, Error> {
-    let task: Option<TaskRow> = tasks::table
-        .find(task_id)
-        .filter(of_tenant!(tenant))
-        .select(TaskRow::as_select())
-        .first(conn)
-        .optional()?;
+    macro_rules! task {
+        () => {
+            tasks::table.find(task_id).filter(of_tenant!(tenant)).select(TaskRow::as_select())
+        };
+    }
+    // On PostgreSQL the row is locked and read as last committed: a claim leases a task
+    // without its process's lock, and one taking over this lease at this instant is waited
+    // for, its new token then seen, instead of both holders recording the task.
+    let task: Option<TaskRow> = match conn {
+        DbConnection::Pg(pg) => task!().for_update().first(pg).optional()?,
+        DbConnection::Sqlite(sqlite) => task!().first(sqlite).optional()?,
+    };
     // One answer for every refusal, and the token compared in constant time: a caller without
     // the lease learns nothing, not even whether the task exists (or is another tenant's).
     let current = task.filter(|task| {
