@@ -1,6 +1,7 @@
 //! Claiming due tasks: which tasks are due, leasing them, and what a worker is given.
 
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 
 use async_engine_domain::{ClaimRequest, ClaimedTask, RawJson, TenantId};
 use diesel::prelude::*;
@@ -207,7 +208,11 @@ pub(crate) fn claim(conn: &mut DbConnection, request: &ClaimRequest) -> Result<V
             started.insert(step);
             leased.push((task, token, expires));
         }
-        leased.into_iter().map(|(task, token, expires)| describe(conn, task, token, expires)).collect()
+        let mut known = Known::default();
+        leased
+            .into_iter()
+            .map(|(task, token, expires)| describe(conn, &mut known, task, token, expires))
+            .collect()
     })
 }
 
@@ -220,42 +225,63 @@ fn step_started(conn: &mut DbConnection, (process_id, step_number): (i64, i32)) 
         .first(conn)?)
 }
 
+/// What the tasks of one claim share, read once: a batch is mostly tasks of one step.
+#[derive(Default)]
+struct Known {
+    processes: HashMap<i64, (TenantId, ProcessRow, RawJson)>,
+    steps: HashMap<(i64, i32), String>,
+}
+
 /// Everything a worker needs to run a leased task.
 fn describe(
     conn: &mut DbConnection,
+    known: &mut Known,
     task: TaskRow,
     token: String,
     expires: i64,
 ) -> Result<ClaimedTask, Error> {
-    let (tenant, process): (String, ProcessRow) = processes::table
-        .find(task.process_id)
-        .select((processes::tenant, ProcessRow::as_select()))
-        .first(conn)?;
-    let step_name: String = steps::table
-        .filter(steps::process_id.eq(task.process_id))
-        .filter(steps::step_number.eq(task.step_number))
-        .select(steps::name)
-        .first(conn)?;
+    let (tenant, process, additional_data) = match known.processes.entry(task.process_id) {
+        Entry::Occupied(found) => found.into_mut(),
+        Entry::Vacant(missing) => {
+            let (tenant, process): (String, ProcessRow) = processes::table
+                .find(task.process_id)
+                .select((processes::tenant, ProcessRow::as_select()))
+                .first(conn)?;
+            let additional_data = RawJson::from_text(process.additional_data.clone())
+                .map_err(|e| corrupt(&process, format!("additionalData: {e}")))?;
+            let tenant = TenantId::new(tenant).map_err(|e| Error::Corrupt(e.to_string()))?;
+            missing.insert((tenant, process, additional_data))
+        }
+    };
+    let step_name = match known.steps.entry((task.process_id, task.step_number)) {
+        Entry::Occupied(found) => found.into_mut(),
+        Entry::Vacant(missing) => missing.insert(
+            steps::table
+                .filter(steps::process_id.eq(task.process_id))
+                .filter(steps::step_number.eq(task.step_number))
+                .select(steps::name)
+                .first(conn)?,
+        ),
+    };
     let values = task_items(conn, &task)?;
     let items = values
         .into_iter()
         .map(|TaskItem { item_index: index, value }| {
             let item =
-                RawJson::from_text(value).map_err(|e| corrupt(&process, format!("item {index}: {e}")))?;
+                RawJson::from_text(value).map_err(|e| corrupt(process, format!("item {index}: {e}")))?;
             Ok((u64::try_from(index).unwrap_or_default(), item))
         })
         .collect::<Result<Vec<_>, Error>>()?;
     Ok(ClaimedTask {
         task_id: task.id,
         lease_token: token,
-        tenant: TenantId::new(tenant).map_err(|e| Error::Corrupt(e.to_string()))?,
-        additional_data: RawJson::from_text(process.additional_data.clone())
-            .map_err(|e| corrupt(&process, format!("additionalData: {e}")))?,
-        async_process_id: process.async_process_id,
-        reference_id: process.reference_id,
-        process_name: process.name,
+        tenant: tenant.clone(),
+        additional_data: additional_data.clone(),
+        async_process_id: process.async_process_id.clone(),
+        reference_id: process.reference_id.clone(),
+        process_name: process.name.clone(),
         step_number: u32::try_from(task.step_number).unwrap_or_default(),
-        step_name,
+        step_name: step_name.clone(),
         queue: task.queue,
         attempt: u32::try_from(task.attempt + 1).unwrap_or_default(),
         lease_expires_at_micros: expires,
@@ -272,20 +298,37 @@ struct TaskItem {
 }
 
 /// The task's items in index order, by one statement whose text is the same for every task,
-/// with no bind per index: on PostgreSQL `= ANY` of an array (built by diesel's query builder,
-/// so kept prepared), on SQLite the task's stored index list read by `json_each`, where `IN`
-/// would bind every index (raw SQL, which diesel never keeps prepared: a short text parsed
-/// per call).
+/// with no bind per index. Most tasks hold a run of consecutive indices (a step's items are
+/// chunked in order), read as one range of the primary key: a probe per index cost about
+/// 2.5 µs an item on PostgreSQL, a quarter of a claim's time. Any other set is read on
+/// PostgreSQL by `= ANY` of an array (built by diesel's query builder, so kept prepared), on
+/// SQLite by the task's stored index list through `json_each`, where `IN` would bind every
+/// index (raw SQL, which diesel never keeps prepared: a short text parsed per call).
 fn task_items(conn: &mut DbConnection, task: &TaskRow) -> Result<Vec<TaskItem>, Error> {
+    let indices = indices_of(task)?;
+    let pair = |(item_index, value)| TaskItem { item_index, value };
+    if let (Some(&first), Some(&last)) = (indices.first(), indices.last())
+        && indices.windows(2).all(|w| w[1] == w[0] + 1)
+    {
+        return Ok(items::table
+            .filter(items::process_id.eq(task.process_id))
+            .filter(items::item_index.between(first, last))
+            .order(items::item_index.asc())
+            .select((items::item_index, items::value))
+            .load::<(i64, String)>(conn)?
+            .into_iter()
+            .map(pair)
+            .collect());
+    }
     Ok(match conn {
         DbConnection::Pg(pg) => items::table
             .filter(items::process_id.eq(task.process_id))
-            .filter(items::item_index.eq_any(indices_of(task)?))
+            .filter(items::item_index.eq_any(indices))
             .order(items::item_index.asc())
             .select((items::item_index, items::value))
             .load::<(i64, String)>(pg)?
             .into_iter()
-            .map(|(item_index, value)| TaskItem { item_index, value })
+            .map(pair)
             .collect(),
         DbConnection::Sqlite(sqlite) => diesel::sql_query(
             "SELECT item_index, value FROM items WHERE process_id = ?1 \
@@ -309,7 +352,7 @@ mod tests {
     use std::sync::mpsc;
     use std::time::Duration;
 
-    use async_engine_domain::{ClaimRequest, FailurePolicy, Status, TaskError, TenantId};
+    use async_engine_domain::{ClaimRequest, ClaimedTask, FailurePolicy, Status, TaskError, TenantId};
     use diesel::prelude::*;
 
     use super::*;
@@ -345,6 +388,21 @@ mod tests {
             let done = status(store, "p");
             assert_eq!(done.status, Status::Failed);
             assert_eq!(steps_of(&done), [(Status::Aborted, 1, 4, 0, 1)]);
+        }
+    }
+
+    on_both_backends! {
+        fn a_claim_hands_over_each_item_of_its_task_a_run_of_indices_or_not(store: &Store) {
+            begin(store, "p", &[FailurePolicy::Skip, FailurePolicy::Skip], 5, 5);
+            let items = |task: &ClaimedTask| {
+                task.items.iter().map(|(i, item)| (*i, item.as_str().to_owned())).collect::<Vec<_>>()
+            };
+            let first = claim(store, "queue:q0", "w", 1, 0).remove(0);
+            let all: Vec<(u64, String)> = (0..5).map(|n| (n, format!(r#"{{"n":{n}}}"#))).collect();
+            assert_eq!(items(&first), all);
+            finish(store, &first, &[1, 3], 0).unwrap();
+            let second = claim(store, "queue:q1", "w", 1, 0).remove(0);
+            assert_eq!(items(&second), [all[0].clone(), all[2].clone(), all[4].clone()], "the successes only");
         }
     }
 
