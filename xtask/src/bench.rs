@@ -541,36 +541,27 @@ fn raw_loop(store: &Store, url: &str, round: usize) -> anyhow::Result<f64> {
     Ok(f64::from(ITEMS) / took.as_secs_f64())
 }
 
-/// `threads` workers claiming and completing every `queue:bench` task through the API;
-/// returns the outcomes recorded.
+/// `threads` workers claiming and completing every `queue:bench` task through the API, with
+/// the project's Rust client as a worker written in Rust would (items kept as raw JSON, not
+/// parsed into maps the worker would never look at); returns the outcomes recorded.
 fn workers(base: &str, threads: usize) -> anyhow::Result<u64> {
     let handles: Vec<_> = (0..threads)
         .map(|n| {
-            let base = base.to_owned();
+            let client = async_engine_client::Client::new(base);
             std::thread::spawn(move || -> anyhow::Result<u64> {
-                let client = reqwest::blocking::Client::new();
+                let client = client?;
+                let claim = async_engine_client::Claim {
+                    queue: "bench".into(),
+                    worker_id: format!("w{n}"),
+                    max_tasks: 1,
+                    lease_seconds: None,
+                    wait_seconds: 0,
+                };
                 let mut recorded = 0;
                 loop {
-                    let claim: Value = client
-                        .post(format!("{base}/v1/tasks/claim"))
-                        .json(&json!({ "queue": "bench", "workerId": format!("w{n}"), "maxTasks": 1 }))
-                        .send()?
-                        .json()?;
-                    let Some(task) = claim["tasks"].as_array().and_then(|t| t.first()).cloned() else {
-                        return Ok(recorded);
-                    };
-                    let indices: Vec<Value> = task["items"]
-                        .as_array()
-                        .context("items")?
-                        .iter()
-                        .map(|i| i["index"].clone())
-                        .collect();
-                    recorded += indices.len() as u64;
-                    let answer = client
-                        .post(format!("{base}/v1/tasks/{}/complete", task["taskId"]))
-                        .json(&json!({ "leaseToken": task["leaseToken"], "successfully": indices }))
-                        .send()?;
-                    anyhow::ensure!(answer.status().is_success(), "complete: {}", answer.text()?);
+                    let Some(task) = client.claim(&claim)?.pop() else { return Ok(recorded) };
+                    recorded += task.items.len() as u64;
+                    client.complete(&task, &async_engine_client::Outcomes::all_succeeded(&task))?;
                 }
             })
         })
@@ -731,7 +722,7 @@ fn report(rows: &[Row], took: Duration) -> String {
          validated by its change marks. B1a: the same with `Cache-Control: max-age=1`, answered\n\
          from memory while the marks were found current within `api.watch_interval_ms` (250). B2: the same\n\
          while the engine runs B5's process. B3: `POST /v1/asyncprocesses` of {ITEMS} items, sent to\n\
-         committed (202). B4: 8 workers claiming and completing 500-item tasks over HTTP. B5: a\n\
+         committed (202). B4: 8 workers claiming and completing 500-item tasks over HTTP with the project's Rust client (`crates/client`). B5: a\n\
          2-step `noop` process of {LARGE} items, start to Success, per step. The raw loop inserts\n\
          {ITEMS} item rows with one prepared statement in one transaction through the same database\n\
          library. B6: the status with `itemsList=false` on B5's process against the 6-item example\n\
