@@ -26,6 +26,16 @@ use async_engine_persistence::Store;
 use diesel::prelude::*;
 use serde_json::{Value, json};
 
+/// Where BENCHMARKS.md's hand-written part begins: a full run rewrites what is above it.
+const KEPT: &str = "<!-- Written by hand below this line; cargo xtask bench keeps it. -->";
+
+/// The new report above the old file's hand-written part (the profiles of what bounds the
+/// rows that miss), or above an empty one with its marker.
+fn with_kept(report: &str, old: Option<&str>) -> String {
+    let kept = old.and_then(|old| old.find(KEPT).map(|at| &old[at..])).unwrap_or(KEPT);
+    format!("{}\n\n{}\n", report.trim_end(), kept.trim_end())
+}
+
 /// Items of the process B3 creates, B4 records and the raw loop inserts.
 const ITEMS: u32 = 100_000;
 /// Items of the process B2, B5, B6 and B7 run or read.
@@ -132,7 +142,9 @@ pub fn run(postgres: Option<String>, only: &[String]) -> anyhow::Result<bool> {
     }
     let report = report(&rows, started.elapsed());
     if only.is_empty() {
-        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md"), &report)?;
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md");
+        let old = std::fs::read_to_string(path).ok();
+        std::fs::write(path, with_kept(&report, old.as_deref()))?;
     } else {
         eprintln!("(--only: BENCHMARKS.md is left as the last full run wrote it)");
     }
@@ -748,12 +760,27 @@ fn report(rows: &[Row], took: Duration) -> String {
          item); P3 the same process through the release server's API (start, run, poll every\n\
          10 ms) against the engine alone; P4 the engine on 2 nodes (each its own pool) of one\n\
          PostgreSQL database against 1.\n\n\
-         What bounds the rows that miss, with profiles, and what would change them: see\n\
-         [ARCHITECTURE.md, How far it scales](ARCHITECTURE.md#how-far-it-scales)."
+         What bounds the rows that miss, with their profiles: below (written by hand, kept by each\n\
+         run); why the figures are what they are: [ARCHITECTURE.md, How far it\n\
+         scales](ARCHITECTURE.md#how-far-it-scales)."
     );
     text
 }
 
 fn chrono_now() -> String {
     chrono::Utc::now().format("%Y-%m-%d").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_rewrites_the_report_and_keeps_the_hand_written_part() {
+        let old = format!("# old report\n| B1 | 0.1 |\n\n{KEPT}\n## What bounds\nprofiles\n");
+        let new = with_kept("# new report\n| B1 | 0.5 |", Some(&old));
+        assert_eq!(new, format!("# new report\n| B1 | 0.5 |\n\n{KEPT}\n## What bounds\nprofiles\n"));
+        assert_eq!(with_kept("# r", None), format!("# r\n\n{KEPT}\n"), "a first run adds the marker");
+        assert_eq!(with_kept("# r", Some("# no marker")), format!("# r\n\n{KEPT}\n"));
+    }
 }

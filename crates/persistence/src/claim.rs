@@ -150,6 +150,9 @@ pub(crate) fn claim(conn: &mut DbConnection, request: &ClaimRequest) -> Result<V
             let step = (task.process_id, task.step_number);
             let gives_up = task.state == LEASED && task.attempt >= task.max_attempts;
             let first_claim = !started.contains(&step) && !step_started(conn, step)?;
+            if !first_claim {
+                started.insert(step);
+            }
             // Leasing takes no process lock, so that a process's tasks are claimed while its
             // completions are recorded: the task's row, locked by the read above and by a
             // completion's, keeps them apart. What records outcomes or moves the process (a
