@@ -1,7 +1,7 @@
 //! Claiming due tasks: which tasks are due, leasing them, and what a worker is given.
 
+use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
 
 use async_engine_domain::{ClaimRequest, ClaimedTask, RawJson, TenantId};
 use diesel::prelude::*;
@@ -141,18 +141,14 @@ pub(crate) fn claim(conn: &mut DbConnection, request: &ClaimRequest) -> Result<V
         let wanted = usize::try_from(request.max_tasks).unwrap_or(usize::MAX);
         let due = due_tasks(conn, request, limit, Read::ToClaim)?;
         let mut leased = Vec::new();
-        // Steps known to have been claimed from before: their first claim is behind them.
-        let mut started: HashSet<(i64, i32)> = HashSet::new();
+        let mut known = Known::default();
         for task in due {
             if leased.len() >= wanted {
                 break;
             }
             let step = (task.process_id, task.step_number);
             let gives_up = task.state == LEASED && task.attempt >= task.max_attempts;
-            let first_claim = !started.contains(&step) && !step_started(conn, step)?;
-            if !first_claim {
-                started.insert(step);
-            }
+            let first_claim = !known.step(conn, step)?.started;
             // Leasing takes no process lock, so that a process's tasks are claimed while its
             // completions are recorded: the task's row, locked by the read above and by a
             // completion's, keeps them apart. What records outcomes or moves the process (a
@@ -208,10 +204,9 @@ pub(crate) fn claim(conn: &mut DbConnection, request: &ClaimRequest) -> Result<V
                     refresh(conn, task.process_id, now)?;
                 }
             }
-            started.insert(step);
+            known.step(conn, step)?.started = true;
             leased.push((task, token, expires));
         }
-        let mut known = Known::default();
         leased
             .into_iter()
             .map(|(task, token, expires)| describe(conn, &mut known, task, token, expires))
@@ -219,20 +214,33 @@ pub(crate) fn claim(conn: &mut DbConnection, request: &ClaimRequest) -> Result<V
     })
 }
 
-/// Whether a task of this step has been claimed before (or the step was marked started).
-fn step_started(conn: &mut DbConnection, (process_id, step_number): (i64, i32)) -> Result<bool, Error> {
-    Ok(steps::table
-        .filter(steps::process_id.eq(process_id))
-        .filter(steps::step_number.eq(step_number))
-        .select(steps::started)
-        .first(conn)?)
-}
-
 /// What the tasks of one claim share, read once: a batch is mostly tasks of one step.
 #[derive(Default)]
 struct Known {
     processes: HashMap<i64, (TenantId, ProcessRow, RawJson)>,
-    steps: HashMap<(i64, i32), String>,
+    steps: HashMap<(i64, i32), KnownStep>,
+}
+
+struct KnownStep {
+    name: String,
+    /// Claimed from before (or by this claim): the step's first claim is behind it.
+    started: bool,
+}
+
+impl Known {
+    fn step(&mut self, conn: &mut DbConnection, key: (i64, i32)) -> Result<&mut KnownStep, Error> {
+        Ok(match self.steps.entry(key) {
+            Entry::Occupied(found) => found.into_mut(),
+            Entry::Vacant(missing) => {
+                let (name, started) = steps::table
+                    .filter(steps::process_id.eq(key.0))
+                    .filter(steps::step_number.eq(key.1))
+                    .select((steps::name, steps::started))
+                    .first(conn)?;
+                missing.insert(KnownStep { name, started })
+            }
+        })
+    }
 }
 
 /// Everything a worker needs to run a leased task.
@@ -243,6 +251,7 @@ fn describe(
     token: String,
     expires: i64,
 ) -> Result<ClaimedTask, Error> {
+    let step_name = known.step(conn, (task.process_id, task.step_number))?.name.clone();
     let (tenant, process, additional_data) = match known.processes.entry(task.process_id) {
         Entry::Occupied(found) => found.into_mut(),
         Entry::Vacant(missing) => {
@@ -255,16 +264,6 @@ fn describe(
             let tenant = TenantId::new(tenant).map_err(|e| Error::Corrupt(e.to_string()))?;
             missing.insert((tenant, process, additional_data))
         }
-    };
-    let step_name = match known.steps.entry((task.process_id, task.step_number)) {
-        Entry::Occupied(found) => found.into_mut(),
-        Entry::Vacant(missing) => missing.insert(
-            steps::table
-                .filter(steps::process_id.eq(task.process_id))
-                .filter(steps::step_number.eq(task.step_number))
-                .select(steps::name)
-                .first(conn)?,
-        ),
     };
     let values = task_items(conn, &task)?;
     let items = values
@@ -284,7 +283,7 @@ fn describe(
         reference_id: process.reference_id.clone(),
         process_name: process.name.clone(),
         step_number: u32::try_from(task.step_number).unwrap_or_default(),
-        step_name: step_name.clone(),
+        step_name,
         queue: task.queue,
         attempt: u32::try_from(task.attempt + 1).unwrap_or_default(),
         lease_expires_at_micros: expires,
