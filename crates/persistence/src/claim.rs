@@ -469,7 +469,9 @@ mod tests {
                 now_micros: 22 * SECOND,
             };
             assert!(!any_due(&mut store.conn().unwrap(), &request).unwrap(), "only a busy give-up is due");
-            drop(holder);
+            // Unlocked by statement, not by dropping the connection: a closed socket frees
+            // the lock only once the server notices, which can be after the next look.
+            diesel::sql_query("SELECT pg_advisory_unlock_all()").execute(&mut holder).unwrap();
             assert!(any_due(&mut store.conn().unwrap(), &request).unwrap(), "the give-up, once free");
             assert!(claim(store, "queue:q0", "w", 10, 22 * SECOND).is_empty());
             let steps = status(store, "busy").steps.unwrap();
