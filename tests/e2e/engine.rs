@@ -33,6 +33,16 @@ steps = [ { name = "Validate", handler = "builtin:validate", chunk_size = 1, on_
           { name = "Next", handler = "builtin:noop" } ]
 
 [[processes]]
+name = "Bears"
+steps = [ { name = "Validate", handler = "builtin:validate", chunk_size = 2, tolerated_failure_percentage = 40 },
+          { name = "Next", handler = "builtin:noop" } ]
+
+[[processes]]
+name = "Passes"
+steps = [ { name = "Validate", handler = "builtin:validate", chunk_size = 2, tolerated_failure_count = 1 },
+          { name = "Next", handler = "builtin:noop" } ]
+
+[[processes]]
 name = "External"
 steps = [ { name = "Work", handler = "queue:work", chunk_size = 5, max_attempts = 3 } ]
 
@@ -150,6 +160,37 @@ on_both_backends! {
         assert_eq!(validate.0, "Aborted");
         assert_eq!(validate.4, 1, "the first failure stops it: {record}");
         assert_eq!(steps(&record)[1], ("Aborted".into(), 0, 0, 0, 0));
+    }
+}
+
+on_both_backends! {
+    fn a_step_bears_the_failures_it_tolerates_and_fails_its_process_past_them(dir: &Path, db: &str) {
+        let server = serve(dir, db, &[]);
+        let items = vec![ok(1), json!("not a quote line"), ok(2), ok(0), ok(3), ok(4)];
+        let bears = start_process(&server.base, "Bears", items.clone());
+        let passes = start_process(&server.base, "Passes", items);
+        let record = wait_final(&server.base, &bears, Duration::from_secs(30));
+        assert_eq!((record["status"].as_str(), record["message"].as_str()), (Some("Failed"), Some("Completed with errors")));
+        assert_eq!(
+            steps(&record),
+            [("Failed".into(), 6, 6, 4, 2), ("Success".into(), 4, 4, 4, 0)],
+            "2 of 6 is within 40 %"
+        );
+        let record = wait_final(&server.base, &passes, Duration::from_secs(30));
+        assert_eq!(record["status"], "Failed");
+        assert_eq!(
+            record["message"],
+            "Stopped: 2 of 6 items failed at step 0 (Validate), more than it tolerates",
+            "{record}"
+        );
+        let validate = &steps(&record)[0];
+        assert_eq!((validate.0.as_str(), validate.4), ("Failed", 2), "{record}");
+        assert_eq!(steps(&record)[1], ("Aborted".into(), 0, 0, 0, 0), "the next step never starts");
+        let (_, listed) = call(&server.base, "GET", "/v1/processdefinitions", None);
+        let defined = listed["processDefinitions"].as_array().unwrap();
+        let passes = defined.iter().find(|d| d["name"] == "Passes").unwrap();
+        assert_eq!(passes["steps"][0]["toleratedFailureCount"], 1);
+        assert!(passes["steps"][0].get("toleratedFailurePercentage").is_none(), "{passes}");
     }
 }
 

@@ -199,6 +199,7 @@ fn definitions() -> anyhow::Result<Vec<ProcessDefinition>> {
             max_attempts: 3,
             timeout_secs: 600,
             on_item_failure: FailurePolicy::Skip,
+            tolerance: Default::default(),
         }],
         callback_url: None,
     });

@@ -59,6 +59,7 @@ pub fn run(clients: Vec<usize>, seconds: u64) -> anyhow::Result<()> {
             max_attempts: 3,
             timeout_secs: 600,
             on_item_failure: FailurePolicy::Skip,
+            tolerance: Default::default(),
         }],
         callback_url: None,
     };

@@ -579,6 +579,14 @@ struct StepOut<'a> {
     max_attempts: u32,
     timeout_secs: u64,
     on_item_failure: &'static str,
+    /// The most failed items the step bears; one more fails the process. Absent: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tolerated_failure_count: Option<u64>,
+    /// The largest share (0 to 100) of the items that entered the step that may fail.
+    /// Absent: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 100)]
+    tolerated_failure_percentage: Option<f64>,
 }
 
 /// `GET /v1/processdefinitions`
@@ -606,6 +614,8 @@ pub async fn definitions(req: HttpRequest, state: web::Data<AppState>) -> Result
                     max_attempts: s.max_attempts,
                     timeout_secs: s.timeout_secs,
                     on_item_failure: s.on_item_failure.as_str(),
+                    tolerated_failure_count: s.tolerance.count,
+                    tolerated_failure_percentage: s.tolerance.percent(),
                 })
                 .collect(),
         })
@@ -712,7 +722,8 @@ mod tests {
         assert_eq!(
             answer["processDefinitions"][0],
             json!({ "name": "P", "steps": [{ "stepNumber": 0, "name": "S", "handler": "queue:q", "chunkSize": 10,
-                     "maxAttempts": 3, "timeoutSecs": 60, "onItemFailure": "skip" }] })
+                     "maxAttempts": 3, "timeoutSecs": 60, "onItemFailure": "skip",
+                     "toleratedFailureCount": 5, "toleratedFailurePercentage": 2.5 }] })
         );
     }
 }

@@ -9,7 +9,7 @@ use async_engine_domain::notify::MockDeliveryStore;
 use async_engine_domain::ops::MockOperations;
 use async_engine_domain::repository::MockStatusReader;
 use async_engine_domain::work::{MockProcessStore, MockTaskStore};
-use async_engine_domain::{FailurePolicy, Handler, ProcessDefinition, StepDefinition};
+use async_engine_domain::{FailurePolicy, Handler, ProcessDefinition, StepDefinition, Tolerance};
 use serde_json::Value;
 
 use crate::auth::Auth;
@@ -37,6 +37,7 @@ pub fn state() -> AppState {
                 max_attempts: 3,
                 timeout_secs: 60,
                 on_item_failure: FailurePolicy::Skip,
+                tolerance: Tolerance { count: Some(5), hundredths_of_percent: Some(250) },
             }],
             callback_url: None,
         }]),

@@ -199,6 +199,12 @@ pub struct DefinitionStep {
     pub timeout_secs: u64,
     /// `skip`, `continue` or `abort`.
     pub on_item_failure: String,
+    /// The most failed items the step bears before its process fails, if limited.
+    #[serde(default)]
+    pub tolerated_failure_count: Option<u64>,
+    /// The largest share (0 to 100) of the step's items that may fail, if limited.
+    #[serde(default)]
+    pub tolerated_failure_percentage: Option<f64>,
 }
 
 /// A process to start (`POST /v1/asyncprocesses`).

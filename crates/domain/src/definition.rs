@@ -134,6 +134,58 @@ pub struct StepDefinition {
     /// How long one attempt may take (the lease of a built-in task).
     pub timeout_secs: u64,
     pub on_item_failure: FailurePolicy,
+    /// How many failed items the step bears before it fails its process.
+    pub tolerance: Tolerance,
+}
+
+/// The failed items a step bears (`tolerated_failure_count`, `tolerated_failure_percentage`):
+/// once either is passed, the step and its process end `Failed` and its unrun tasks are
+/// cancelled, as with Step Functions' Distributed Map. Unset, failures follow
+/// `on_item_failure` alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tolerance {
+    /// The most failed items; one more fails the process.
+    pub count: Option<u64>,
+    /// The largest share of the items that entered the step that may fail, in hundredths
+    /// of a percent (`2.5` % is 250), so that comparisons are exact integers.
+    pub hundredths_of_percent: Option<u32>,
+}
+
+impl Tolerance {
+    /// `tolerated_failure_percentage` as written (0 to 100, at most two decimals).
+    pub fn percentage(percent: f64) -> Result<u32, String> {
+        let hundredths = (percent * 100.0).round();
+        if !percent.is_finite() || !(0.0..=10_000.0).contains(&hundredths) {
+            return Err(format!("tolerated_failure_percentage must be 0 to 100, not {percent}"));
+        }
+        if (hundredths - percent * 100.0).abs() > 1e-6 {
+            return Err(format!("tolerated_failure_percentage takes at most two decimals, not {percent}"));
+        }
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "checked to be 0..=10000"
+        )]
+        Ok(hundredths as u32)
+    }
+
+    pub fn is_set(self) -> bool {
+        self.count.is_some() || self.hundredths_of_percent.is_some()
+    }
+
+    /// Whether `failed` of the `entered` items having failed is more than the step bears.
+    pub fn is_passed(self, entered: u64, failed: u64) -> bool {
+        let by_count = self.count.is_some_and(|most| failed > most);
+        let by_share = self
+            .hundredths_of_percent
+            .is_some_and(|most| u128::from(failed) * 10_000 > u128::from(most) * u128::from(entered));
+        by_count || by_share
+    }
+
+    /// The percentage as configured, for display.
+    pub fn percent(self) -> Option<f64> {
+        self.hundredths_of_percent.map(|h| f64::from(h) / 100.0)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,6 +241,18 @@ impl ProcessDefinition {
             if !(1..=86_400).contains(&step.timeout_secs) {
                 return Err(format!("{at}: timeout_secs must be 1..=86400"));
             }
+            if step.tolerance.is_set() && step.on_item_failure == FailurePolicy::Abort {
+                return Err(format!(
+                    "{at}: on_item_failure = \"abort\" already stops at the first failure; \
+                     tolerated_failure_count and tolerated_failure_percentage go with skip or continue"
+                ));
+            }
+            if step.tolerance.count.is_some_and(|c| i64::try_from(c).is_err()) {
+                return Err(format!("{at}: tolerated_failure_count must be at most {}", i64::MAX));
+            }
+            if step.tolerance.hundredths_of_percent.is_some_and(|h| h > 10_000) {
+                return Err(format!("{at}: tolerated_failure_percentage must be 0 to 100"));
+            }
         }
         Ok(())
     }
@@ -230,6 +294,7 @@ mod tests {
             max_attempts: 3,
             timeout_secs: 60,
             on_item_failure: FailurePolicy::Skip,
+            tolerance: Tolerance::default(),
         }
     }
 
@@ -298,12 +363,44 @@ mod tests {
                 "max_attempts",
             ),
         ];
+        let tolerant = Tolerance { count: Some(1), hundredths_of_percent: None };
+        let aborting = StepDefinition {
+            on_item_failure: FailurePolicy::Abort,
+            tolerance: tolerant,
+            ..step("A", "builtin:noop")
+        };
+        let cases = cases.into_iter().chain([(
+            ProcessDefinition { name: "P".into(), steps: vec![aborting], callback_url: None },
+            "go with skip or continue",
+        )]);
         for (definition, mention) in cases {
             let error = validate_all(&[definition], &known).unwrap_err();
             assert!(error.contains(mention), "{error}");
         }
         let error = validate_all(&[good.clone(), good], &known).unwrap_err();
         assert!(error.contains("defined twice"), "{error}");
+    }
+
+    #[test]
+    fn tolerances_are_passed_by_one_failure_more_than_they_bear() {
+        let count = Tolerance { count: Some(2), hundredths_of_percent: None };
+        assert!(!count.is_passed(10, 2) && count.is_passed(10, 3));
+        let share =
+            Tolerance { count: None, hundredths_of_percent: Some(Tolerance::percentage(2.5).unwrap()) };
+        assert!(!share.is_passed(1_000, 25) && share.is_passed(1_000, 26));
+        assert!(!share.is_passed(0, 0), "a step nothing entered fails nothing");
+        let none = Tolerance { count: Some(0), hundredths_of_percent: Some(0) };
+        assert!(!none.is_passed(5, 0) && none.is_passed(5, 1));
+        let both = Tolerance { count: Some(100), hundredths_of_percent: Some(1_000) };
+        assert!(both.is_passed(50, 6), "the share is passed first: 6 of 50 is 12 %");
+        assert!(!Tolerance::default().is_passed(1, 1) && !Tolerance::default().is_set());
+        let all = Tolerance { count: Some(u64::MAX), hundredths_of_percent: Some(10_000) };
+        assert!(!all.is_passed(u64::MAX, u64::MAX), "no overflow at the largest counts");
+        assert_eq!((Tolerance::percentage(0.0), Tolerance::percentage(100.0)), (Ok(0), Ok(10_000)));
+        for bad in [-1.0, 100.5, f64::NAN, f64::INFINITY, 2.555] {
+            assert!(Tolerance::percentage(bad).is_err(), "{bad}");
+        }
+        assert_eq!(share.percent(), Some(2.5));
     }
 
     fn push(name: &str, max_in_flight: u32) -> StepDefinition {

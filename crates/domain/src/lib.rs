@@ -14,7 +14,7 @@ pub mod snapshot;
 pub mod status;
 pub mod work;
 
-pub use definition::{FailurePolicy, Handler, ProcessDefinition, PushTarget, StepDefinition};
+pub use definition::{FailurePolicy, Handler, ProcessDefinition, PushTarget, StepDefinition, Tolerance};
 pub use ids::{IdError, LookupId, ProcessId, ReferenceId, TenantId};
 pub use json::RawJson;
 pub use notify::{Attempt, DeliveryRecord, DeliveryStore, DueDelivery};

@@ -2,17 +2,36 @@
 //! failure stops a process, what follows a finished step, and which commands a process in a
 //! given status accepts. The engine applies them inside its transactions.
 
-use crate::definition::FailurePolicy;
-use crate::status::Status;
+use crate::definition::{FailurePolicy, Tolerance};
+use crate::status::{ProcessEnd, Status};
 
 /// Whether an item with this outcome at a step enters the next step.
 pub fn enters_next_step(policy: FailurePolicy, succeeded: bool) -> bool {
     succeeded || policy == FailurePolicy::Continue
 }
 
-/// Whether a step that has recorded `failed` failures stops its process.
-pub fn stops_process(policy: FailurePolicy, failed: u64) -> bool {
-    policy == FailurePolicy::Abort && failed > 0
+/// How a step's failures stop its process, if they do: `abort` at its first failure
+/// (`failed_now`, those just recorded), a tolerance once its step's totals pass it.
+pub fn stops_process(
+    policy: FailurePolicy,
+    tolerance: Tolerance,
+    failed_now: u64,
+    entered: u64,
+    failed: u64,
+) -> Option<ProcessEnd> {
+    if policy == FailurePolicy::Abort && failed_now > 0 {
+        Some(ProcessEnd::AbortedByPolicy)
+    } else if failed_now > 0 && tolerance.is_passed(entered, failed) {
+        Some(ProcessEnd::FailuresNotTolerated)
+    } else {
+        None
+    }
+}
+
+/// Whether a step's failures could stop its process, so that they are recorded at once
+/// rather than held for a batch.
+pub fn may_stop_process(policy: FailurePolicy, tolerance: Tolerance) -> bool {
+    policy == FailurePolicy::Abort || tolerance.is_set()
 }
 
 /// What follows once every item that entered `step` has an outcome.
@@ -78,12 +97,23 @@ mod tests {
     }
 
     #[test]
-    fn only_abort_stops_and_only_on_a_failure() {
+    fn abort_stops_at_a_failure_and_a_tolerance_once_passed() {
+        let none = Tolerance::default();
         for policy in [FailurePolicy::Skip, FailurePolicy::Continue] {
-            assert!(!stops_process(policy, 5));
+            assert_eq!(stops_process(policy, none, 5, 10, 5), None);
+            assert!(!may_stop_process(policy, none));
         }
-        assert!(!stops_process(FailurePolicy::Abort, 0));
-        assert!(stops_process(FailurePolicy::Abort, 1));
+        assert_eq!(stops_process(FailurePolicy::Abort, none, 0, 10, 0), None);
+        assert_eq!(stops_process(FailurePolicy::Abort, none, 1, 10, 1), Some(ProcessEnd::AbortedByPolicy));
+        assert!(may_stop_process(FailurePolicy::Abort, none));
+        let two = Tolerance { count: Some(2), hundredths_of_percent: None };
+        assert!(may_stop_process(FailurePolicy::Skip, two));
+        assert_eq!(stops_process(FailurePolicy::Skip, two, 2, 10, 2), None);
+        assert_eq!(
+            stops_process(FailurePolicy::Continue, two, 1, 10, 3),
+            Some(ProcessEnd::FailuresNotTolerated)
+        );
+        assert_eq!(stops_process(FailurePolicy::Skip, two, 0, 10, 3), None, "only new failures stop");
     }
 
     #[test]
@@ -135,8 +165,15 @@ mod tests {
                 } else {
                     states[step].succeeded += 1;
                 }
-                if stops_process(policies[step], states[step].failed) {
-                    end = Some(ProcessEnd::AbortedByPolicy);
+                let state = states[step];
+                end = stops_process(
+                    policies[step],
+                    Tolerance::default(),
+                    u64::from(failed),
+                    state.entered,
+                    state.failed,
+                );
+                if end.is_some() {
                     break;
                 }
                 if enters_next_step(policies[step], !failed) {

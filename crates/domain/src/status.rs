@@ -132,13 +132,16 @@ pub enum ProcessEnd {
     AbortedByPolicy,
     /// Started open, it was not closed within `limits.open_process_hours`.
     NeverClosed,
+    /// A step's failed items passed its `tolerated_failure_count` or
+    /// `tolerated_failure_percentage`.
+    FailuresNotTolerated,
 }
 
 /// The status of a process from its steps' states (contract §2).
 pub fn process_status(steps: &[StepState], end: Option<ProcessEnd>) -> Status {
     match end {
         Some(ProcessEnd::Cancelled | ProcessEnd::NeverClosed) => return Status::Aborted,
-        Some(ProcessEnd::AbortedByPolicy) => return Status::Failed,
+        Some(ProcessEnd::AbortedByPolicy | ProcessEnd::FailuresNotTolerated) => return Status::Failed,
         None => {}
     }
     if steps.iter().all(StepState::is_finished) {
@@ -163,6 +166,27 @@ pub fn current_step(steps: &[StepState]) -> usize {
     steps.iter().rposition(|s| s.started).unwrap_or(0)
 }
 
+/// The step whose failures stopped a process: the last that started with a failure (the
+/// steps after it never started).
+fn stopping_step(steps: &[StepState]) -> Option<usize> {
+    steps.iter().rposition(|s| s.started && s.failed > 0)
+}
+
+/// Each step's status: [`StepState::status`], except that the step whose failures passed
+/// what it tolerates is `Failed`, finished or not: its unrun items were cancelled because
+/// of it.
+pub fn step_statuses(steps: &[StepState], end: Option<ProcessEnd>) -> Vec<Status> {
+    let stopper = match end {
+        Some(ProcessEnd::FailuresNotTolerated) => stopping_step(steps),
+        _ => None,
+    };
+    steps
+        .iter()
+        .enumerate()
+        .map(|(n, s)| if Some(n) == stopper { Status::Failed } else { s.status() })
+        .collect()
+}
+
 /// The process-level message that goes with [`process_status`].
 pub fn process_message(steps: &[StepState], names: &[&str], end: Option<ProcessEnd>) -> String {
     let status = process_status(steps, end);
@@ -174,9 +198,16 @@ pub fn process_message(steps: &[StepState], names: &[&str], end: Option<ProcessE
         (Status::Aborted, _) => "Cancelled".to_owned(),
         (Status::Failed, Some(ProcessEnd::AbortedByPolicy)) => {
             // The steps after the one that stopped the process never started.
-            let at =
-                steps.iter().rposition(|s| s.started && s.failed > 0).unwrap_or_else(|| current_step(steps));
+            let at = stopping_step(steps).unwrap_or_else(|| current_step(steps));
             format!("Stopped: an item failed at step {at} ({})", names.get(at).unwrap_or(&"?"))
+        }
+        (Status::Failed, Some(ProcessEnd::FailuresNotTolerated)) => {
+            let at = stopping_step(steps).unwrap_or_else(|| current_step(steps));
+            let (failed, entered) = steps.get(at).map_or((0, 0), |s| (s.failed, s.entered));
+            format!(
+                "Stopped: {failed} of {entered} items failed at step {at} ({}), more than it tolerates",
+                names.get(at).unwrap_or(&"?")
+            )
         }
         (Status::InProgress, _) => match first_failed {
             Some(at) => format!("In progress; step {at} ({}) had errors", names.get(at).unwrap_or(&"?")),
@@ -316,6 +347,29 @@ mod tests {
         assert_eq!(
             process_message(&[failed, step(4, 1, 1, true, true)], &names, Some(ProcessEnd::AbortedByPolicy)),
             "Stopped: an item failed at step 1 (Price)"
+        );
+    }
+
+    #[test]
+    fn a_step_that_passed_its_tolerance_fails_with_its_process() {
+        let names = ["Validate", "Price"];
+        let earlier = step(10, 8, 2, true, true);
+        let stopper = step(8, 3, 3, true, true);
+        let never = step(0, 0, 0, false, true);
+        let end = Some(ProcessEnd::FailuresNotTolerated);
+        assert_eq!(process_status(&[earlier, stopper, never], end), Status::Failed);
+        assert_eq!(
+            process_message(&[earlier, stopper, never], &names, end),
+            "Stopped: 3 of 8 items failed at step 1 (Price), more than it tolerates"
+        );
+        assert_eq!(
+            step_statuses(&[earlier, stopper, never], end),
+            [Status::Failed, Status::Failed, Status::Aborted],
+            "the stopper fails unfinished; a finished step keeps its result"
+        );
+        assert_eq!(
+            step_statuses(&[earlier, stopper, never], Some(ProcessEnd::Cancelled)),
+            [Status::Failed, Status::Aborted, Status::Aborted]
         );
     }
 }

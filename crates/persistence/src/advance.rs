@@ -3,18 +3,15 @@
 
 use std::collections::HashSet;
 
+use async_engine_domain::StepState;
 use async_engine_domain::lifecycle::{self, AfterStep};
-use async_engine_domain::status::{process_message, process_status};
-use async_engine_domain::{ProcessEnd, StepState};
+use async_engine_domain::status::{process_message, process_status, step_statuses};
 use diesel::prelude::*;
 
 use crate::connection::{DbConnection, per_backend};
 use crate::error::Error;
 use crate::queries::{INSERT_BATCH, to_i64};
-use crate::run::{
-    CANCELLED, END_CANCELLED, END_NEVER_CLOSED, OPEN, QUEUED, RunRow, RunStepRow, load_run, load_steps,
-    status_of,
-};
+use crate::run::{CANCELLED, OPEN, QUEUED, RunStepRow, end_of, load_run, load_steps, status_of};
 use crate::schema::{outcomes, part_items, parts, processes, steps, tasks};
 
 #[derive(Insertable)]
@@ -28,15 +25,6 @@ struct NewTask<'a> {
     max_attempts: i32,
     timeout_secs: i64,
     available_at: i64,
-}
-
-fn end_of(row: &RunRow) -> Option<ProcessEnd> {
-    match row.end_reason.as_deref() {
-        Some(END_CANCELLED) => Some(ProcessEnd::Cancelled),
-        Some(END_NEVER_CLOSED) => Some(ProcessEnd::NeverClosed),
-        Some(_) => Some(ProcessEnd::AbortedByPolicy),
-        None => None,
-    }
 }
 
 pub(crate) fn create_tasks(
@@ -176,8 +164,7 @@ pub(crate) fn refresh(conn: &mut DbConnection, process_id: i64, now: i64) -> Res
             aborted: end.is_some(),
         })
         .collect();
-    for (step, state) in all.iter().zip(&states) {
-        let status = state.status();
+    for (step, status) in all.iter().zip(step_statuses(&states, end)) {
         if step.status != status.as_str() {
             diesel::update(
                 steps::table

@@ -25,6 +25,7 @@ pub(crate) fn definition(policies: &[FailurePolicy], chunk: u32) -> ProcessDefin
                 max_attempts: 2,
                 timeout_secs: 60,
                 on_item_failure: policy,
+                tolerance: Default::default(),
             })
             .collect(),
         callback_url: None,
@@ -49,11 +50,21 @@ pub(crate) fn begin_with(
     chunk: u32,
     callback_url: Option<&str>,
 ) -> ProcessStatus {
+    begin_definition(store, id, definition(policies, chunk), items, callback_url)
+}
+
+pub(crate) fn begin_definition(
+    store: &Store,
+    id: &str,
+    definition: ProcessDefinition,
+    items: usize,
+    callback_url: Option<&str>,
+) -> ProcessStatus {
     let new = NewProcess {
         tenant: TenantId::default_tenant(),
         async_process_id: ProcessId::new(id).unwrap(),
         reference_id: ReferenceId::new("ref").unwrap(),
-        definition: definition(policies, chunk),
+        definition,
         items: (0..items).map(|i| RawJson::from_value(&json!({ "n": i }))).collect(),
         additional_data: RawJson::empty_object(),
         idempotency_key: None,

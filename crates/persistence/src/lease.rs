@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use async_engine_domain::lifecycle::{self};
 use async_engine_domain::work::GAVE_UP_CODE;
-use async_engine_domain::{Completion, FailurePolicy, TaskError, TaskReport, TenantId};
+use async_engine_domain::{Completion, TaskError, TaskReport, TenantId};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text};
 use subtle::ConstantTimeEq;
@@ -13,7 +13,7 @@ use crate::advance::{advance, end_early};
 use crate::connection::{DbConnection, lock_process, write_transaction};
 use crate::error::Error;
 use crate::queries::to_i64;
-use crate::run::{DONE, END_ABORTED, LEASED, QUEUED, RunStepRow, TaskRow, indices_of, load_run};
+use crate::run::{DONE, LEASED, QUEUED, RunStepRow, TaskRow, end_reason, indices_of, load_run};
 use crate::schema::{failure_groups, processes, steps, tasks};
 
 /// One failure group to record: code, message, item indices.
@@ -162,8 +162,9 @@ pub(crate) fn complete(
 /// Several tasks recorded in one transaction, each as [`complete`] would. The outcomes of one
 /// step of one process go in together (one insert, one counter update), and each process moves
 /// on once, after all of its tasks are in: what a transaction per task paid per task is paid
-/// per batch. A report with failures at an `abort` step is recorded at once, so that the
-/// process stops before its next task of the batch is looked at, as one at a time would.
+/// per batch. A report with failures at a step they may stop (`abort`, or a tolerance) is
+/// recorded at once, so that the process stops before its next task of the batch is looked
+/// at, as one at a time would.
 pub(crate) fn complete_all(
     conn: &mut DbConnection,
     tenant: Option<&TenantId>,
@@ -202,7 +203,7 @@ pub(crate) fn complete_all(
             };
             finish_task(conn, task.id, None)?;
             let key = (task.process_id, task.step_number);
-            let aborts = !recorded.failures.is_empty() && step_policy(conn, key)? == FailurePolicy::Abort;
+            let aborts = !recorded.failures.is_empty() && may_stop(conn, key)?;
             let group = pending.entry(key).or_default();
             group.successes.extend(recorded.successes);
             group.failures.extend(recorded.failures);
@@ -221,16 +222,13 @@ pub(crate) fn complete_all(
     })
 }
 
-fn step_policy(
-    conn: &mut DbConnection,
-    (process_id, step_number): (i64, i32),
-) -> Result<FailurePolicy, Error> {
+fn may_stop(conn: &mut DbConnection, (process_id, step_number): (i64, i32)) -> Result<bool, Error> {
     let step: RunStepRow = steps::table
         .filter(steps::process_id.eq(process_id))
         .filter(steps::step_number.eq(step_number))
         .select(RunStepRow::as_select())
         .first(conn)?;
-    step.policy()
+    Ok(lifecycle::may_stop_process(step.policy()?, step.tolerance()?))
 }
 
 pub(crate) fn heartbeat(
@@ -303,7 +301,7 @@ pub(crate) fn finish_task(conn: &mut DbConnection, task_id: i64, error: Option<&
 }
 
 /// Inserts outcomes in recording order and moves the step's counters; a failure at a step
-/// whose policy is `abort` stops the process.
+/// whose policy is `abort`, or one more than its tolerance bears, stops the process.
 fn record(
     conn: &mut DbConnection,
     process_id: i64,
@@ -339,10 +337,18 @@ fn record(
         steps::next_seq.eq(seq),
     ))
     .execute(conn)?;
-    if lifecycle::stops_process(step.policy()?, to_i64(failed).map(|f| f.unsigned_abs()).unwrap_or(0)) {
+    let count = |v: i64| u64::try_from(v).unwrap_or(0);
+    let stop = lifecycle::stops_process(
+        step.policy()?,
+        step.tolerance()?,
+        count(failed),
+        count(step.entered),
+        count(step.failed + failed),
+    );
+    if let Some(end) = stop {
         let process = load_run(conn, process_id)?;
         if process.end_reason.is_none() {
-            end_early(conn, process_id, END_ABORTED)?;
+            end_early(conn, process_id, end_reason(end))?;
         }
     }
     Ok(())
@@ -422,10 +428,13 @@ fn failure_group(
 mod tests {
     use async_engine_domain::{
         ClaimedTask, Completion, FailurePolicy, RawJson, Status, TaskError, TaskReport, TaskStore, TenantId,
+        Tolerance,
     };
     use serde_json::json;
 
-    use crate::fixtures::{SECOND, begin, claim, finish, report_of, status, steps_of};
+    use crate::fixtures::{
+        SECOND, begin, begin_definition, claim, definition, finish, report_of, status, steps_of,
+    };
     use crate::store::Store;
     use crate::testing::on_both_backends;
 
@@ -475,6 +484,64 @@ mod tests {
             assert!(matches!(answers[1], Err(TaskError::Conflict(_))), "cancelled by the abort: {answers:?}");
             let x = status(store, "x");
             assert_eq!((x.status, steps_of(&x)), (Status::Failed, vec![(Status::Aborted, 2, 4, 1, 1)]));
+        }
+    }
+
+    /// A process of `steps` skip steps whose first bears `tolerance`.
+    fn tolerant(store: &Store, id: &str, tolerance: Tolerance, items: usize, chunk: u32) {
+        let mut definition = definition(&[FailurePolicy::Skip, FailurePolicy::Skip], chunk);
+        definition.steps[0].tolerance = tolerance;
+        begin_definition(store, id, definition, items, None);
+    }
+
+    on_both_backends! {
+        fn one_failure_more_than_the_count_tolerated_fails_the_process_and_cancels_the_rest(store: &Store) {
+            tolerant(store, "p", Tolerance { count: Some(2), hundredths_of_percent: None }, 10, 2);
+            let tasks = claim(store, "queue:q0", "w", 10, 0);
+            assert_eq!(tasks.len(), 5);
+            finish(store, &tasks[0], &[0], 0).unwrap();
+            finish(store, &tasks[1], &[2], 0).unwrap();
+            let bearing = status(store, "p");
+            assert_eq!((bearing.status, steps_of(&bearing)[0]), (Status::InProgress, (Status::InProgress, 4, 10, 2, 2)));
+            let given = [completion(&tasks[2], &[4]), completion(&tasks[3], &[])];
+            let answers = store.complete_all(None, &given, SECOND).unwrap();
+            assert!(answers[0].is_ok());
+            assert!(matches!(answers[1], Err(TaskError::Conflict(_))), "cancelled by the stop: {answers:?}");
+            assert!(matches!(finish(store, &tasks[4], &[], SECOND), Err(TaskError::Conflict(_))));
+            assert!(claim(store, "queue:q0", "w", 10, 100 * SECOND).is_empty(), "nothing left to run");
+            let failed = status(store, "p");
+            assert_eq!(failed.status, Status::Failed);
+            assert_eq!(failed.message, "Stopped: 3 of 10 items failed at step 0 (S0), more than it tolerates");
+            assert_eq!(
+                steps_of(&failed),
+                [(Status::Failed, 6, 10, 3, 3), (Status::Aborted, 0, 0, 0, 0)],
+                "the step that passed its tolerance fails unfinished"
+            );
+        }
+    }
+
+    on_both_backends! {
+        fn a_share_tolerated_is_measured_against_the_items_that_entered(store: &Store) {
+            let fifth = Tolerance { count: None, hundredths_of_percent: Some(2_000) };
+            tolerant(store, "bears", fifth, 10, 5);
+            tolerant(store, "passes", fifth, 10, 5);
+            let tasks = claim(store, "queue:q0", "w", 10, 0);
+            assert_eq!(tasks.len(), 4);
+            for (id, failing) in [("bears", [0_u64, 5].as_slice()), ("passes", &[0, 5, 6])] {
+                for task in tasks.iter().filter(|t| t.async_process_id == id) {
+                    finish(store, task, failing, 0).unwrap();
+                }
+            }
+            let bears = status(store, "bears");
+            assert_eq!(bears.status, Status::InProgress, "2 of 10 is not more than 20 %");
+            assert_eq!(steps_of(&bears)[1], (Status::WaitingToProcess, 0, 8, 0, 0));
+            let passes = status(store, "passes");
+            assert_eq!(passes.status, Status::Failed);
+            assert_eq!(
+                steps_of(&passes),
+                [(Status::Failed, 10, 10, 7, 3), (Status::Aborted, 0, 0, 0, 0)],
+                "finished, but its failures keep every item from the next step"
+            );
         }
     }
 

@@ -1,7 +1,7 @@
 //! What the transactions of the task life cycle share: the rows they read, the states they
 //! write, and the record a command answers with.
 
-use async_engine_domain::{Detail, FailurePolicy, ProcessStatus, Status};
+use async_engine_domain::{Detail, FailurePolicy, ProcessEnd, ProcessStatus, Status, Tolerance};
 use diesel::prelude::*;
 
 use crate::connection::DbConnection;
@@ -15,6 +15,27 @@ pub(crate) use crate::models::{CANCELLED, DONE, LEASED, OPEN, QUEUED};
 pub(crate) const END_CANCELLED: &str = "cancelled";
 pub(crate) const END_ABORTED: &str = "aborted_by_policy";
 pub(crate) const END_NEVER_CLOSED: &str = "never_closed";
+pub(crate) const END_NOT_TOLERATED: &str = "failures_not_tolerated";
+
+/// How a process ended early, as its stored `end_reason`, and back.
+pub(crate) fn end_reason(end: ProcessEnd) -> &'static str {
+    match end {
+        ProcessEnd::Cancelled => END_CANCELLED,
+        ProcessEnd::AbortedByPolicy => END_ABORTED,
+        ProcessEnd::NeverClosed => END_NEVER_CLOSED,
+        ProcessEnd::FailuresNotTolerated => END_NOT_TOLERATED,
+    }
+}
+
+pub(crate) fn end_of(row: &RunRow) -> Option<ProcessEnd> {
+    match row.end_reason.as_deref() {
+        Some(END_CANCELLED) => Some(ProcessEnd::Cancelled),
+        Some(END_NEVER_CLOSED) => Some(ProcessEnd::NeverClosed),
+        Some(END_NOT_TOLERATED) => Some(ProcessEnd::FailuresNotTolerated),
+        Some(_) => Some(ProcessEnd::AbortedByPolicy),
+        None => None,
+    }
+}
 
 #[derive(Debug, Queryable, Selectable)]
 #[diesel(table_name = processes, check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
@@ -46,6 +67,8 @@ pub(crate) struct RunStepRow {
     pub(crate) on_item_failure: String,
     pub(crate) started: bool,
     pub(crate) next_seq: i64,
+    pub(crate) tolerated_failure_count: Option<i64>,
+    pub(crate) tolerated_failure_hundredths: Option<i32>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -68,6 +91,22 @@ impl RunStepRow {
         self.on_item_failure
             .parse()
             .map_err(|e| Error::Corrupt(format!("step {}: on_item_failure {e}", self.step_number)))
+    }
+
+    pub(crate) fn tolerance(&self) -> Result<Tolerance, Error> {
+        let corrupt = |what: &str| Error::Corrupt(format!("step {}: {what} out of range", self.step_number));
+        Ok(Tolerance {
+            count: self
+                .tolerated_failure_count
+                .map(u64::try_from)
+                .transpose()
+                .map_err(|_| corrupt("tolerated_failure_count"))?,
+            hundredths_of_percent: self
+                .tolerated_failure_hundredths
+                .map(u32::try_from)
+                .transpose()
+                .map_err(|_| corrupt("tolerated_failure_hundredths"))?,
+        })
     }
 }
 

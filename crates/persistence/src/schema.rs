@@ -42,6 +42,8 @@ diesel::table! {
         on_item_failure -> Text,
         started -> Bool,
         next_seq -> BigInt,
+        tolerated_failure_count -> Nullable<BigInt>,
+        tolerated_failure_hundredths -> Nullable<Integer>,
     }
 }
 

@@ -48,6 +48,8 @@ struct NewRunnableStep<'a> {
     max_attempts: i32,
     timeout_secs: i64,
     on_item_failure: &'a str,
+    tolerated_failure_count: Option<i64>,
+    tolerated_failure_hundredths: Option<i32>,
 }
 
 pub(crate) fn start(conn: &mut DbConnection, new: &NewProcess) -> Result<Started, Error> {
@@ -223,6 +225,8 @@ fn new_step(
         max_attempts: to_i32(step.max_attempts)?,
         timeout_secs: to_i64(step.timeout_secs)?,
         on_item_failure: step.on_item_failure.as_str(),
+        tolerated_failure_count: step.tolerance.count.map(to_i64).transpose()?,
+        tolerated_failure_hundredths: step.tolerance.hundredths_of_percent.map(to_i32).transpose()?,
     })
 }
 

@@ -81,8 +81,17 @@ pub fn definition_lines(definitions: &Definitions) -> String {
     for definition in &definitions.process_definitions {
         text.push_str(&format!("{}\n", definition.name));
         for step in &definition.steps {
+            let bears: Vec<String> = [
+                step.tolerated_failure_count.map(|count| format!("{count} failed item(s)")),
+                step.tolerated_failure_percentage.map(|share| format!("{share} % failed")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let bears =
+                if bears.is_empty() { String::new() } else { format!(", bears {}", bears.join(" or ")) };
             text.push_str(&format!(
-                "  step {} {}: {} ({} item(s) a task, {} attempt(s), on item failure: {})\n",
+                "  step {} {}: {} ({} item(s) a task, {} attempt(s), on item failure: {}{bears})\n",
                 step.step_number,
                 step.name,
                 step.handler,
@@ -252,6 +261,26 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn definitions_print_a_line_a_step_with_what_it_bears() {
+        let definitions: Definitions = serde_json::from_value(json!({ "processDefinitions": [{
+            "name": "P",
+            "steps": [
+                { "stepNumber": 0, "name": "A", "handler": "queue:q", "chunkSize": 10, "maxAttempts": 3,
+                  "timeoutSecs": 60, "onItemFailure": "skip", "toleratedFailureCount": 5,
+                  "toleratedFailurePercentage": 2.5 },
+                { "stepNumber": 1, "name": "B", "handler": "builtin:noop", "chunkSize": 100, "maxAttempts": 1,
+                  "timeoutSecs": 60, "onItemFailure": "abort" }
+            ]
+        }] }))
+        .unwrap();
+        assert_eq!(
+            definition_lines(&definitions),
+            "P\n  step 0 A: queue:q (10 item(s) a task, 3 attempt(s), on item failure: skip, bears 5 failed item(s) \
+             or 2.5 % failed)\n  step 1 B: builtin:noop (100 item(s) a task, 1 attempt(s), on item failure: abort)\n"
+        );
+    }
 
     #[test]
     fn items_files_are_sent_as_ndjson_or_csv() {

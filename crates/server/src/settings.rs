@@ -10,7 +10,7 @@ use anyhow::{Context, anyhow, bail};
 use async_engine_api::auth::{WebSettings, parse_digest, parse_proxies};
 use async_engine_api::{ApiKey, Auth, CallbackPolicy, CorsOrigins, HostPolicy, RequestGuard, Scope};
 use async_engine_domain::definition::validate_all;
-use async_engine_domain::{Handler, ProcessDefinition, PushTarget, StepDefinition, TenantId};
+use async_engine_domain::{Handler, ProcessDefinition, PushTarget, StepDefinition, TenantId, Tolerance};
 use async_engine_engine::Handlers;
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
@@ -106,6 +106,12 @@ pub struct StepSettings {
     pub timeout_secs: u64,
     #[serde(default = "defaults::on_item_failure")]
     pub on_item_failure: String,
+    /// The most failed items the step bears; one more fails the process.
+    #[serde(default)]
+    pub tolerated_failure_count: Option<u64>,
+    /// The largest share (0 to 100, two decimals) of the step's items that may fail.
+    #[serde(default)]
+    pub tolerated_failure_percentage: Option<f64>,
     /// `handler = "http"`: the endpoint each task is POSTed to.
     #[serde(default)]
     pub url: Option<String>,
@@ -587,6 +593,14 @@ impl Settings {
                                 .on_item_failure
                                 .parse()
                                 .map_err(|e| anyhow!("{at}.on_item_failure: {e}"))?,
+                            tolerance: Tolerance {
+                                count: step.tolerated_failure_count,
+                                hundredths_of_percent: step
+                                    .tolerated_failure_percentage
+                                    .map(Tolerance::percentage)
+                                    .transpose()
+                                    .map_err(|e| anyhow!("{at}: {e}"))?,
+                            },
                         })
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?;
@@ -851,6 +865,19 @@ mod tests {
     }
 
     #[test]
+    fn tolerances_reach_the_definition() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        let text = "[[processes]]\nname = \"X\"\n[[processes.steps]]\nname = \"A\"\nhandler = \"queue:x\"\n\
+                    tolerated_failure_count = 7\ntolerated_failure_percentage = 2.5\n\
+                    [[processes.steps]]\nname = \"B\"\nhandler = \"queue:x\"\ntolerated_failure_percentage = 10\n";
+        std::fs::write(&file, text).unwrap();
+        let steps = Settings::load(Some(&file), &[]).unwrap().definitions().unwrap().remove(0).steps;
+        assert_eq!(steps[0].tolerance, Tolerance { count: Some(7), hundredths_of_percent: Some(250) });
+        assert_eq!(steps[1].tolerance, Tolerance { count: None, hundredths_of_percent: Some(1_000) });
+    }
+
+    #[test]
     fn the_default_definitions_are_valid_and_listed() {
         let settings = Settings::load(None, &[]).unwrap();
         let names: Vec<String> = settings.definitions().unwrap().into_iter().map(|d| d.name).collect();
@@ -873,6 +900,22 @@ mod tests {
             (
                 "[[processes]]\nname = \"X\"\n[[processes.steps]]\nname = \"A\"\nhandler = \"queue:x\"\non_item_failure = \"stop\"\n",
                 "on_item_failure",
+            ),
+            (
+                "[[processes]]\nname = \"X\"\n[[processes.steps]]\nname = \"A\"\nhandler = \"queue:x\"\ntolerated_failure_percentage = 100.5\n",
+                "processes[0].steps[0]: tolerated_failure_percentage must be 0 to 100, not 100.5",
+            ),
+            (
+                "[[processes]]\nname = \"X\"\n[[processes.steps]]\nname = \"A\"\nhandler = \"queue:x\"\ntolerated_failure_percentage = 2.345\n",
+                "at most two decimals",
+            ),
+            (
+                "[[processes]]\nname = \"X\"\n[[processes.steps]]\nname = \"A\"\nhandler = \"queue:x\"\ntolerated_failure_count = -1\n",
+                "tolerated_failure_count",
+            ),
+            (
+                "[[processes]]\nname = \"X\"\n[[processes.steps]]\nname = \"A\"\nhandler = \"queue:x\"\non_item_failure = \"abort\"\ntolerated_failure_count = 3\n",
+                "go with skip or continue",
             ),
             (
                 "[[processes]]\nname = \"X\"\n[[processes.steps]]\nname = \"A\"\nhandler = \"queue:x\"\n[[processes]]\nname = \"X\"\n[[processes.steps]]\nname = \"A\"\nhandler = \"queue:x\"\n",

@@ -26,6 +26,7 @@ pub(super) fn definitions(chunk: u32) -> Vec<ProcessDefinition> {
             max_attempts: 3,
             timeout_secs: 60,
             on_item_failure: FailurePolicy::Skip,
+            tolerance: Default::default(),
         }],
         callback_url: None,
     }]
