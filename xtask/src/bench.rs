@@ -454,6 +454,7 @@ fn run_large(
         idempotency_key: None,
         callback_url: None,
         now_micros: now_micros(),
+        start_at_micros: None,
     })?;
     let engine = async_engine_engine::start(
         Arc::new(store.clone()),
@@ -516,6 +517,7 @@ fn raw_loop(store: &Store, url: &str, round: usize) -> anyhow::Result<f64> {
         idempotency_key: None,
         callback_url: None,
         now_micros: now_micros(),
+        start_at_micros: None,
     })?;
     let values: Vec<String> = (0..ITEMS).map(|n| json!({ "n": n }).to_string()).collect();
     macro_rules! insert_all {

@@ -91,6 +91,7 @@ pub fn measure(
         idempotency_key: None,
         callback_url: None,
         now_micros: now_micros(),
+        start_at_micros: None,
     };
     store.start(&new)?;
     let stored = started.elapsed();

@@ -73,6 +73,7 @@ pub fn run(clients: Vec<usize>, seconds: u64) -> anyhow::Result<()> {
         idempotency_key: None,
         callback_url: None,
         now_micros: now_micros(),
+        start_at_micros: None,
     })?;
     let config = ApiConfig::default();
     let state = AppState {

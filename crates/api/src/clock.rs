@@ -9,9 +9,4 @@ pub fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
-/// RFC 3339 with milliseconds, UTC.
-pub fn rfc3339(micros: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(micros)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
+pub use async_engine_domain::status::rfc3339;

@@ -49,8 +49,28 @@ struct StartRequest {
     items: Vec<RawJson>,
     additional_data: RawJson,
     callback_url: Option<String>,
+    /// `startAt` as written: RFC 3339.
+    start_at: Option<String>,
     /// Started open: the items come in parts (`PUT .../parts/{n}`) until its close.
     open: bool,
+}
+
+/// How far ahead a start may be delayed.
+const MAX_START_DELAY_MICROS: i64 = 366 * 24 * 3_600 * 1_000_000;
+
+/// `startAt` as microseconds: RFC 3339 with its offset, at most a year ahead. A time gone
+/// by starts the process at once.
+fn start_at_micros(text: &str, now: i64) -> Result<i64, ApiError> {
+    let at = chrono::DateTime::parse_from_rfc3339(text).map_err(|e| {
+        ApiError::input(format!(
+            "startAt must be an RFC 3339 time with its offset, like 2026-12-05T10:00:00Z: {e}"
+        ))
+    })?;
+    let micros = at.timestamp_micros();
+    if micros > now.saturating_add(MAX_START_DELAY_MICROS) {
+        return Err(ApiError::input("startAt must be at most 366 days ahead"));
+    }
+    Ok(micros)
 }
 
 /// Reads the start body field by field, keeping items as the caller wrote them.
@@ -98,6 +118,11 @@ fn parse_start(body: &[u8]) -> Result<StartRequest, ApiError> {
         Some(raw) if raw.get() == "null" => None,
         Some(_) => Some(text("callbackUrl")?),
     };
+    let start_at = match fields.get("startAt") {
+        None => None,
+        Some(raw) if raw.get() == "null" => None,
+        Some(_) => Some(text("startAt")?),
+    };
     Ok(StartRequest {
         name,
         reference_id,
@@ -110,6 +135,7 @@ fn parse_start(body: &[u8]) -> Result<StartRequest, ApiError> {
             .collect::<Result<_, _>>()?,
         additional_data,
         callback_url,
+        start_at,
         open,
     })
 }
@@ -125,7 +151,8 @@ fn parse_start(body: &[u8]) -> Result<StartRequest, ApiError> {
         ("asyncProcessName" = Option<String>, Query, min_length = 1, max_length = 255, description = "With an NDJSON or CSV body (then required): the definition's name"),
         ("referenceId" = Option<String>, Query, min_length = 1, max_length = 255, description = "With an NDJSON or CSV body (then required): the reference ID"),
         ("additionalData" = Option<String>, Query, description = "With an NDJSON or CSV body: the additionalData, a JSON object"),
-        ("callbackUrl" = Option<String>, Query, max_length = 2048, description = "With an NDJSON or CSV body: where to POST the envelope when the process finishes")),
+        ("callbackUrl" = Option<String>, Query, max_length = 2048, description = "With an NDJSON or CSV body: where to POST the envelope when the process finishes"),
+        ("startAt" = Option<String>, Query, format = DateTime, description = "With an NDJSON or CSV body: a delayed start, RFC 3339, at most 366 days ahead")),
     responses(
         (status = 202, description = "Started (or the process of a repeated Idempotency-Key)", body = Envelope),
         (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
@@ -161,6 +188,8 @@ struct StreamedQuery {
     additional_data: Option<String>,
     #[serde(default)]
     callback_url: Option<String>,
+    #[serde(default)]
+    start_at: Option<String>,
 }
 
 /// `POST /v1/asyncprocesses` with NDJSON or CSV items: the options in the query, the items
@@ -177,7 +206,7 @@ async fn start_streamed(
         .map_err(|e| {
             ApiError::input(format!(
                 "a streamed start names its process in the query (asyncProcessName, referenceId; \
-             additionalData, callbackUrl optional): {e}"
+             additionalData, callbackUrl, startAt optional): {e}"
             ))
         })?;
     let additional_data = match query.additional_data {
@@ -196,6 +225,7 @@ async fn start_streamed(
         items: Vec::new(),
         additional_data,
         callback_url: query.callback_url,
+        start_at: query.start_at,
         open: false,
     };
     // Everything the query decides is checked before the body is read.
@@ -248,6 +278,8 @@ fn new_process(
         None => None,
         Some(url) => Some(state.callbacks.check(&url).map_err(ApiError::Input)?.to_string()),
     };
+    let now = now_micros();
+    let start_at_micros = request.start_at.as_deref().map(|text| start_at_micros(text, now)).transpose()?;
     let id = ProcessId::new(uuid::Uuid::now_v7().simple().to_string())
         .map_err(|e| ApiError::Internal(format!("generated ID refused: {e}")))?;
     Ok(NewProcess {
@@ -259,7 +291,8 @@ fn new_process(
         additional_data: request.additional_data,
         idempotency_key,
         callback_url,
-        now_micros: now_micros(),
+        now_micros: now,
+        start_at_micros,
     })
 }
 
@@ -626,11 +659,12 @@ pub async fn definitions(req: HttpRequest, state: web::Data<AppState>) -> Result
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use actix_web::test::TestRequest;
     use async_engine_domain::lifecycle::Refused;
     use async_engine_domain::work::MockProcessStore;
-    use async_engine_domain::{CommandError, Status};
+    use async_engine_domain::{CommandError, RepositoryError, Status, StreamedStartError};
     use serde_json::json;
 
     use crate::state::AppState;
@@ -667,6 +701,22 @@ mod tests {
                 json!({ "asyncProcessName": "P", "referenceId": "r", "items": [], "callbackUrl": "http://x" }),
                 "callbackUrl",
             ),
+            (
+                json!({ "asyncProcessName": "P", "referenceId": "r", "items": [], "startAt": "tomorrow" }),
+                "startAt must be an RFC 3339 time",
+            ),
+            (
+                json!({ "asyncProcessName": "P", "referenceId": "r", "items": [], "startAt": "2026-12-05T10:00:00" }),
+                "with its offset",
+            ),
+            (
+                json!({ "asyncProcessName": "P", "referenceId": "r", "items": [], "startAt": "9999-01-01T00:00:00Z" }),
+                "at most 366 days ahead",
+            ),
+            (
+                json!({ "asyncProcessName": "P", "referenceId": "r", "items": [], "startAt": 5 }),
+                "startAt must be a string",
+            ),
             (json!([1]), "JSON object"),
         ] {
             let request = TestRequest::post().uri("/v1/asyncprocesses").set_json(&body);
@@ -679,6 +729,48 @@ mod tests {
             .insert_header(("Idempotency-Key", "k".repeat(256)))
             .set_json(json!({ "asyncProcessName": "P", "referenceId": "r", "items": [] }));
         assert_eq!(call(MockProcessStore::new(), request).await.0, 400);
+    }
+
+    #[actix_web::test]
+    async fn a_delayed_start_reaches_the_store_as_its_instant() {
+        let soon = chrono::Utc::now() + chrono::Duration::hours(1);
+        let expected = soon.timestamp_micros();
+        for (request, how) in [
+            (
+                TestRequest::post().uri("/v1/asyncprocesses").set_json(json!({
+                    "asyncProcessName": "P", "referenceId": "r", "items": [],
+                    "startAt": soon.with_timezone(&chrono::FixedOffset::east_opt(3_600).unwrap()).to_rfc3339(),
+                })),
+                "JSON, written in another offset",
+            ),
+            (
+                TestRequest::post()
+                    .uri(&format!(
+                        "/v1/asyncprocesses?asyncProcessName=P&referenceId=r&startAt={}",
+                        soon.to_rfc3339().replace('+', "%2B")
+                    ))
+                    .insert_header(("Content-Type", "application/x-ndjson"))
+                    .set_payload("1\n"),
+                "NDJSON, in the query",
+            ),
+        ] {
+            // Asked with anything else, the mock panics and nothing is marked.
+            let asked = Arc::new(AtomicBool::new(false));
+            let mut processes = MockProcessStore::new();
+            let accepted = move |new: &async_engine_domain::NewProcess| new.start_at_micros == Some(expected);
+            let marked = asked.clone();
+            processes.expect_start().withf(accepted).returning(move |_| {
+                marked.store(true, Ordering::SeqCst);
+                Err(RepositoryError::Unavailable("stop".into()))
+            });
+            let marked = asked.clone();
+            processes.expect_start_streamed().withf(move |new, _| accepted(new)).returning(move |_, _| {
+                marked.store(true, Ordering::SeqCst);
+                Err(StreamedStartError::Storage(RepositoryError::Unavailable("stop".into())))
+            });
+            call(processes, request).await;
+            assert!(asked.load(Ordering::SeqCst), "{how}: the store was asked with the instant");
+        }
     }
 
     #[actix_web::test]

@@ -37,6 +37,10 @@ pub struct StartBody {
     /// Where to POST the envelope when the process finishes; its host must be allowed.
     #[schema(max_length = 2048)]
     callback_url: Option<String>,
+    /// A delayed start, RFC 3339 with its offset, at most 366 days ahead: the process waits
+    /// (cancellable) and its message says until when. A time gone by starts it at once.
+    #[schema(format = DateTime)]
+    start_at: Option<String>,
 }
 
 /// `POST /v1/actions/getAsyncJobStatus`: exactly one of `id`, `asyncProcessId`, `referenceId`.

@@ -216,6 +216,7 @@ pub struct Start {
     pub(crate) additional_data: Option<Box<RawValue>>,
     pub(crate) callback_url: Option<String>,
     pub(crate) idempotency_key: Option<String>,
+    pub(crate) start_at: Option<chrono::DateTime<chrono::Utc>>,
     pub(crate) open: bool,
 }
 
@@ -256,6 +257,7 @@ impl Start {
             additional_data: None,
             callback_url: None,
             idempotency_key: None,
+            start_at: None,
             open: false,
         }
     }
@@ -275,6 +277,13 @@ impl Start {
     /// A URL the server calls when the process finishes (contract §5).
     pub fn callback_url(mut self, url: impl Into<String>) -> Self {
         self.callback_url = Some(url.into());
+        self
+    }
+
+    /// A delayed start (`startAt`, at most 366 days ahead): the process waits, cancellable,
+    /// until then.
+    pub fn start_at(mut self, at: chrono::DateTime<chrono::Utc>) -> Self {
+        self.start_at = Some(at);
         self
     }
 
@@ -319,6 +328,12 @@ impl Start {
         }
         if let Some(url) = &self.callback_url {
             body.push_str(&format!(",\"callbackUrl\":{}", Value::from(url.as_str())));
+        }
+        if let Some(at) = &self.start_at {
+            body.push_str(&format!(
+                ",\"startAt\":\"{}\"",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            ));
         }
         body.push('}');
         body
@@ -632,6 +647,11 @@ mod tests {
             r#"{"asyncProcessName":"Noop","referenceId":"r \"1\"","items":[{"a": 1.50}],"additionalData":{"k":"v"},"callbackUrl":"http://127.0.0.1:9000/hook"}"#
         );
         assert!(Start::new("Noop", "r", [1]).unwrap().additional_data(&json!([1])).is_err());
+        let at = chrono::DateTime::from_timestamp(1_764_931_500, 0).unwrap();
+        assert_eq!(
+            Start::new("Noop", "r", [1]).unwrap().start_at(at).body(),
+            r#"{"asyncProcessName":"Noop","referenceId":"r","items":[1],"startAt":"2025-12-05T10:45:00.000000Z"}"#
+        );
     }
 
     #[test]

@@ -166,6 +166,18 @@ pub fn current_step(steps: &[StepState]) -> usize {
     steps.iter().rposition(|s| s.started).unwrap_or(0)
 }
 
+/// The message of a process waiting for its delayed start, while `now` is before it.
+pub fn scheduled_message(start_at_micros: Option<i64>, now_micros: i64) -> Option<String> {
+    start_at_micros.filter(|&at| at > now_micros).map(|at| format!("Scheduled to start at {}", rfc3339(at)))
+}
+
+/// RFC 3339 with milliseconds, UTC: how the API writes every time.
+pub fn rfc3339(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
 /// The step whose failures stopped a process: the last that started with a failure (the
 /// steps after it never started).
 fn stopping_step(steps: &[StepState]) -> Option<usize> {
@@ -348,6 +360,17 @@ mod tests {
             process_message(&[failed, step(4, 1, 1, true, true)], &names, Some(ProcessEnd::AbortedByPolicy)),
             "Stopped: an item failed at step 1 (Price)"
         );
+    }
+
+    #[test]
+    fn a_delayed_start_says_when_until_then() {
+        let at = 1_764_931_500_000_000; // 2025-12-05T10:45:00Z
+        assert_eq!(
+            scheduled_message(Some(at), at - 1).as_deref(),
+            Some("Scheduled to start at 2025-12-05T10:45:00.000Z")
+        );
+        assert_eq!(scheduled_message(Some(at), at), None);
+        assert_eq!(scheduled_message(None, 0), None);
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct NewProcess {
     /// Where to announce the finish (contract §5), already checked against the allowed hosts.
     pub callback_url: Option<String>,
     pub now_micros: i64,
+    /// A delayed start (`startAt`): no task of it is due before this time.
+    pub start_at_micros: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

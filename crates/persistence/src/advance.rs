@@ -3,9 +3,9 @@
 
 use std::collections::HashSet;
 
-use async_engine_domain::StepState;
 use async_engine_domain::lifecycle::{self, AfterStep};
-use async_engine_domain::status::{process_message, process_status, step_statuses};
+use async_engine_domain::status::{process_message, process_status, scheduled_message, step_statuses};
+use async_engine_domain::{Status, StepState};
 use diesel::prelude::*;
 
 use crate::connection::{DbConnection, per_backend};
@@ -33,7 +33,7 @@ pub(crate) fn create_tasks(
     step_number: i32,
     step: &RunStepRow,
     indices: &[i64],
-    now: i64,
+    due: i64,
 ) -> Result<(), Error> {
     let size = usize::try_from(step.chunk_size.max(1)).unwrap_or(1);
     let rows: Vec<NewTask> = indices
@@ -46,7 +46,7 @@ pub(crate) fn create_tasks(
             state: QUEUED,
             max_attempts: step.max_attempts,
             timeout_secs: step.timeout_secs,
-            available_at: now,
+            available_at: due,
         })
         .collect();
     for batch in rows.chunks(INSERT_BATCH / 2) {
@@ -177,10 +177,15 @@ pub(crate) fn refresh(conn: &mut DbConnection, process_id: i64, now: i64) -> Res
     }
     let names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
     let status = process_status(&states, end);
+    let message = match status {
+        Status::WaitingToProcess => scheduled_message(process.start_at, now),
+        _ => None,
+    }
+    .unwrap_or_else(|| process_message(&states, &names, end));
     diesel::update(processes::table.find(process_id))
         .set((
             processes::status.eq(status.as_str()),
-            processes::message.eq(process_message(&states, &names, end)),
+            processes::message.eq(message),
             processes::updated_at.eq(now),
             processes::version.eq(processes::version + 1),
         ))

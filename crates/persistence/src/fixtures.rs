@@ -70,6 +70,7 @@ pub(crate) fn begin_definition(
         idempotency_key: None,
         callback_url: callback_url.map(str::to_owned),
         now_micros: 0,
+        start_at_micros: None,
     };
     match store.start(&new).unwrap() {
         Started::Created(status) => status,

@@ -265,6 +265,7 @@ mod tests {
             idempotency_key: None,
             callback_url: None,
             now_micros: now,
+            start_at_micros: None,
         };
         let Started::Created(process) = store.start_open(&new).unwrap() else { panic!("a new process") };
         assert_eq!(process.status, Status::WaitingToProcess);

@@ -49,6 +49,7 @@ pub(crate) struct RunRow {
     pub(crate) end_reason: Option<String>,
     pub(crate) callback_url: Option<String>,
     pub(crate) open_for_parts: bool,
+    pub(crate) start_at: Option<i64>,
 }
 
 #[derive(Debug, Queryable, Selectable)]

@@ -22,6 +22,7 @@ diesel::table! {
         version -> BigInt,
         callback_url -> Nullable<Text>,
         open_for_parts -> Bool,
+        start_at -> Nullable<BigInt>,
     }
 }
 

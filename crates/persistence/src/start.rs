@@ -1,6 +1,7 @@
 //! Starting a process: its record, steps, items and first tasks, in one transaction.
 
 use async_engine_domain::parts::open_message;
+use async_engine_domain::status::scheduled_message;
 use async_engine_domain::{NewProcess, RawJson, Started, Status, StepDefinition};
 use diesel::prelude::*;
 
@@ -8,7 +9,7 @@ use crate::advance::{advance, create_tasks};
 use crate::connection::{DbConnection, per_backend, write_transaction};
 use crate::error::Error;
 use crate::queries::{INSERT_BATCH, insert_items, to_i32, to_i64};
-use crate::run::{load_steps, report};
+use crate::run::{load_run, load_steps, report};
 use crate::schema::{processes, steps};
 
 #[derive(Insertable)]
@@ -30,6 +31,7 @@ struct NewRunnable<'a> {
     idempotency_key: Option<&'a str>,
     callback_url: Option<&'a str>,
     open_for_parts: bool,
+    start_at: Option<i64>,
 }
 
 #[derive(Insertable)]
@@ -141,7 +143,12 @@ fn insert_process(
     }
     let definition = &new.definition;
     let waiting = Status::WaitingToProcess;
-    let message = if open { open_message(0, 0) } else { waiting.step_message().to_owned() };
+    let message = if open {
+        open_message(0, 0)
+    } else {
+        scheduled_message(new.start_at_micros, new.now_micros)
+            .unwrap_or_else(|| waiting.step_message().to_owned())
+    };
     let process_id: i64 = diesel::insert_into(processes::table)
         .values(NewRunnable {
             tenant,
@@ -160,6 +167,7 @@ fn insert_process(
             idempotency_key: new.idempotency_key.as_deref(),
             callback_url: new.callback_url.as_deref(),
             open_for_parts: open,
+            start_at: new.start_at_micros,
         })
         .returning(processes::id)
         .get_result(conn)?;
@@ -200,7 +208,8 @@ pub(crate) fn run_from_the_start(
         .next()
         .ok_or_else(|| Error::Corrupt("a process without steps".into()))?;
     let all: Vec<i64> = (0..to_i64(count)?).collect();
-    create_tasks(conn, process_id, 0, &first, &all, now)?;
+    let due = load_run(conn, process_id)?.start_at.map_or(now, |at| at.max(now));
+    create_tasks(conn, process_id, 0, &first, &all, due)?;
     advance(conn, process_id, now)
 }
 
@@ -237,7 +246,7 @@ mod tests {
     };
     use serde_json::json;
 
-    use crate::fixtures::{begin, definition, drain};
+    use crate::fixtures::{SECOND, begin, claim, definition, drain, status};
     use crate::store::Store;
     use crate::testing::on_both_backends;
 
@@ -260,6 +269,7 @@ mod tests {
                 idempotency_key: Some("key-1".into()),
                 callback_url: None,
                 now_micros: 0,
+                start_at_micros: None,
             };
             assert!(matches!(store.start(&new).unwrap(), Started::Created(_)));
             new.async_process_id = ProcessId::new("second").unwrap();
@@ -268,6 +278,33 @@ mod tests {
                 other => panic!("{other:?}"),
             }
             assert_eq!(drain(store, "queue:q0", &[], 0), 1, "one process, one task");
+        }
+    }
+
+    on_both_backends! {
+        fn a_delayed_start_waits_for_its_time_says_so_and_can_be_cancelled(store: &Store) {
+            let later = |id: &str| NewProcess {
+                items: vec![RawJson::from_value(&json!(1)), RawJson::from_value(&json!(2))],
+                start_at_micros: Some(100 * SECOND),
+                ..streamed(id, None)
+            };
+            let Started::Created(waiting) = store.start(&later("later")).unwrap() else { panic!("new") };
+            assert_eq!(
+                (waiting.status, waiting.message.as_str()),
+                (Status::WaitingToProcess, "Scheduled to start at 1970-01-01T00:01:40.000Z")
+            );
+            store.start(&later("cancelled")).unwrap();
+            let cancelled = store.cancel(&TenantId::default_tenant(), "cancelled", 0).unwrap();
+            assert_eq!(cancelled.status, Status::Aborted);
+            assert!(claim(store, "queue:q0", "w", 10, 100 * SECOND - 1).is_empty(), "not before its time");
+            let due = claim(store, "queue:q0", "w", 10, 100 * SECOND);
+            assert_eq!(due.iter().map(|t| t.async_process_id.as_str()).collect::<Vec<_>>(), ["later"]);
+            let running = status(store, "later");
+            assert_eq!((running.status, running.message.as_str()), (Status::InProgress, "In progress"));
+            let past = NewProcess { start_at_micros: Some(-SECOND), ..later("past") };
+            let Started::Created(past) = store.start(&past).unwrap() else { panic!("new") };
+            assert_eq!(past.message, "Waiting to process", "a time gone by starts at once");
+            assert_eq!(claim(store, "queue:q0", "w", 10, 0).len(), 1);
         }
     }
 
@@ -282,6 +319,7 @@ mod tests {
             idempotency_key: key.map(str::to_owned),
             callback_url: None,
             now_micros: 0,
+            start_at_micros: None,
         }
     }
 

@@ -90,6 +90,7 @@ pub fn seed(settings: &Settings, store: &Store, plan: &Seed) -> anyhow::Result<S
                 idempotency_key: Some(format!("async-engine seed --demo {n}")),
                 callback_url: None,
                 now_micros: started + 100 + i64::from(n),
+                start_at_micros: None,
             };
             count(matches!(store.start(&process)?, Started::Created(_)));
         }

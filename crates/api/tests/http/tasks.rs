@@ -191,6 +191,7 @@ fn start_in(server: &TestServer, tenant: &str, id: &str, items: usize) {
             idempotency_key: None,
             callback_url: None,
             now_micros: now_micros(),
+            start_at_micros: None,
         })
         .unwrap();
 }
