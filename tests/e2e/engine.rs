@@ -43,6 +43,10 @@ steps = [ { name = "Validate", handler = "builtin:validate", chunk_size = 2, tol
           { name = "Next", handler = "builtin:noop" } ]
 
 [[processes]]
+name = "Limited"
+steps = [ { name = "Call", handler = "queue:limited", chunk_size = 1, max_in_flight = 3 } ]
+
+[[processes]]
 name = "External"
 steps = [ { name = "Work", handler = "queue:work", chunk_size = 5, max_attempts = 3 } ]
 
@@ -348,6 +352,58 @@ on_both_backends! {
             let distinct: HashSet<u64> = listed.iter().copied().collect();
             assert_eq!((listed.len(), distinct.len()), (items as usize, items as usize), "one outcome per item");
         }
+    }
+}
+
+async_engine_persistence::postgres_test! {
+    /// Six external workers claim from two servers on one PostgreSQL database, two tasks a
+    /// claim, holding each a while: a step with max_in_flight = 3 never has more than three
+    /// of its tasks out at once, counted on the workers' side (which sees less than the
+    /// database holds), and every item is recorded once.
+    fn max_in_flight_holds_over_nodes_and_workers() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let db = async_engine_persistence::testing::postgres();
+        let dir = tempfile::tempdir().unwrap();
+        let nodes: Vec<Running> = (0..2).map(|_| serve(dir.path(), &db.url, &[])).collect();
+        let items = 60;
+        let id = start_process(&nodes[0].base, "Limited", numbers(items));
+        let (held, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        std::thread::scope(|threads| {
+            for worker in 0..6 {
+                let base = nodes[worker % 2].base.clone();
+                let (held, most, id) = (&held, &most, &id);
+                threads.spawn(move || loop {
+                    let body = json!({ "queue": "limited", "workerId": format!("w{worker}"), "maxTasks": 2, "leaseSeconds": 30 });
+                    let (status, body) = call(&base, "POST", "/v1/tasks/claim", Some(body));
+                    assert_eq!(status, 200, "{body}");
+                    let tasks = body["tasks"].as_array().unwrap().clone();
+                    if tasks.is_empty() {
+                        let (_, now) = call(&base, "GET", &format!("/v1/asyncprocesses/{id}?verbose=false"), None);
+                        if now["AsyncProcessStatus"][0]["status"] == "Success" {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                    most.fetch_max(held.fetch_add(tasks.len(), SeqCst) + tasks.len(), SeqCst);
+                    std::thread::sleep(Duration::from_millis(20));
+                    held.fetch_sub(tasks.len(), SeqCst);
+                    for task in &tasks {
+                        let indices: Vec<Value> = task["items"].as_array().unwrap().iter().map(|i| i["index"].clone()).collect();
+                        let done = json!({ "leaseToken": task["leaseToken"], "successfully": indices });
+                        let (status, body) = call(&base, "POST", &format!("/v1/tasks/{}/complete", task["taskId"]), Some(done));
+                        assert_eq!(status, 200, "{body}");
+                    }
+                });
+            }
+        });
+        let most = most.load(SeqCst);
+        assert!((2..=3).contains(&most), "at most 3 at once, and the workers did overlap: {most}");
+        let record = wait_final(&nodes[1].base, &id, Duration::from_secs(10));
+        assert_eq!(steps(&record), [("Success".into(), items, items, items as usize, 0)]);
+        let (_, listed) = call(&nodes[1].base, "GET", "/v1/processdefinitions", None);
+        let limited = listed["processDefinitions"].as_array().unwrap().iter().find(|d| d["name"] == "Limited").cloned();
+        assert_eq!(limited.unwrap()["steps"][0]["maxInFlight"], 3);
     }
 }
 

@@ -200,6 +200,7 @@ fn definitions() -> anyhow::Result<Vec<ProcessDefinition>> {
             timeout_secs: 600,
             on_item_failure: FailurePolicy::Skip,
             tolerance: Default::default(),
+            max_in_flight: None,
         }],
         callback_url: None,
     });

@@ -60,6 +60,7 @@ pub fn run(clients: Vec<usize>, seconds: u64) -> anyhow::Result<()> {
             timeout_secs: 600,
             on_item_failure: FailurePolicy::Skip,
             tolerance: Default::default(),
+            max_in_flight: None,
         }],
         callback_url: None,
     };

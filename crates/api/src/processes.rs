@@ -620,6 +620,11 @@ struct StepOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0, maximum = 100)]
     tolerated_failure_percentage: Option<f64>,
+    /// The most tasks of the step's queue leased at once across every node and worker.
+    /// Absent: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000)]
+    max_in_flight: Option<u32>,
 }
 
 /// `GET /v1/processdefinitions`
@@ -649,6 +654,7 @@ pub async fn definitions(req: HttpRequest, state: web::Data<AppState>) -> Result
                     on_item_failure: s.on_item_failure.as_str(),
                     tolerated_failure_count: s.tolerance.count,
                     tolerated_failure_percentage: s.tolerance.percent(),
+                    max_in_flight: s.max_in_flight,
                 })
                 .collect(),
         })
@@ -815,7 +821,7 @@ mod tests {
             answer["processDefinitions"][0],
             json!({ "name": "P", "steps": [{ "stepNumber": 0, "name": "S", "handler": "queue:q", "chunkSize": 10,
                      "maxAttempts": 3, "timeoutSecs": 60, "onItemFailure": "skip",
-                     "toleratedFailureCount": 5, "toleratedFailurePercentage": 2.5 }] })
+                     "toleratedFailureCount": 5, "toleratedFailurePercentage": 2.5, "maxInFlight": 2 }] })
         );
     }
 }

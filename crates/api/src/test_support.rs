@@ -38,6 +38,7 @@ pub fn state() -> AppState {
                 timeout_secs: 60,
                 on_item_failure: FailurePolicy::Skip,
                 tolerance: Tolerance { count: Some(5), hundredths_of_percent: Some(250) },
+                max_in_flight: Some(2),
             }],
             callback_url: None,
         }]),

@@ -205,6 +205,9 @@ pub struct DefinitionStep {
     /// The largest share (0 to 100) of the step's items that may fail, if limited.
     #[serde(default)]
     pub tolerated_failure_percentage: Option<f64>,
+    /// The most tasks of the step's queue leased at once across every node, if limited.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
 }
 
 /// A process to start (`POST /v1/asyncprocesses`).

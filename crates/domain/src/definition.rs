@@ -136,6 +136,9 @@ pub struct StepDefinition {
     pub on_item_failure: FailurePolicy,
     /// How many failed items the step bears before it fails its process.
     pub tolerance: Tolerance,
+    /// The most tasks of the step's queue leased at once, across every node and worker;
+    /// claims beyond it get nothing. `None`: no limit.
+    pub max_in_flight: Option<u32>,
 }
 
 /// The failed items a step bears (`tolerated_failure_count`, `tolerated_failure_percentage`):
@@ -247,6 +250,9 @@ impl ProcessDefinition {
                      tolerated_failure_count and tolerated_failure_percentage go with skip or continue"
                 ));
             }
+            if step.max_in_flight.is_some_and(|most| !(1..=MAX_IN_FLIGHT).contains(&most)) {
+                return Err(format!("{at}: max_in_flight must be 1..={MAX_IN_FLIGHT}"));
+            }
             if step.tolerance.count.is_some_and(|c| i64::try_from(c).is_err()) {
                 return Err(format!("{at}: tolerated_failure_count must be at most {}", i64::MAX));
             }
@@ -295,6 +301,7 @@ mod tests {
             timeout_secs: 60,
             on_item_failure: FailurePolicy::Skip,
             tolerance: Tolerance::default(),
+            max_in_flight: None,
         }
     }
 
@@ -369,10 +376,20 @@ mod tests {
             tolerance: tolerant,
             ..step("A", "builtin:noop")
         };
-        let cases = cases.into_iter().chain([(
-            ProcessDefinition { name: "P".into(), steps: vec![aborting], callback_url: None },
-            "go with skip or continue",
-        )]);
+        let cases = cases.into_iter().chain([
+            (
+                ProcessDefinition { name: "P".into(), steps: vec![aborting], callback_url: None },
+                "go with skip or continue",
+            ),
+            (
+                ProcessDefinition {
+                    name: "P".into(),
+                    steps: vec![StepDefinition { max_in_flight: Some(0), ..step("A", "queue:q") }],
+                    callback_url: None,
+                },
+                "step 0: max_in_flight must be 1..=1000",
+            ),
+        ]);
         for (definition, mention) in cases {
             let error = validate_all(&[definition], &known).unwrap_err();
             assert!(error.contains(mention), "{error}");

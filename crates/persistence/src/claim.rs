@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 
 use crate::advance::refresh;
-use crate::connection::{DbConnection, busy_processes, try_lock_process, write_transaction};
+use crate::connection::{DbConnection, busy_processes, lock_queue, try_lock_process, write_transaction};
 use crate::error::Error;
 use crate::lease::{finish_task, give_up};
 use crate::models::ProcessRow;
@@ -149,6 +149,9 @@ pub(crate) fn claim(conn: &mut DbConnection, request: &ClaimRequest) -> Result<V
             let step = (task.process_id, task.step_number);
             let gives_up = task.state == LEASED && task.attempt >= task.max_attempts;
             let first_claim = !known.step(conn, step)?.started;
+            if !gives_up && !known.room(conn, step, &task.queue, now)? {
+                continue;
+            }
             // Leasing takes no process lock, so that a process's tasks are claimed while its
             // completions are recorded: the task's row, locked by the read above and by a
             // completion's, keeps them apart. What records outcomes or moves the process (a
@@ -205,6 +208,7 @@ pub(crate) fn claim(conn: &mut DbConnection, request: &ClaimRequest) -> Result<V
                 }
             }
             known.step(conn, step)?.started = true;
+            known.took(&task.queue);
             leased.push((task, token, expires));
         }
         leased
@@ -219,12 +223,15 @@ pub(crate) fn claim(conn: &mut DbConnection, request: &ClaimRequest) -> Result<V
 struct Known {
     processes: HashMap<i64, (TenantId, ProcessRow, RawJson)>,
     steps: HashMap<(i64, i32), KnownStep>,
+    /// Leases a queue with a `max_in_flight` may still take in this claim.
+    rooms: HashMap<String, i64>,
 }
 
 struct KnownStep {
     name: String,
     /// Claimed from before (or by this claim): the step's first claim is behind it.
     started: bool,
+    max_in_flight: Option<i32>,
 }
 
 impl Known {
@@ -232,14 +239,47 @@ impl Known {
         Ok(match self.steps.entry(key) {
             Entry::Occupied(found) => found.into_mut(),
             Entry::Vacant(missing) => {
-                let (name, started) = steps::table
+                let (name, started, max_in_flight) = steps::table
                     .filter(steps::process_id.eq(key.0))
                     .filter(steps::step_number.eq(key.1))
-                    .select((steps::name, steps::started))
+                    .select((steps::name, steps::started, steps::max_in_flight))
                     .first(conn)?;
-                missing.insert(KnownStep { name, started })
+                missing.insert(KnownStep { name, started, max_in_flight })
             }
         })
+    }
+
+    /// Whether the task's queue may take one more lease: always, unless its step has a
+    /// `max_in_flight`, against which the queue's live leases are counted once per claim, under
+    /// the queue's lock (PostgreSQL; SQLite's write lock already keeps claims apart), so that
+    /// claims on several nodes at once cannot together pass it.
+    fn room(
+        &mut self,
+        conn: &mut DbConnection,
+        step: (i64, i32),
+        queue: &str,
+        now: i64,
+    ) -> Result<bool, Error> {
+        if let Some(&room) = self.rooms.get(queue) {
+            return Ok(room > 0);
+        }
+        let Some(most) = self.step(conn, step)?.max_in_flight else { return Ok(true) };
+        lock_queue(conn, queue)?;
+        let live: i64 = tasks::table
+            .filter(tasks::queue.eq(queue))
+            .filter(tasks::state.eq(LEASED))
+            .filter(tasks::lease_expires_at.gt(now))
+            .count()
+            .get_result(conn)?;
+        let room = i64::from(most) - live;
+        self.rooms.insert(queue.to_owned(), room);
+        Ok(room > 0)
+    }
+
+    fn took(&mut self, queue: &str) {
+        if let Some(room) = self.rooms.get_mut(queue) {
+            *room -= 1;
+        }
     }
 }
 
@@ -359,10 +399,69 @@ mod tests {
 
     use super::*;
     use crate::error::Error;
-    use crate::fixtures::{SECOND, begin, claim, finish, status, steps_of};
+    use crate::fixtures::{SECOND, begin, begin_definition, claim, definition, finish, status, steps_of};
     use crate::schema::processes;
     use crate::store::Store;
     use crate::testing::on_both_backends;
+
+    /// A process of one step over `items` one-item tasks, whose queue bears `most` leases.
+    fn limited(store: &Store, id: &str, most: u32, items: usize) {
+        let mut definition = definition(&[FailurePolicy::Skip], 1);
+        definition.steps[0].max_in_flight = Some(most);
+        begin_definition(store, id, definition, items, None);
+    }
+
+    on_both_backends! {
+        fn a_queue_never_has_more_leased_than_its_max_in_flight(store: &Store) {
+            limited(store, "a", 2, 4);
+            limited(store, "b", 2, 4);
+            let first = claim(store, "queue:q0", "w", 10, 0);
+            assert_eq!(first.len(), 2, "the queue's limit, not the claim's 10");
+            assert!(claim(store, "queue:q0", "w", 10, SECOND).is_empty(), "nothing, and no error");
+            finish(store, &first[0], &[], SECOND).unwrap();
+            let next = claim(store, "queue:q0", "w", 10, SECOND);
+            assert_eq!(next.len(), 1, "a finished task makes room for one");
+            // Every lease has expired: each may be taken over, two at a time.
+            let over = claim(store, "queue:q0", "w", 10, 20 * SECOND);
+            assert_eq!(over.len(), 2);
+            assert!(over.iter().all(|t| t.attempt == 2), "expired leases first: {over:?}");
+            assert!(claim(store, "queue:q0", "w", 10, 20 * SECOND).is_empty());
+            assert_eq!(claim(store, "queue:q0", "w", 10, 40 * SECOND).len(), 2, "across both processes");
+        }
+    }
+
+    on_both_backends! {
+        fn claims_at_once_from_many_workers_never_pass_max_in_flight(store: &Store) {
+            use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+            limited(store, "p", 3, 60);
+            let (held, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            std::thread::scope(|threads| {
+                for worker in 0..6 {
+                    let (held, most) = (&held, &most);
+                    threads.spawn(move || loop {
+                        let tasks = claim(store, "queue:q0", &format!("w{worker}"), 2, 0);
+                        if tasks.is_empty() {
+                            if status(store, "p").status.is_final() {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(2));
+                            continue;
+                        }
+                        // Counted only while every one of them is surely leased.
+                        most.fetch_max(held.fetch_add(tasks.len(), SeqCst) + tasks.len(), SeqCst);
+                        std::thread::sleep(Duration::from_millis(5));
+                        held.fetch_sub(tasks.len(), SeqCst);
+                        for task in &tasks {
+                            finish(store, task, &[], 0).unwrap();
+                        }
+                    });
+                }
+            });
+            let most = most.load(SeqCst);
+            assert!((2..=3).contains(&most), "at most 3 at once, and the claims did overlap: {most}");
+            assert_eq!(steps_of(&status(store, "p")), [(Status::Success, 60, 60, 60, 0)]);
+        }
+    }
 
     on_both_backends! {
         fn a_lease_that_expires_on_the_last_attempt_fails_the_items(store: &Store) {

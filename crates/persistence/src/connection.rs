@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::result::Error as DieselError;
-use diesel::sql_types::{BigInt, Bool, Text};
+use diesel::sql_types::{BigInt, Bool, Integer, Text};
 use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl, SqliteConnection};
 
 use crate::error::Error;
@@ -172,6 +172,20 @@ struct Locked {
 pub fn lock_process(conn: &mut DbConnection, process_id: i64) -> Result<(), Error> {
     if let DbConnection::Pg(pg) = conn {
         diesel::sql_query("SELECT pg_advisory_xact_lock($1)").bind::<BigInt, _>(process_id).execute(pg)?;
+    }
+    Ok(())
+}
+
+/// Waits until this transaction holds the queue's lock (PostgreSQL), taken by claims that count
+/// the queue's leases against a `max_in_flight`. Two-int keys, so that they never meet a
+/// process's (bigint) key nor show among [`busy_processes`].
+pub fn lock_queue(conn: &mut DbConnection, queue: &str) -> Result<(), Error> {
+    const QUEUES: i32 = 0x5155; // "QU"
+    if let DbConnection::Pg(pg) = conn {
+        diesel::sql_query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind::<Integer, _>(QUEUES)
+            .bind::<Text, _>(queue)
+            .execute(pg)?;
     }
     Ok(())
 }

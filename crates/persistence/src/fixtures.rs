@@ -26,6 +26,7 @@ pub(crate) fn definition(policies: &[FailurePolicy], chunk: u32) -> ProcessDefin
                 timeout_secs: 60,
                 on_item_failure: policy,
                 tolerance: Default::default(),
+                max_in_flight: None,
             })
             .collect(),
         callback_url: None,

@@ -45,6 +45,7 @@ diesel::table! {
         next_seq -> BigInt,
         tolerated_failure_count -> Nullable<BigInt>,
         tolerated_failure_hundredths -> Nullable<Integer>,
+        max_in_flight -> Nullable<Integer>,
     }
 }
 

@@ -52,6 +52,7 @@ struct NewRunnableStep<'a> {
     on_item_failure: &'a str,
     tolerated_failure_count: Option<i64>,
     tolerated_failure_hundredths: Option<i32>,
+    max_in_flight: Option<i32>,
 }
 
 pub(crate) fn start(conn: &mut DbConnection, new: &NewProcess) -> Result<Started, Error> {
@@ -236,6 +237,7 @@ fn new_step(
         on_item_failure: step.on_item_failure.as_str(),
         tolerated_failure_count: step.tolerance.count.map(to_i64).transpose()?,
         tolerated_failure_hundredths: step.tolerance.hundredths_of_percent.map(to_i32).transpose()?,
+        max_in_flight: step.max_in_flight.map(to_i32).transpose()?,
     })
 }
 

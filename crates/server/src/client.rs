@@ -90,8 +90,9 @@ pub fn definition_lines(definitions: &Definitions) -> String {
             .collect();
             let bears =
                 if bears.is_empty() { String::new() } else { format!(", bears {}", bears.join(" or ")) };
+            let most = step.max_in_flight.map(|most| format!(", at most {most} at once")).unwrap_or_default();
             text.push_str(&format!(
-                "  step {} {}: {} ({} item(s) a task, {} attempt(s), on item failure: {}{bears})\n",
+                "  step {} {}: {} ({} item(s) a task, {} attempt(s), on item failure: {}{bears}{most})\n",
                 step.step_number,
                 step.name,
                 step.handler,
@@ -269,7 +270,7 @@ mod tests {
             "steps": [
                 { "stepNumber": 0, "name": "A", "handler": "queue:q", "chunkSize": 10, "maxAttempts": 3,
                   "timeoutSecs": 60, "onItemFailure": "skip", "toleratedFailureCount": 5,
-                  "toleratedFailurePercentage": 2.5 },
+                  "toleratedFailurePercentage": 2.5, "maxInFlight": 4 },
                 { "stepNumber": 1, "name": "B", "handler": "builtin:noop", "chunkSize": 100, "maxAttempts": 1,
                   "timeoutSecs": 60, "onItemFailure": "abort" }
             ]
@@ -278,7 +279,7 @@ mod tests {
         assert_eq!(
             definition_lines(&definitions),
             "P\n  step 0 A: queue:q (10 item(s) a task, 3 attempt(s), on item failure: skip, bears 5 failed item(s) \
-             or 2.5 % failed)\n  step 1 B: builtin:noop (100 item(s) a task, 1 attempt(s), on item failure: abort)\n"
+             or 2.5 % failed, at most 4 at once)\n  step 1 B: builtin:noop (100 item(s) a task, 1 attempt(s), on item failure: abort)\n"
         );
     }
 

@@ -115,7 +115,8 @@ pub struct StepSettings {
     /// `handler = "http"`: the endpoint each task is POSTed to.
     #[serde(default)]
     pub url: Option<String>,
-    /// `handler = "http"`: requests of this step at once.
+    /// The most tasks of the step's queue leased at once across every node and worker; a
+    /// push step's requests at once (4 a node when unset).
     #[serde(default)]
     pub max_in_flight: Option<u32>,
     /// `handler = "http"`: header name → the environment variable holding its value.
@@ -521,7 +522,6 @@ impl Settings {
         if step.handler != "http" {
             let push_only = [
                 ("url", step.url.is_some()),
-                ("max_in_flight", step.max_in_flight.is_some()),
                 ("headers", !step.headers.is_empty()),
                 ("signing_secret_env", step.signing_secret_env.is_some()),
             ];
@@ -601,6 +601,7 @@ impl Settings {
                                     .transpose()
                                     .map_err(|e| anyhow!("{at}: {e}"))?,
                             },
+                            max_in_flight: step.max_in_flight,
                         })
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?;

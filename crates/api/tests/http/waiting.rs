@@ -27,6 +27,7 @@ pub(super) fn definitions(chunk: u32) -> Vec<ProcessDefinition> {
             timeout_secs: 60,
             on_item_failure: FailurePolicy::Skip,
             tolerance: Default::default(),
+            max_in_flight: None,
         }],
         callback_url: None,
     }]

@@ -1,0 +1,1 @@
+ALTER TABLE steps DROP COLUMN max_in_flight;
