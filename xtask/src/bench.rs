@@ -456,6 +456,7 @@ fn run_large(
         callback_url: None,
         now_micros: now_micros(),
         start_at_micros: None,
+        priority: 0,
     })?;
     let engine = async_engine_engine::start(
         Arc::new(store.clone()),
@@ -519,6 +520,7 @@ fn raw_loop(store: &Store, url: &str, round: usize) -> anyhow::Result<f64> {
         callback_url: None,
         now_micros: now_micros(),
         start_at_micros: None,
+        priority: 0,
     })?;
     let values: Vec<String> = (0..ITEMS).map(|n| json!({ "n": n }).to_string()).collect();
     macro_rules! insert_all {

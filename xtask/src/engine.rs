@@ -92,6 +92,7 @@ pub fn measure(
         callback_url: None,
         now_micros: now_micros(),
         start_at_micros: None,
+        priority: 0,
     };
     store.start(&new)?;
     let stored = started.elapsed();

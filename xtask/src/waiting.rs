@@ -75,6 +75,7 @@ pub fn run(clients: Vec<usize>, seconds: u64) -> anyhow::Result<()> {
         callback_url: None,
         now_micros: now_micros(),
         start_at_micros: None,
+        priority: 0,
     })?;
     let config = ApiConfig::default();
     let state = AppState {

@@ -51,8 +51,24 @@ struct StartRequest {
     callback_url: Option<String>,
     /// `startAt` as written: RFC 3339.
     start_at: Option<String>,
+    /// Higher first (`priority`, within [`PRIORITIES`]).
+    priority: i32,
     /// Started open: the items come in parts (`PUT .../parts/{n}`) until its close.
     open: bool,
+}
+
+/// The priorities a start may ask for; 0 unless it does.
+const PRIORITIES: std::ops::RangeInclusive<i32> = -100..=100;
+
+fn priority(value: Option<i64>) -> Result<i32, ApiError> {
+    let Some(value) = value else { return Ok(0) };
+    i32::try_from(value).ok().filter(|p| PRIORITIES.contains(p)).ok_or_else(|| {
+        ApiError::input(format!(
+            "priority must be an integer from {} to {}",
+            PRIORITIES.start(),
+            PRIORITIES.end()
+        ))
+    })
 }
 
 /// How far ahead a start may be delayed.
@@ -123,6 +139,17 @@ fn parse_start(body: &[u8]) -> Result<StartRequest, ApiError> {
         Some(raw) if raw.get() == "null" => None,
         Some(_) => Some(text("startAt")?),
     };
+    let priority = match fields.get("priority") {
+        None => priority(None)?,
+        Some(raw) if raw.get() == "null" => priority(None)?,
+        Some(raw) => priority(Some(serde_json::from_str(raw.get()).map_err(|_| {
+            ApiError::input(format!(
+                "priority must be an integer from {} to {}",
+                PRIORITIES.start(),
+                PRIORITIES.end()
+            ))
+        })?))?,
+    };
     Ok(StartRequest {
         name,
         reference_id,
@@ -136,6 +163,7 @@ fn parse_start(body: &[u8]) -> Result<StartRequest, ApiError> {
         additional_data,
         callback_url,
         start_at,
+        priority,
         open,
     })
 }
@@ -152,7 +180,8 @@ fn parse_start(body: &[u8]) -> Result<StartRequest, ApiError> {
         ("referenceId" = Option<String>, Query, min_length = 1, max_length = 255, description = "With an NDJSON or CSV body (then required): the reference ID"),
         ("additionalData" = Option<String>, Query, description = "With an NDJSON or CSV body: the additionalData, a JSON object"),
         ("callbackUrl" = Option<String>, Query, max_length = 2048, description = "With an NDJSON or CSV body: where to POST the envelope when the process finishes"),
-        ("startAt" = Option<String>, Query, format = DateTime, description = "With an NDJSON or CSV body: a delayed start, RFC 3339, at most 366 days ahead")),
+        ("startAt" = Option<String>, Query, format = DateTime, description = "With an NDJSON or CSV body: a delayed start, RFC 3339, at most 366 days ahead"),
+        ("priority" = Option<i32>, Query, minimum = -100, maximum = 100, description = "With an NDJSON or CSV body: higher first, fair within a priority (default 0)")),
     responses(
         (status = 202, description = "Started (or the process of a repeated Idempotency-Key)", body = Envelope),
         (status = 400, description = "A caller's mistake, named in technicalMessage (also: no such process)", body = Envelope),
@@ -190,6 +219,8 @@ struct StreamedQuery {
     callback_url: Option<String>,
     #[serde(default)]
     start_at: Option<String>,
+    #[serde(default)]
+    priority: Option<i64>,
 }
 
 /// `POST /v1/asyncprocesses` with NDJSON or CSV items: the options in the query, the items
@@ -206,7 +237,7 @@ async fn start_streamed(
         .map_err(|e| {
             ApiError::input(format!(
                 "a streamed start names its process in the query (asyncProcessName, referenceId; \
-             additionalData, callbackUrl, startAt optional): {e}"
+             additionalData, callbackUrl, startAt, priority optional): {e}"
             ))
         })?;
     let additional_data = match query.additional_data {
@@ -226,6 +257,7 @@ async fn start_streamed(
         additional_data,
         callback_url: query.callback_url,
         start_at: query.start_at,
+        priority: priority(query.priority)?,
         open: false,
     };
     // Everything the query decides is checked before the body is read.
@@ -293,6 +325,7 @@ fn new_process(
         callback_url,
         now_micros: now,
         start_at_micros,
+        priority: request.priority,
     })
 }
 
@@ -723,6 +756,18 @@ mod tests {
                 json!({ "asyncProcessName": "P", "referenceId": "r", "items": [], "startAt": 5 }),
                 "startAt must be a string",
             ),
+            (
+                json!({ "asyncProcessName": "P", "referenceId": "r", "items": [], "priority": 101 }),
+                "priority must be an integer from -100 to 100",
+            ),
+            (
+                json!({ "asyncProcessName": "P", "referenceId": "r", "items": [], "priority": 1.5 }),
+                "priority",
+            ),
+            (
+                json!({ "asyncProcessName": "P", "referenceId": "r", "items": [], "priority": "high" }),
+                "priority",
+            ),
             (json!([1]), "JSON object"),
         ] {
             let request = TestRequest::post().uri("/v1/asyncprocesses").set_json(&body);
@@ -738,13 +783,13 @@ mod tests {
     }
 
     #[actix_web::test]
-    async fn a_delayed_start_reaches_the_store_as_its_instant() {
+    async fn a_delayed_start_and_a_priority_reach_the_store() {
         let soon = chrono::Utc::now() + chrono::Duration::hours(1);
         let expected = soon.timestamp_micros();
         for (request, how) in [
             (
                 TestRequest::post().uri("/v1/asyncprocesses").set_json(json!({
-                    "asyncProcessName": "P", "referenceId": "r", "items": [],
+                    "asyncProcessName": "P", "referenceId": "r", "items": [], "priority": -7,
                     "startAt": soon.with_timezone(&chrono::FixedOffset::east_opt(3_600).unwrap()).to_rfc3339(),
                 })),
                 "JSON, written in another offset",
@@ -752,7 +797,7 @@ mod tests {
             (
                 TestRequest::post()
                     .uri(&format!(
-                        "/v1/asyncprocesses?asyncProcessName=P&referenceId=r&startAt={}",
+                        "/v1/asyncprocesses?asyncProcessName=P&referenceId=r&priority=-7&startAt={}",
                         soon.to_rfc3339().replace('+', "%2B")
                     ))
                     .insert_header(("Content-Type", "application/x-ndjson"))
@@ -763,7 +808,7 @@ mod tests {
             // Asked with anything else, the mock panics and nothing is marked.
             let asked = Arc::new(AtomicBool::new(false));
             let mut processes = MockProcessStore::new();
-            let accepted = move |new: &async_engine_domain::NewProcess| new.start_at_micros == Some(expected);
+            let accepted = move |new: &async_engine_domain::NewProcess| (new.start_at_micros, new.priority) == (Some(expected), -7);
             let marked = asked.clone();
             processes.expect_start().withf(accepted).returning(move |_| {
                 marked.store(true, Ordering::SeqCst);

@@ -41,6 +41,9 @@ pub struct StartBody {
     /// (cancellable) and its message says until when. A time gone by starts it at once.
     #[schema(format = DateTime)]
     start_at: Option<String>,
+    /// Higher first; processes of one priority take turns (default 0).
+    #[schema(minimum = -100, maximum = 100)]
+    priority: Option<i32>,
 }
 
 /// `POST /v1/actions/getAsyncJobStatus`: exactly one of `id`, `asyncProcessId`, `referenceId`.

@@ -220,6 +220,7 @@ pub struct Start {
     pub(crate) callback_url: Option<String>,
     pub(crate) idempotency_key: Option<String>,
     pub(crate) start_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub(crate) priority: Option<i32>,
     pub(crate) open: bool,
 }
 
@@ -261,6 +262,7 @@ impl Start {
             callback_url: None,
             idempotency_key: None,
             start_at: None,
+            priority: None,
             open: false,
         }
     }
@@ -287,6 +289,13 @@ impl Start {
     /// until then.
     pub fn start_at(mut self, at: chrono::DateTime<chrono::Utc>) -> Self {
         self.start_at = Some(at);
+        self
+    }
+
+    /// The process's `priority` (-100 to 100, default 0): higher first, processes of one
+    /// priority taking turns.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = Some(priority);
         self
     }
 
@@ -331,6 +340,9 @@ impl Start {
         }
         if let Some(url) = &self.callback_url {
             body.push_str(&format!(",\"callbackUrl\":{}", Value::from(url.as_str())));
+        }
+        if let Some(priority) = self.priority {
+            body.push_str(&format!(",\"priority\":{priority}"));
         }
         if let Some(at) = &self.start_at {
             body.push_str(&format!(
@@ -652,8 +664,8 @@ mod tests {
         assert!(Start::new("Noop", "r", [1]).unwrap().additional_data(&json!([1])).is_err());
         let at = chrono::DateTime::from_timestamp(1_764_931_500, 0).unwrap();
         assert_eq!(
-            Start::new("Noop", "r", [1]).unwrap().start_at(at).body(),
-            r#"{"asyncProcessName":"Noop","referenceId":"r","items":[1],"startAt":"2025-12-05T10:45:00.000000Z"}"#
+            Start::new("Noop", "r", [1]).unwrap().start_at(at).priority(-3).body(),
+            r#"{"asyncProcessName":"Noop","referenceId":"r","items":[1],"priority":-3,"startAt":"2025-12-05T10:45:00.000000Z"}"#
         );
     }
 

@@ -31,6 +31,8 @@ pub struct NewProcess {
     pub now_micros: i64,
     /// A delayed start (`startAt`): no task of it is due before this time.
     pub start_at_micros: Option<i64>,
+    /// Higher first; fair among processes of one priority (`priority`, 0 unless given).
+    pub priority: i32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -25,6 +25,8 @@ struct NewTask<'a> {
     max_attempts: i32,
     timeout_secs: i64,
     available_at: i64,
+    priority: i32,
+    ordinal: i64,
 }
 
 pub(crate) fn create_tasks(
@@ -36,9 +38,21 @@ pub(crate) fn create_tasks(
     due: i64,
 ) -> Result<(), Error> {
     let size = usize::try_from(step.chunk_size.max(1)).unwrap_or(1);
+    let priority = processes::table.find(process_id).select(processes::priority).first(conn)?;
+    // Numbered on from where the queue's claims now are at this priority, so that these
+    // tasks take turns with those already waiting instead of queueing behind all of them.
+    let base: Option<i64> = tasks::table
+        .filter(tasks::queue.eq(&step.handler))
+        .filter(tasks::state.eq(QUEUED))
+        .filter(tasks::priority.eq(priority))
+        .filter(tasks::available_at.le(due))
+        .select(diesel::dsl::min(tasks::ordinal))
+        .first(conn)?;
+    let base = base.unwrap_or(0);
     let rows: Vec<NewTask> = indices
         .chunks(size)
-        .map(|chunk| NewTask {
+        .zip(base..)
+        .map(|(chunk, ordinal)| NewTask {
             process_id,
             step_number,
             queue: &step.handler,
@@ -47,6 +61,8 @@ pub(crate) fn create_tasks(
             max_attempts: step.max_attempts,
             timeout_secs: step.timeout_secs,
             available_at: due,
+            priority,
+            ordinal,
         })
         .collect();
     for batch in rows.chunks(INSERT_BATCH / 2) {

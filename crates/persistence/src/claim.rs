@@ -75,6 +75,9 @@ fn due_past(
     let tenant = request.tenant.as_ref().map_or("", |t| t.as_str());
     macro_rules! due {
         ($state:expr, $ready:expr, $limit:expr) => {
+            due!($state, $ready, $limit, tasks::id.asc())
+        };
+        ($state:expr, $ready:expr, $limit:expr, $order:expr) => {
             tasks::table
                 .filter(tasks::queue.eq_any(&request.queues))
                 .filter(tasks::state.eq($state))
@@ -96,11 +99,15 @@ fn due_past(
                             .filter(processes::tenant.eq(tenant)),
                     )),
                 )
-                .order(tasks::id.asc())
+                .order($order)
                 .limit($limit)
                 .select(TaskRow::as_select())
         };
     }
+    // Queued tasks: higher priorities first, then by ordinal, which interleaves the
+    // processes of one priority (see `create_tasks`), then oldest first; the due index
+    // holds them in this order.
+    let queued_order = (tasks::priority.desc(), tasks::ordinal.asc(), tasks::id.asc());
     // Expired leases first (to be taken over), then queued tasks whose time has come. On
     // PostgreSQL, nodes claiming at once lock the rows they read and pass over the rows
     // another holds, instead of queueing behind it.
@@ -115,14 +122,21 @@ fn due_past(
                 due!(LEASED, tasks::lease_expires_at.le(now), room).for_update().skip_locked().load(c)?
             }
             (DbConnection::Pg(c), true) if read == Read::ToClaim => {
-                due!(QUEUED, tasks::available_at.le(now), room).for_update().skip_locked().load(c)?
+                due!(QUEUED, tasks::available_at.le(now), room, queued_order)
+                    .for_update()
+                    .skip_locked()
+                    .load(c)?
             }
             (DbConnection::Pg(c), false) => due!(LEASED, tasks::lease_expires_at.le(now), room).load(c)?,
-            (DbConnection::Pg(c), true) => due!(QUEUED, tasks::available_at.le(now), room).load(c)?,
+            (DbConnection::Pg(c), true) => {
+                due!(QUEUED, tasks::available_at.le(now), room, queued_order).load(c)?
+            }
             (DbConnection::Sqlite(c), false) => {
                 due!(LEASED, tasks::lease_expires_at.le(now), room).load(c)?
             }
-            (DbConnection::Sqlite(c), true) => due!(QUEUED, tasks::available_at.le(now), room).load(c)?,
+            (DbConnection::Sqlite(c), true) => {
+                due!(QUEUED, tasks::available_at.le(now), room, queued_order).load(c)?
+            }
         };
         found.extend(rows);
     }
@@ -394,12 +408,16 @@ mod tests {
     use std::sync::mpsc;
     use std::time::Duration;
 
-    use async_engine_domain::{ClaimRequest, ClaimedTask, FailurePolicy, Status, TaskError, TenantId};
+    use async_engine_domain::{
+        ClaimRequest, ClaimedTask, FailurePolicy, NewProcess, Status, TaskError, TenantId,
+    };
     use diesel::prelude::*;
 
     use super::*;
     use crate::error::Error;
-    use crate::fixtures::{SECOND, begin, begin_definition, claim, definition, finish, status, steps_of};
+    use crate::fixtures::{
+        SECOND, begin, begin_definition, begin_new, claim, definition, finish, new_process, status, steps_of,
+    };
     use crate::schema::processes;
     use crate::store::Store;
     use crate::testing::on_both_backends;
@@ -427,6 +445,29 @@ mod tests {
             assert!(over.iter().all(|t| t.attempt == 2), "expired leases first: {over:?}");
             assert!(claim(store, "queue:q0", "w", 10, 20 * SECOND).is_empty());
             assert_eq!(claim(store, "queue:q0", "w", 10, 40 * SECOND).len(), 2, "across both processes");
+        }
+    }
+
+    on_both_backends! {
+        fn higher_priorities_are_claimed_first_and_one_priority_takes_turns(store: &Store) {
+            let start = |id: &str, items: usize, priority: i32| {
+                let new = NewProcess { priority, ..new_process(id, definition(&[FailurePolicy::Skip], 1), items, None) };
+                begin_new(store, &new);
+            };
+            start("old", 6, 0);
+            for task in claim(store, "queue:q0", "w", 2, 0) {
+                finish(store, &task, &[], 0).unwrap();
+            }
+            start("new", 3, 0);
+            start("urgent", 2, 5);
+            start("later", 1, -1);
+            let order: Vec<String> =
+                claim(store, "queue:q0", "w", 20, 0).into_iter().map(|t| t.async_process_id).collect();
+            assert_eq!(
+                order,
+                ["urgent", "urgent", "old", "new", "old", "new", "old", "new", "old", "later"],
+                "the newcomer takes turns with the old process from where it had got to"
+            );
         }
     }
 

@@ -61,7 +61,17 @@ pub(crate) fn begin_definition(
     items: usize,
     callback_url: Option<&str>,
 ) -> ProcessStatus {
-    let new = NewProcess {
+    begin_new(store, &new_process(id, definition, items, callback_url))
+}
+
+/// What [`begin_definition`] starts, for a test to change first.
+pub(crate) fn new_process(
+    id: &str,
+    definition: ProcessDefinition,
+    items: usize,
+    callback_url: Option<&str>,
+) -> NewProcess {
+    NewProcess {
         tenant: TenantId::default_tenant(),
         async_process_id: ProcessId::new(id).unwrap(),
         reference_id: ReferenceId::new("ref").unwrap(),
@@ -72,8 +82,12 @@ pub(crate) fn begin_definition(
         callback_url: callback_url.map(str::to_owned),
         now_micros: 0,
         start_at_micros: None,
-    };
-    match store.start(&new).unwrap() {
+        priority: 0,
+    }
+}
+
+pub(crate) fn begin_new(store: &Store, new: &NewProcess) -> ProcessStatus {
+    match store.start(new).unwrap() {
         Started::Created(status) => status,
         Started::Existing(_) => panic!("expected a new process"),
     }

@@ -266,6 +266,7 @@ mod tests {
             callback_url: None,
             now_micros: now,
             start_at_micros: None,
+            priority: 0,
         };
         let Started::Created(process) = store.start_open(&new).unwrap() else { panic!("a new process") };
         assert_eq!(process.status, Status::WaitingToProcess);

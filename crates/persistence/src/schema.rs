@@ -23,6 +23,7 @@ diesel::table! {
         callback_url -> Nullable<Text>,
         open_for_parts -> Bool,
         start_at -> Nullable<BigInt>,
+        priority -> Integer,
     }
 }
 
@@ -94,6 +95,8 @@ diesel::table! {
         available_at -> BigInt,
         last_error -> Nullable<Text>,
         heartbeat_at -> Nullable<BigInt>,
+        priority -> Integer,
+        ordinal -> BigInt,
     }
 }
 

@@ -32,6 +32,7 @@ struct NewRunnable<'a> {
     callback_url: Option<&'a str>,
     open_for_parts: bool,
     start_at: Option<i64>,
+    priority: i32,
 }
 
 #[derive(Insertable)]
@@ -169,6 +170,7 @@ fn insert_process(
             callback_url: new.callback_url.as_deref(),
             open_for_parts: open,
             start_at: new.start_at_micros,
+            priority: new.priority,
         })
         .returning(processes::id)
         .get_result(conn)?;
@@ -272,6 +274,7 @@ mod tests {
                 callback_url: None,
                 now_micros: 0,
                 start_at_micros: None,
+                priority: 0,
             };
             assert!(matches!(store.start(&new).unwrap(), Started::Created(_)));
             new.async_process_id = ProcessId::new("second").unwrap();
@@ -322,6 +325,7 @@ mod tests {
             callback_url: None,
             now_micros: 0,
             start_at_micros: None,
+            priority: 0,
         }
     }
 

@@ -91,6 +91,7 @@ pub fn seed(settings: &Settings, store: &Store, plan: &Seed) -> anyhow::Result<S
                 callback_url: None,
                 now_micros: started + 100 + i64::from(n),
                 start_at_micros: None,
+                priority: 0,
             };
             count(matches!(store.start(&process)?, Started::Created(_)));
         }

@@ -192,6 +192,7 @@ fn start_in(server: &TestServer, tenant: &str, id: &str, items: usize) {
             callback_url: None,
             now_micros: now_micros(),
             start_at_micros: None,
+            priority: 0,
         })
         .unwrap();
 }
