@@ -40,15 +40,25 @@ pub(crate) fn create_tasks(
     let size = usize::try_from(step.chunk_size.max(1)).unwrap_or(1);
     let priority = processes::table.find(process_id).select(processes::priority).first(conn)?;
     // Numbered on from where the queue's claims now are at this priority, so that these
-    // tasks take turns with those already waiting instead of queueing behind all of them.
-    let base: Option<i64> = tasks::table
-        .filter(tasks::queue.eq(&step.handler))
-        .filter(tasks::state.eq(QUEUED))
-        .filter(tasks::priority.eq(priority))
-        .filter(tasks::available_at.le(due))
-        .select(diesel::dsl::min(tasks::ordinal))
-        .first(conn)?;
-    let base = base.unwrap_or(0);
+    // tasks take turns with those already waiting instead of queueing behind all of them; in
+    // a queue with none, from where claims are in any queue, so that a claim of several
+    // queues (the engine's) reads them in turn too, not this one's first.
+    let lowest = |conn: &mut DbConnection, queue: Option<&str>| -> Result<Option<i64>, Error> {
+        let mut query = tasks::table
+            .filter(tasks::state.eq(QUEUED))
+            .filter(tasks::priority.eq(priority))
+            .filter(tasks::available_at.le(due))
+            .select(diesel::dsl::min(tasks::ordinal))
+            .into_boxed();
+        if let Some(queue) = queue {
+            query = query.filter(tasks::queue.eq(queue.to_owned()));
+        }
+        Ok(query.first(conn)?)
+    };
+    let base = match lowest(conn, Some(&step.handler))? {
+        Some(base) => base,
+        None => lowest(conn, None)?.unwrap_or(0),
+    };
     let rows: Vec<NewTask> = indices
         .chunks(size)
         .zip(base..)

@@ -176,18 +176,24 @@ pub fn lock_process(conn: &mut DbConnection, process_id: i64) -> Result<(), Erro
     Ok(())
 }
 
-/// Waits until this transaction holds the queue's lock (PostgreSQL), taken by claims that count
-/// the queue's leases against a `max_in_flight`. Two-int keys, so that they never meet a
-/// process's (bigint) key nor show among [`busy_processes`].
-pub fn lock_queue(conn: &mut DbConnection, queue: &str) -> Result<(), Error> {
+/// Takes the queue's lock for this transaction if it is free (PostgreSQL; SQLite's write
+/// lock already keeps claims apart): claims that count a queue's leases against a
+/// `max_in_flight` hold it. Never waited for, so that claims, which hold the rows they read,
+/// cannot deadlock over queues; `false` when another claim is counting. Two-int keys, so that
+/// they never meet a process's (bigint) key nor show among [`busy_processes`].
+pub fn try_lock_queue(conn: &mut DbConnection, queue: &str) -> Result<bool, Error> {
     const QUEUES: i32 = 0x5155; // "QU"
-    if let DbConnection::Pg(pg) = conn {
-        diesel::sql_query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-            .bind::<Integer, _>(QUEUES)
-            .bind::<Text, _>(queue)
-            .execute(pg)?;
+    match conn {
+        DbConnection::Pg(pg) => {
+            let row: Locked =
+                diesel::sql_query("SELECT pg_try_advisory_xact_lock($1, hashtext($2)) AS locked")
+                    .bind::<Integer, _>(QUEUES)
+                    .bind::<Text, _>(queue)
+                    .get_result(pg)?;
+            Ok(row.locked)
+        }
+        DbConnection::Sqlite(_) => Ok(true),
     }
-    Ok(())
 }
 
 /// Takes the process's lock if it is free; `false` when another transaction holds it.

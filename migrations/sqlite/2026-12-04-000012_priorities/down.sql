@@ -1,3 +1,4 @@
+DROP INDEX tasks_clock;
 DROP INDEX tasks_due;
 CREATE INDEX tasks_due ON tasks (queue, state, id);
 ALTER TABLE tasks DROP COLUMN ordinal;
