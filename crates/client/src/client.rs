@@ -73,34 +73,35 @@ impl Client {
 
     /// Starts a process over items streamed from `body` as NDJSON (one JSON item a line) or
     /// CSV (a header row, then one item a row), sent as they are read: the server checks each
-    /// item as it arrives and stores the process only if the whole body was valid.
+    /// item as it arrives and stores the process only if the whole body was valid. `start`
+    /// gives the name and the options (made with [`Start::from_raw`] and no items: the body
+    /// holds them).
     pub fn submit_stream(
         &self,
-        name: &str,
-        reference_id: &str,
+        start: &Start,
         format: UploadFormat,
         body: impl std::io::Read + Send + 'static,
-        idempotency_key: Option<&str>,
     ) -> Result<Envelope, Error> {
-        parse(&self.submit_stream_text(name, reference_id, format, body, idempotency_key)?)
+        parse(&self.submit_stream_text(start, format, body)?)
     }
 
     /// [`Client::submit_stream`]'s answer exactly as the server sent it.
     pub fn submit_stream_text(
         &self,
-        name: &str,
-        reference_id: &str,
+        start: &Start,
         format: UploadFormat,
         body: impl std::io::Read + Send + 'static,
-        idempotency_key: Option<&str>,
     ) -> Result<String, Error> {
+        if start.open || !start.items.is_empty() {
+            return Err(Error::Invalid("a streamed start sends its items as the body: give it none".into()));
+        }
         let mut request = self
             .http
             .post(self.url("/v1/asyncprocesses"))
-            .query(&[("asyncProcessName", name), ("referenceId", reference_id)])
+            .query(&start.query())
             .header(header::CONTENT_TYPE, upload_type(format))
             .body(reqwest::blocking::Body::new(body));
-        if let Some(key) = idempotency_key {
+        if let Some(key) = &start.idempotency_key {
             request = request.header("Idempotency-Key", key);
         }
         self.send(request)?.text().map_err(|e| self.broke_off(&e))

@@ -315,6 +315,25 @@ impl Start {
         self.items.is_empty()
     }
 
+    /// The start's options as the query of a streamed start.
+    pub(crate) fn query(&self) -> Vec<(&'static str, String)> {
+        let mut query =
+            vec![("asyncProcessName", self.name.clone()), ("referenceId", self.reference_id.clone())];
+        if let Some(data) = &self.additional_data {
+            query.push(("additionalData", data.get().to_owned()));
+        }
+        if let Some(url) = &self.callback_url {
+            query.push(("callbackUrl", url.clone()));
+        }
+        if let Some(priority) = self.priority {
+            query.push(("priority", priority.to_string()));
+        }
+        if let Some(at) = &self.start_at {
+            query.push(("startAt", at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)));
+        }
+        query
+    }
+
     /// The request body: the items copied as they are, never parsed again.
     pub(crate) fn body(&self) -> String {
         let mut body = format!(
@@ -666,6 +685,20 @@ mod tests {
         assert_eq!(
             Start::new("Noop", "r", [1]).unwrap().start_at(at).priority(-3).body(),
             r#"{"asyncProcessName":"Noop","referenceId":"r","items":[1],"priority":-3,"startAt":"2025-12-05T10:45:00.000000Z"}"#
+        );
+        let streamed =
+            Start::from_raw("Noop", "r", Vec::new()).callback_url("http://h/").start_at(at).priority(2);
+        let query = streamed.query();
+        let pairs: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("asyncProcessName", "Noop"),
+                ("referenceId", "r"),
+                ("callbackUrl", "http://h/"),
+                ("priority", "2"),
+                ("startAt", "2025-12-05T10:45:00.000000Z")
+            ]
         );
     }
 

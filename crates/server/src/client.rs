@@ -75,6 +75,13 @@ pub fn list_lines(page: &Envelope) -> String {
     text
 }
 
+/// `--start-at`: an RFC 3339 time with its offset.
+pub fn parse_start_at(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|at| at.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("not an RFC 3339 time with its offset, like 2026-12-05T10:00:00Z: {e}"))
+}
+
 /// `definitions`: each definition and its steps, as the server runs them.
 pub fn definition_lines(definitions: &Definitions) -> String {
     let mut text = String::new();
@@ -262,6 +269,15 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn start_at_takes_rfc_3339_with_an_offset() {
+        let at = parse_start_at("2026-12-05T11:00:00+01:00").unwrap();
+        assert_eq!(at.timestamp(), parse_start_at("2026-12-05T10:00:00Z").unwrap().timestamp());
+        for bad in ["2026-12-05T10:00:00", "tomorrow", ""] {
+            assert!(parse_start_at(bad).unwrap_err().contains("RFC 3339"), "{bad}");
+        }
+    }
 
     #[test]
     fn definitions_print_a_line_a_step_with_what_it_bears() {

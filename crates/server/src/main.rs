@@ -96,6 +96,13 @@ enum Command {
         /// A key that makes a repeated submit return the first one's process.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// A delayed start: an RFC 3339 time with its offset (e.g. 2026-12-05T10:00:00Z), at
+        /// most 366 days ahead; the process waits, cancellable, until then.
+        #[arg(long, value_name = "TIME", value_parser = async_engine::client::parse_start_at)]
+        start_at: Option<chrono::DateTime<chrono::Utc>>,
+        /// Higher first (-100 to 100, default 0); processes of one priority take turns.
+        #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-100..=100))]
+        priority: Option<i32>,
         /// Send the items in parts of about SIZE bytes (e.g. 64M), each a request of its own,
         /// cut at item boundaries (every CSV part repeats the header row). A rerun of the same
         /// command on the unchanged file resumes: it sends only the parts the server does not
@@ -284,8 +291,27 @@ fn client_command(command: Command, server: ServerArgs) -> anyhow::Result<u8> {
     use async_engine::client::{Bars, exit_code, outcome, summary};
     use async_engine_client::StatusOptions;
     match command {
-        Command::Submit { name, reference_id, items, format, idempotency_key, part_size, json } => {
+        Command::Submit {
+            name,
+            reference_id,
+            items,
+            format,
+            idempotency_key,
+            start_at,
+            priority,
+            part_size,
+            json,
+        } => {
             let client = server.client()?;
+            let options = |mut start: async_engine_client::Start| {
+                if let Some(at) = start_at {
+                    start = start.start_at(at);
+                }
+                if let Some(priority) = priority {
+                    start = start.priority(priority);
+                }
+                start
+            };
             // The answer as the server wrote it, for --json, not as this client reads it.
             let answer = match part_size {
                 Some(part_size) => {
@@ -296,18 +322,17 @@ fn client_command(command: Command, server: ServerArgs) -> anyhow::Result<u8> {
                         format,
                         part_size,
                         idempotency_key,
+                        options: &options,
                     };
                     async_engine::upload::submit_in_parts(&client, &submit)?
                 }
                 None => {
                     let (format, body) = async_engine::client::open_items(&items, format)?;
-                    client.submit_stream_text(
-                        &name,
-                        &reference_id,
-                        format,
-                        body,
-                        idempotency_key.as_deref(),
-                    )?
+                    let mut start = async_engine_client::Start::from_raw(&name, &reference_id, Vec::new());
+                    if let Some(key) = idempotency_key {
+                        start = start.idempotency_key(key);
+                    }
+                    client.submit_stream_text(&options(start), format, body)?
                 }
             };
             if json {

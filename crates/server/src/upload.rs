@@ -242,6 +242,8 @@ pub struct PartsSubmit<'a> {
     pub format: Option<ItemsFormat>,
     pub part_size: u64,
     pub idempotency_key: Option<String>,
+    /// The start's other options (`startAt`, `priority`).
+    pub options: &'a dyn Fn(Start) -> Start,
 }
 
 /// Starts (or finds again) an open process, sends each part the server does not hold with
@@ -254,7 +256,8 @@ pub fn submit_in_parts(client: &Client, submit: &PartsSubmit<'_>) -> anyhow::Res
         Some(key) => key.clone(),
         None => derived_key(submit.name, submit.reference_id, submit.path, submit.part_size)?,
     };
-    let answer = client.submit_text(&Start::open(submit.name, submit.reference_id).idempotency_key(key))?;
+    let start = (submit.options)(Start::open(submit.name, submit.reference_id).idempotency_key(key));
+    let answer = client.submit_text(&start)?;
     let started: Envelope = serde_json::from_str(&answer).context("the server's answer to the start")?;
     let id = started
         .processes
