@@ -151,83 +151,21 @@ pub(crate) fn claim(conn: &mut DbConnection, request: &ClaimRequest) -> Result<V
         return Ok(Vec::new());
     }
     write_transaction(conn, |conn| {
-        let now = request.now_micros;
         let wanted = usize::try_from(request.max_tasks).unwrap_or(usize::MAX);
         let mut leased = Vec::new();
         let mut known = Known::default();
         let mut asked = request.clone();
         loop {
-            let due = due_tasks(conn, &asked, limit, Read::ToClaim)?;
             let mut passed_full = false;
-            for task in due {
+            for task in due_tasks(conn, &asked, limit, Read::ToClaim)? {
                 if leased.len() >= wanted {
                     break;
                 }
-                let step = (task.process_id, task.step_number);
-                let gives_up = task.state == LEASED && task.attempt >= task.max_attempts;
-                let first_claim = !known.step(conn, step)?.started;
-                if !gives_up && !known.room(conn, step, &task.queue, now)? {
-                    passed_full = true;
-                    continue;
+                match take(conn, request, &mut known, &task)? {
+                    Taken::Leased(token, expires) => leased.push((task, token, expires)),
+                    Taken::Full => passed_full = true,
+                    Taken::Passed => {}
                 }
-                // Leasing takes no process lock, so that a process's tasks are claimed while its
-                // completions are recorded: the task's row, locked by the read above and by a
-                // completion's, keeps them apart. What records outcomes or moves the process (a
-                // give-up, a step's first claim) takes it, and passes over a process another
-                // transaction is changing instead of waiting for it.
-                if (gives_up || first_claim) && !try_lock_process(conn, task.process_id)? {
-                    continue;
-                }
-                if gives_up {
-                    let message = format!("gave up after {} attempts: the last lease expired", task.attempt);
-                    // In a savepoint: should recording fail (corrupt data), the task is parked
-                    // instead of failing every later claim on its queue.
-                    if let Err(error) = conn.transaction(|conn| give_up(conn, &task, &message, now)) {
-                        tracing::error!(task = task.id, %error, "could not record a given-up task; parking it");
-                        finish_task(conn, task.id, Some(&format!("could not record the give-up: {error}")))?;
-                    }
-                    continue;
-                }
-                let token = uuid::Uuid::new_v4().simple().to_string();
-                // The step's timeout caps the lease: an attempt may not run longer unheartbeated.
-                let lease = request.lease_micros.min(task.timeout_secs.saturating_mul(1_000_000));
-                let expires = now.saturating_add(lease);
-                // Only if the row is as it was read: a give-up earlier in this loop may have
-                // stopped the process and cancelled it.
-                let taken = diesel::update(
-                    tasks::table
-                        .find(task.id)
-                        .filter(tasks::state.eq(&task.state))
-                        .filter(tasks::attempt.eq(task.attempt)),
-                )
-                .set((
-                    tasks::state.eq(LEASED),
-                    tasks::attempt.eq(task.attempt + 1),
-                    tasks::lease_token.eq(&token),
-                    tasks::lease_expires_at.eq(expires),
-                    tasks::worker_id.eq(&request.worker_id),
-                    tasks::heartbeat_at.eq(now),
-                ))
-                .execute(conn)?;
-                if taken == 0 {
-                    continue;
-                }
-                if first_claim {
-                    let marked = diesel::update(
-                        steps::table
-                            .filter(steps::process_id.eq(task.process_id))
-                            .filter(steps::step_number.eq(task.step_number))
-                            .filter(steps::started.eq(false)),
-                    )
-                    .set(steps::started.eq(true))
-                    .execute(conn)?;
-                    if marked > 0 {
-                        refresh(conn, task.process_id, now)?;
-                    }
-                }
-                known.step(conn, step)?.started = true;
-                known.took(&task.queue);
-                leased.push((task, token, expires));
             }
             // What was read of queues found at their max_in_flight took the place of other
             // queues' tasks: those are asked for again without them.
@@ -241,6 +179,89 @@ pub(crate) fn claim(conn: &mut DbConnection, request: &ClaimRequest) -> Result<V
             .map(|(task, token, expires)| describe(conn, &mut known, task, token, expires))
             .collect()
     })
+}
+
+/// What [`take`] made of a due task.
+enum Taken {
+    /// Leased, with this token, until this time.
+    Leased(String, i64),
+    /// Its queue is at its `max_in_flight`.
+    Full,
+    /// Given up, or passed over (its process busy, or the row changed under the claim).
+    Passed,
+}
+
+fn take(
+    conn: &mut DbConnection,
+    request: &ClaimRequest,
+    known: &mut Known,
+    task: &TaskRow,
+) -> Result<Taken, Error> {
+    let now = request.now_micros;
+    let step = (task.process_id, task.step_number);
+    let gives_up = task.state == LEASED && task.attempt >= task.max_attempts;
+    let first_claim = !known.step(conn, step)?.started;
+    if !gives_up && !known.room(conn, step, &task.queue, now)? {
+        return Ok(Taken::Full);
+    }
+    // Leasing takes no process lock, so that a process's tasks are claimed while its
+    // completions are recorded: the task's row, locked by the read above and by a
+    // completion's, keeps them apart. What records outcomes or moves the process (a give-up,
+    // a step's first claim) takes it, and passes over a process another transaction is
+    // changing instead of waiting for it.
+    if (gives_up || first_claim) && !try_lock_process(conn, task.process_id)? {
+        return Ok(Taken::Passed);
+    }
+    if gives_up {
+        let message = format!("gave up after {} attempts: the last lease expired", task.attempt);
+        // In a savepoint: should recording fail (corrupt data), the task is parked instead of
+        // failing every later claim on its queue.
+        if let Err(error) = conn.transaction(|conn| give_up(conn, task, &message, now)) {
+            tracing::error!(task = task.id, %error, "could not record a given-up task; parking it");
+            finish_task(conn, task.id, Some(&format!("could not record the give-up: {error}")))?;
+        }
+        return Ok(Taken::Passed);
+    }
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    // The step's timeout caps the lease: an attempt may not run longer unheartbeated.
+    let lease = request.lease_micros.min(task.timeout_secs.saturating_mul(1_000_000));
+    let expires = now.saturating_add(lease);
+    // Only if the row is as it was read: a give-up earlier in this claim may have stopped the
+    // process and cancelled it.
+    let taken = diesel::update(
+        tasks::table
+            .find(task.id)
+            .filter(tasks::state.eq(&task.state))
+            .filter(tasks::attempt.eq(task.attempt)),
+    )
+    .set((
+        tasks::state.eq(LEASED),
+        tasks::attempt.eq(task.attempt + 1),
+        tasks::lease_token.eq(&token),
+        tasks::lease_expires_at.eq(expires),
+        tasks::worker_id.eq(&request.worker_id),
+        tasks::heartbeat_at.eq(now),
+    ))
+    .execute(conn)?;
+    if taken == 0 {
+        return Ok(Taken::Passed);
+    }
+    if first_claim {
+        let marked = diesel::update(
+            steps::table
+                .filter(steps::process_id.eq(task.process_id))
+                .filter(steps::step_number.eq(task.step_number))
+                .filter(steps::started.eq(false)),
+        )
+        .set(steps::started.eq(true))
+        .execute(conn)?;
+        if marked > 0 {
+            refresh(conn, task.process_id, now)?;
+        }
+    }
+    known.step(conn, step)?.started = true;
+    known.took(&task.queue);
+    Ok(Taken::Leased(token, expires))
 }
 
 /// What the tasks of one claim share, read once: a batch is mostly tasks of one step.
