@@ -62,13 +62,15 @@ const PRIORITIES: std::ops::RangeInclusive<i32> = -100..=100;
 
 fn priority(value: Option<i64>) -> Result<i32, ApiError> {
     let Some(value) = value else { return Ok(0) };
-    i32::try_from(value).ok().filter(|p| PRIORITIES.contains(p)).ok_or_else(|| {
-        ApiError::input(format!(
-            "priority must be an integer from {} to {}",
-            PRIORITIES.start(),
-            PRIORITIES.end()
-        ))
-    })
+    i32::try_from(value).ok().filter(|p| PRIORITIES.contains(p)).ok_or_else(bad_priority)
+}
+
+fn bad_priority() -> ApiError {
+    ApiError::input(format!(
+        "priority must be an integer from {} to {}",
+        PRIORITIES.start(),
+        PRIORITIES.end()
+    ))
 }
 
 /// How far ahead a start may be delayed.
@@ -142,13 +144,7 @@ fn parse_start(body: &[u8]) -> Result<StartRequest, ApiError> {
     let priority = match fields.get("priority") {
         None => priority(None)?,
         Some(raw) if raw.get() == "null" => priority(None)?,
-        Some(raw) => priority(Some(serde_json::from_str(raw.get()).map_err(|_| {
-            ApiError::input(format!(
-                "priority must be an integer from {} to {}",
-                PRIORITIES.start(),
-                PRIORITIES.end()
-            ))
-        })?))?,
+        Some(raw) => priority(Some(serde_json::from_str(raw.get()).map_err(|_| bad_priority())?))?,
     };
     Ok(StartRequest {
         name,

@@ -156,7 +156,7 @@ pub struct Tolerance {
 
 impl Tolerance {
     /// `tolerated_failure_percentage` as written (0 to 100, at most two decimals).
-    pub fn percentage(percent: f64) -> Result<u32, String> {
+    pub fn hundredths(percent: f64) -> Result<u32, String> {
         let hundredths = (percent * 100.0).round();
         if !percent.is_finite() || !(0.0..=10_000.0).contains(&hundredths) {
             return Err(format!("tolerated_failure_percentage must be 0 to 100, not {percent}"));
@@ -403,7 +403,7 @@ mod tests {
         let count = Tolerance { count: Some(2), hundredths_of_percent: None };
         assert!(!count.is_passed(10, 2) && count.is_passed(10, 3));
         let share =
-            Tolerance { count: None, hundredths_of_percent: Some(Tolerance::percentage(2.5).unwrap()) };
+            Tolerance { count: None, hundredths_of_percent: Some(Tolerance::hundredths(2.5).unwrap()) };
         assert!(!share.is_passed(1_000, 25) && share.is_passed(1_000, 26));
         assert!(!share.is_passed(0, 0), "a step nothing entered fails nothing");
         let none = Tolerance { count: Some(0), hundredths_of_percent: Some(0) };
@@ -413,9 +413,9 @@ mod tests {
         assert!(!Tolerance::default().is_passed(1, 1) && !Tolerance::default().is_set());
         let all = Tolerance { count: Some(u64::MAX), hundredths_of_percent: Some(10_000) };
         assert!(!all.is_passed(u64::MAX, u64::MAX), "no overflow at the largest counts");
-        assert_eq!((Tolerance::percentage(0.0), Tolerance::percentage(100.0)), (Ok(0), Ok(10_000)));
+        assert_eq!((Tolerance::hundredths(0.0), Tolerance::hundredths(100.0)), (Ok(0), Ok(10_000)));
         for bad in [-1.0, 100.5, f64::NAN, f64::INFINITY, 2.555] {
-            assert!(Tolerance::percentage(bad).is_err(), "{bad}");
+            assert!(Tolerance::hundredths(bad).is_err(), "{bad}");
         }
         assert_eq!(share.percent(), Some(2.5));
     }

@@ -1,7 +1,6 @@
 //! Starting a process: its record, steps, items and first tasks, in one transaction.
 
 use async_engine_domain::parts::open_message;
-use async_engine_domain::status::scheduled_message;
 use async_engine_domain::{NewProcess, RawJson, Started, Status, StepDefinition};
 use diesel::prelude::*;
 
@@ -145,12 +144,9 @@ fn insert_process(
     }
     let definition = &new.definition;
     let waiting = Status::WaitingToProcess;
-    let message = if open {
-        open_message(0, 0)
-    } else {
-        scheduled_message(new.start_at_micros, new.now_micros)
-            .unwrap_or_else(|| waiting.step_message().to_owned())
-    };
+    // A process started with its items gets its message from `refresh`, later in this
+    // transaction.
+    let message = if open { open_message(0, 0) } else { waiting.step_message().to_owned() };
     let process_id: i64 = diesel::insert_into(processes::table)
         .values(NewRunnable {
             tenant,

@@ -597,7 +597,7 @@ impl Settings {
                                 count: step.tolerated_failure_count,
                                 hundredths_of_percent: step
                                     .tolerated_failure_percentage
-                                    .map(Tolerance::percentage)
+                                    .map(Tolerance::hundredths)
                                     .transpose()
                                     .map_err(|e| anyhow!("{at}: {e}"))?,
                             },
