@@ -201,7 +201,8 @@ fn take(
     let step = (task.process_id, task.step_number);
     let gives_up = task.state == LEASED && task.attempt >= task.max_attempts;
     let first_claim = !known.step(conn, step)?.started;
-    if !gives_up && !known.room(conn, step, &task.queue, now)? {
+    // A lease holds its place until it ends or is taken over, so a takeover needs no room.
+    if task.state == QUEUED && !known.room(conn, step, &task.queue)? {
         return Ok(Taken::Full);
     }
     // Leasing takes no process lock, so that a process's tasks are claimed while its
@@ -260,7 +261,9 @@ fn take(
         }
     }
     known.step(conn, step)?.started = true;
-    known.took(&task.queue);
+    if task.state == QUEUED {
+        known.took(&task.queue);
+    }
     Ok(Taken::Leased(token, expires))
 }
 
@@ -296,16 +299,11 @@ impl Known {
     }
 
     /// Whether the task's queue may take one more lease: always, unless its step has a
-    /// `max_in_flight`, against which the queue's live leases are counted once per claim, under
-    /// the queue's lock, so that claims on several nodes at once cannot together pass it. A
-    /// claim that finds another counting takes nothing of the queue this time.
-    fn room(
-        &mut self,
-        conn: &mut DbConnection,
-        step: (i64, i32),
-        queue: &str,
-        now: i64,
-    ) -> Result<bool, Error> {
+    /// `max_in_flight`, against which the queue's leases are counted once per claim, under the
+    /// queue's lock, so that claims on several nodes at once cannot together pass it. A lease
+    /// that ran out still counts: its worker may heartbeat it back until a claim takes it over.
+    /// A claim that finds another counting takes nothing of the queue this time.
+    fn room(&mut self, conn: &mut DbConnection, step: (i64, i32), queue: &str) -> Result<bool, Error> {
         if let Some(&room) = self.rooms.get(queue) {
             return Ok(room > 0);
         }
@@ -314,13 +312,12 @@ impl Known {
             self.rooms.insert(queue.to_owned(), 0);
             return Ok(false);
         }
-        let live: i64 = tasks::table
+        let leased: i64 = tasks::table
             .filter(tasks::queue.eq(queue))
             .filter(tasks::state.eq(LEASED))
-            .filter(tasks::lease_expires_at.gt(now))
             .count()
             .get_result(conn)?;
-        let room = i64::from(most) - live;
+        let room = i64::from(most) - leased;
         self.rooms.insert(queue.to_owned(), room);
         Ok(room > 0)
     }
@@ -525,6 +522,34 @@ mod tests {
         let mut definition = definition(&[FailurePolicy::Skip], 1);
         definition.steps[0].handler = Handler::Queue(queue.into());
         begin_new(store, &NewProcess { priority, ..new_process(id, definition, items, None) });
+    }
+
+    crate::postgres_test! {
+        /// A lease that ran out keeps its place under max_in_flight until a claim takes it
+        /// over (PostgreSQL, where a busy process's expired lease is passed over): its worker
+        /// may still heartbeat it back, so another task leased in its place would pass the limit.
+        fn a_lease_that_ran_out_keeps_its_place_until_taken_over() {
+            let db = crate::testing::postgres();
+            let store = &db.store;
+            limited(store, "a", 1, 1);
+            limited(store, "b", 1, 1);
+            let a = claim(store, "queue:q0", "w", 1, 0).remove(0);
+            assert_eq!(a.async_process_id, "a");
+            let process: i64 = processes::table
+                .filter(processes::async_process_id.eq("a"))
+                .select(processes::id)
+                .first(&mut *store.conn().unwrap())
+                .unwrap();
+            let mut holder = PgConnection::establish(&db.url).unwrap();
+            diesel::sql_query("SELECT pg_advisory_lock($1)").bind::<BigInt, _>(process).execute(&mut holder).unwrap();
+            assert!(claim(store, "queue:q0", "w", 1, 11 * SECOND).is_empty(), "b waits: a's lease still holds the place");
+            // The heartbeat takes the process's lock: once it is free, the lease comes back.
+            diesel::sql_query("SELECT pg_advisory_unlock_all()").execute(&mut holder).unwrap();
+            assert!(store.heartbeat(None, a.task_id, &a.lease_token, 10 * SECOND, 11 * SECOND).is_ok());
+            assert!(claim(store, "queue:q0", "w", 1, 12 * SECOND).is_empty(), "a is live again");
+            finish(store, &a, &[], 12 * SECOND).unwrap();
+            assert_eq!(claim(store, "queue:q0", "w", 1, 12 * SECOND)[0].async_process_id, "b");
+        }
     }
 
     on_both_backends! {

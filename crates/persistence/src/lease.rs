@@ -244,21 +244,6 @@ pub(crate) fn heartbeat(
             Ok(task) => task,
             Err(refused) => return Ok(Err(refused)),
         };
-        // A lease that ran out no longer counts against its step's max_in_flight, and a claim
-        // may have leased another task in its place: it is not brought back.
-        let (ends, most): (Option<i64>, Option<i32>) =
-            tasks::table
-                .inner_join(steps::table.on(
-                    steps::process_id.eq(tasks::process_id).and(steps::step_number.eq(tasks::step_number)),
-                ))
-                .filter(tasks::id.eq(task_id))
-                .select((tasks::lease_expires_at, steps::max_in_flight))
-                .first(conn)?;
-        if most.is_some() && ends.is_some_and(|ends| ends <= now) {
-            return Ok(Err(TaskError::Conflict(format!(
-                "task {task_id}'s lease ran out, and its step's max_in_flight lets it be replaced: stop, and claim again"
-            ))));
-        }
         let expires = now.saturating_add(lease_micros.min(task.timeout_secs.saturating_mul(1_000_000)));
         diesel::update(tasks::table.find(task_id))
             .set((tasks::lease_expires_at.eq(expires), tasks::heartbeat_at.eq(now)))
@@ -633,22 +618,8 @@ mod tests {
             assert!(claim(store, "queue:q0", "w2", 1, 20 * SECOND).is_empty(), "extended");
             assert!(matches!(store.heartbeat(None, task.task_id, "wrong", SECOND, 0), Err(TaskError::Conflict(_))));
             assert!(matches!(store.heartbeat(None, 999, "x", SECOND, 0), Err(TaskError::Conflict(_))));
-            // Run out but not taken over: a step without max_in_flight keeps it.
+            // Run out but not taken over: the lease is still the worker's to extend.
             assert!(store.heartbeat(None, task.task_id, &task.lease_token, SECOND, 40 * SECOND).is_ok());
-        }
-    }
-
-    on_both_backends! {
-        fn a_lease_that_ran_out_at_a_limited_step_is_not_brought_back(store: &Store) {
-            let mut limited = definition(&[FailurePolicy::Skip], 1);
-            limited.steps[0].max_in_flight = Some(1);
-            begin_definition(store, "p", limited, 2, None);
-            let task = claim(store, "queue:q0", "w", 1, 0).remove(0);
-            assert!(store.heartbeat(None, task.task_id, &task.lease_token, 10 * SECOND, 5 * SECOND).is_ok());
-            assert!(claim(store, "queue:q0", "w", 1, 14 * SECOND).is_empty(), "extended, and the limit is 1");
-            // Run out at 15 s: a claim counts it out and may lease another task in its place.
-            let refused = store.heartbeat(None, task.task_id, &task.lease_token, 10 * SECOND, 16 * SECOND);
-            assert!(matches!(refused, Err(TaskError::Conflict(ref why)) if why.contains("ran out")), "{refused:?}");
         }
     }
 
